@@ -1,0 +1,148 @@
+"""The pipeline: stages a job flows through, each a function from the spec (and earlier stages'
+stored outputs) to stored outputs plus a summary. Finished stages are recorded in the store, so
+re-running the same job id skips them. For now: data -> train -> evaluate; later issues add the
+SNP, heads, pruning and report stages here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+import torch
+import yaml
+
+from snp_service.spec import JobSpec
+from snp_service.store import JobStore, Store
+
+Progress = Callable[[str], None]
+WEIGHTS = "model/weights.pt"
+
+
+def hardware() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def ensure_ray(spec: JobSpec) -> None:
+    """Connect to the job's Ray cluster (compute.address, or RAY_ADDRESS), or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = spec.compute.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+def stage_data(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    from snp_service.data import build_datasets
+
+    data = build_datasets(spec.dataset, seed=spec.train.seed)
+    job.write_json("data/classes.json", data.classes)
+    progress(f"data: {spec.dataset.name} from {data.root}: {len(data.train)} train ({data.train_split}), "
+             f"{len(data.eval)} eval ({data.eval_split}) images, {data.num_classes} classes")
+    return data.describe()
+
+
+def stage_train(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    from snp_service.train import fit
+
+    ensure_ray(spec)
+    storage_path, fs = job.ray_storage()
+    progress(f"train: {spec.model.name}, {spec.train.epochs} epochs on Ray Train "
+             f"({spec.compute.num_workers} worker(s)); checkpoints in {storage_path}")
+    result = fit(spec, storage_path, fs)
+    state = result.state
+    buf = io.BytesIO()
+    torch.save(state["model"], buf)
+    job.write_bytes(WEIGHTS, buf.getvalue())
+    job.write_table("train/metrics.parquet", pl.DataFrame(state["history"]))
+    last = state["history"][-1]
+    return {"epochs": len(state["history"]), "eval_accuracy": last["eval_accuracy"],
+            "train_accuracy": last["train_accuracy"], "precision": last["precision"], "device": last["device"],
+            "checkpoint": result.checkpoint_path}
+
+
+def load_trained_model(spec: JobSpec, job: JobStore, num_classes: int) -> torch.nn.Module:
+    from snp_service.models import create_model
+
+    model = create_model(spec.model, num_classes, spec.dataset.image_size)
+    model.load_state_dict(torch.load(io.BytesIO(job.read_bytes(WEIGHTS)), map_location="cpu"))
+    return model.eval()
+
+
+def stage_evaluate(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    from torch.utils.data import DataLoader
+
+    from snp_service.data import build_datasets
+    from snp_service.train import autocast_dtype, evaluate
+
+    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
+    model = load_trained_model(spec, job, data.num_classes)
+    loader = DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
+    dtype = autocast_dtype(spec.train.precision, torch.device("cpu"))
+    ev = evaluate(model, loader, torch.device("cpu"), dtype, data.num_classes)
+    conf = ev["confusion"]
+    counts = conf.sum(1)
+    job.write_table("eval/per_class.parquet", pl.DataFrame({
+        "label": list(range(data.num_classes)), "name": data.classes, "count": counts.tolist(),
+        "accuracy": (conf.diag() / counts.clamp(min=1)).tolist()}))
+    job.write_table("eval/confusion.parquet", pl.DataFrame(conf.numpy(), schema=data.classes))
+    progress(f"evaluate: accuracy {ev['accuracy']:.4f} on {int(counts.sum())} {data.eval_split} images "
+             f"(chance {1 / data.num_classes:.4f})")
+    return {"accuracy": ev["accuracy"], "loss": ev["loss"], "images": int(counts.sum()),
+            "chance": 1 / data.num_classes}
+
+
+STAGES: list[tuple[str, Callable[[JobSpec, JobStore, Progress], dict]]] = [
+    ("data", stage_data),
+    ("train", stage_train),
+    ("evaluate", stage_evaluate),
+]
+
+
+@dataclass
+class RunOutcome:
+    job_id: str
+    uri: str
+    stages: dict[str, dict]
+    manifest: dict
+
+
+def run(spec: JobSpec, progress: Progress = print) -> RunOutcome:
+    """Run every stage not yet finished for this job id, then write the manifest (last)."""
+    job = Store.from_spec(spec.storage).job(spec.job_id())
+    progress(f"job {job.job_id} -> {job.uri}")
+    job.invalidate_manifest()
+    job.write_json("spec.json", spec.model_dump(mode="json"))
+    job.write_text("spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    summaries = {}
+    for name, fn in STAGES:
+        done = job.stage_result(name)
+        if done is not None:
+            progress(f"{name}: already finished ({done['finished']}), reusing")
+            summaries[name] = done
+            continue
+        t0 = time.perf_counter()
+        summary = fn(spec, job, progress)
+        job.finish_stage(name, summary, time.perf_counter() - t0)
+        summaries[name] = job.stage_result(name)
+    manifest = job.write_manifest({"name": spec.name, "model": spec.model.name, "dataset": spec.dataset.name,
+                                   "status": "complete", "stages": summaries, "hardware": hardware()})
+    progress(f"done: {len(manifest['artefacts'])} artefacts, manifest at {job.uri}/manifest.json")
+    return RunOutcome(job.job_id, job.uri, summaries, manifest)

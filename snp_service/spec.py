@@ -1,0 +1,381 @@
+"""The job spec: one pydantic model that a whole run flows from, loaded from YAML.
+
+Every field is documented here and exported as JSON schema (`snp-service schema`). Unknown keys
+are rejected everywhere, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from snp_service.errors import SpecError
+from snp_service.models.registry import (
+    CCTConfig,
+    list_models,
+    match_points,
+    measurement_points,
+    model_config,
+)
+
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000  # bounds alias expansion ("billion laughs") before validation
+_NAME_RX = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Fraction01 = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SyntheticSpec(_Strict):
+    """Generate a deterministic synthetic dataset in the official file layout under `root`.
+
+    Images are class-dependent (a per-class low-frequency pattern plus noise and jitter), so a
+    network can learn them; the real torchvision loader then reads the files.
+    """
+
+    num_classes: int = Field(10, ge=2, le=100)
+    train_per_class: int = Field(100, ge=1, le=5000)
+    test_per_class: int = Field(20, ge=1, le=1000)
+    image_size: int = Field(32, ge=8, le=512, description="side of the stored images (CIFAR layout: always 32)")
+    noise: float = Field(0.25, ge=0.0, le=2.0, description="pixel noise relative to the class pattern")
+    seed: int = 0
+
+
+class AugmentSpec(_Strict):
+    """The CCT recipe's augmentations (train split only)."""
+
+    crop: bool = Field(True, description="random crop with 4 px padding (32 px) or random resized crop (larger)")
+    flip: bool = True
+    randaugment: bool = False
+    mixup_alpha: float = Field(0.0, ge=0.0, le=10.0, description="0 disables mixup")
+    cutmix_alpha: float = Field(0.0, ge=0.0, le=10.0, description="0 disables cutmix")
+
+
+class DatasetSpec(_Strict):
+    name: Literal["cifar10", "cifar100", "flowers102", "imagefolder"]
+    root: str = Field(
+        ...,
+        description="local directory (torchvision layout), or for imagefolder a directory or .tar.gz holding "
+        "train/<class>/ and test/<class>/; relative paths resolve against the working directory",
+    )
+    download: bool = Field(False, description="let torchvision download the dataset into root")
+    synthetic: SyntheticSpec | None = Field(None, description="generate synthetic data in the official layout")
+    image_size: int = Field(32, ge=8, le=1024, description="training resolution")
+    train_split: Literal["train", "trainval"] = Field("train", description="trainval: Flowers-102 train+val")
+    max_per_class: int | None = Field(None, ge=1, description="subset of the training split")
+    eval_max_per_class: int | None = Field(None, ge=1, description="subset of the evaluation split")
+    augment: AugmentSpec = AugmentSpec()
+    num_workers: int = Field(1, ge=0, le=64, description="DataLoader worker processes per training worker")
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetSpec:
+        if self.synthetic is not None and self.name not in ("cifar100", "flowers102"):
+            raise ValueError("synthetic data is generated in the CIFAR-100 or Flowers-102 layout; "
+                             f"use name: cifar100 or flowers102, not {self.name}")
+        if self.synthetic is not None and self.download:
+            raise ValueError("synthetic and download exclude each other")
+        if self.train_split == "trainval" and self.name != "flowers102":
+            raise ValueError("train_split: trainval exists only for flowers102")
+        if self.name == "imagefolder" and self.download:
+            raise ValueError("an imagefolder dataset cannot be downloaded")
+        if self.synthetic is None and not self.download:
+            path = resolve_path(self.root)
+            if not path.exists():
+                raise ValueError(f"dataset root {str(path)!r} does not exist (set download: true to fetch it, "
+                                 "or synthetic: {} to generate a synthetic one)")
+            if self.name == "imagefolder" and path.is_file() and not str(path).endswith((".tar.gz", ".tgz", ".tar")):
+                raise ValueError(f"imagefolder root {str(path)!r} is a file but not a .tar.gz/.tgz/.tar archive")
+        return self
+
+
+class ModelSpec(_Strict):
+    name: str = Field(..., description="a registered variant, e.g. cct_7_3x1_32 or vgg16_bn")
+    num_heads: int | None = Field(None, ge=1, le=64)
+    num_layers: int | None = Field(None, ge=1, le=64)
+    embedding_dim: int | None = Field(None, ge=8, le=4096)
+    mlp_ratio: float | None = Field(None, gt=0.0, le=16.0)
+    positional_embedding: Literal["learnable", "sine", "none"] = "learnable"
+    attention: Literal["reference", "sdpa"] = Field(
+        "sdpa", description="reference: the authors' explicit softmax(q k^T) v; sdpa: scaled_dot_product_attention")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    stochastic_depth: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in list_models():
+            raise ValueError(f"unknown model {v!r}; expected one of {', '.join(list_models())}")
+        return v
+
+    def config(self) -> Any:
+        overrides = dict(num_heads=self.num_heads, num_layers=self.num_layers,
+                         embedding_dim=self.embedding_dim, mlp_ratio=self.mlp_ratio)
+        return model_config(self.name, **overrides)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelSpec:
+        try:
+            cfg = self.config()
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        if isinstance(cfg, CCTConfig) and cfg.embedding_dim % cfg.num_heads:
+            raise ValueError(f"num_heads {cfg.num_heads} does not divide embedding_dim {cfg.embedding_dim}")
+        if isinstance(cfg, CCTConfig) and self.positional_embedding == "sine" and cfg.embedding_dim % 2:
+            raise ValueError("sine positional embedding needs an even embedding_dim")
+        return self
+
+
+class TrainSpec(_Strict):
+    """Stage 1: training the whole network (CCT recipe: AdamW, cosine with warm-up, label smoothing)."""
+
+    epochs: int = Field(..., ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536, description="per worker")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(6e-4, gt=0.0, le=10.0)
+    weight_decay: float = Field(6e-2, ge=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    warmup_epochs: int = Field(0, ge=0, le=10_000)
+    min_lr: float = Field(1e-5, ge=0.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU or on a CPU with AMX/AVX-512 bf16, else fp32")
+    seed: int = 0
+    checkpoint_keep: int = Field(2, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _warmup(self) -> TrainSpec:
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})")
+        return self
+
+
+class MeasureSpec(_Strict):
+    """Where SNP is measured: measurement point names or shell patterns (`blocks.*.mlp.hidden`)."""
+
+    points: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
+                              description="names, shell patterns (* matches one dotted part), or all")
+
+
+class AnalysisSpec(_Strict):
+    """Stages 2+ (METHOD.md sections 2-3): readouts, SNP matrices, clusters, statistics."""
+
+    readout: Literal["seqpool", "flatten"] = Field(
+        "seqpool", description="transformer readout: sequence pooling + Linear (rank-1 SNP) or Linear over tokens x nodes")
+    readout_epochs: int = Field(20, ge=1, le=1000)
+    readout_lr: float = Field(0.01, gt=0.0, le=10.0)
+    threshold: Fraction01 = Field(0.3, description="Boolean SNP threshold th (METHOD.md 2.6)")
+    normalise: Literal["max", "centred"] = "max"
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples over nodes for intervals")
+    confidence: Fraction01 = 0.95
+    heads: bool = True
+    seed: int = 0
+
+
+class PruningSpec(_Strict):
+    """ANDC pruning and its baselines (METHOD.md section 4)."""
+
+    enabled: bool = False
+    threshold: Fraction01 | None = Field(None, description="defaults to analysis.threshold")
+    finetune_epochs: int = Field(3, ge=0, le=1000)
+    baselines: list[Literal["random", "magnitude"]] = Field(default_factory=lambda: ["random", "magnitude"])
+    structural_fraction: float = Field(0.0, ge=0.0, lt=1.0,
+                                       description="fraction of FF units / heads removed from the network (0: off)")
+
+
+class SweepSpec(_Strict):
+    """Ray Tune search space; every list is a grid dimension."""
+
+    num_heads: list[Annotated[int, Field(ge=1, le=64)]] | None = None
+    threshold: list[Fraction01] | None = None
+    lr: list[Annotated[float, Field(gt=0.0, le=10.0)]] | None = None
+    num_samples: int = Field(1, ge=1, le=1000)
+    asha: bool = False
+    max_concurrent_trials: int = Field(1, ge=1, le=1000)
+
+
+class StorageSpec(_Strict):
+    """Where results go. Credentials never appear here: they come from the environment."""
+
+    root: str = Field("results", description="local directory, or s3://bucket/prefix")
+    endpoint: str | None = Field(None, description="S3-compatible endpoint with scheme, e.g. http://127.0.0.1:9000")
+    region: str | None = None
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        if v.startswith("s3://"):
+            bucket = v[5:].split("/", 1)[0]
+            if not bucket:
+                raise ValueError(f"S3 URI {v!r} has no bucket; expected s3://bucket/prefix")
+        elif "://" in v:
+            raise ValueError(f"unsupported storage scheme in {v!r}; expected a local path or s3://bucket/prefix")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"endpoint {v!r} has no scheme; expected http://host:port or https://host:port")
+        return v
+
+    @model_validator(mode="after")
+    def _endpoint_needs_s3(self) -> StorageSpec:
+        if self.endpoint and not self.root.startswith("s3://"):
+            raise ValueError("endpoint is only used with an s3:// root")
+        return self
+
+
+class ComputeSpec(_Strict):
+    """Where it runs. address None: RAY_ADDRESS if set, else a local Ray started for the job."""
+
+    address: str | None = None
+    num_workers: int = Field(1, ge=1, le=4096)
+    use_gpu: Literal["auto"] | bool = "auto"
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0)
+
+
+class JobSpec(_Strict):
+    """A job: train a network, then measure it. Results go to `<storage.root>/<job_id>/`."""
+
+    name: str = Field(..., pattern=_NAME_RX, description="letters, digits, _ . -; no path separators")
+    description: str = ""
+    dataset: DatasetSpec
+    model: ModelSpec
+    train: TrainSpec
+    measure: MeasureSpec = MeasureSpec()
+    analysis: AnalysisSpec = AnalysisSpec()
+    pruning: PruningSpec = PruningSpec()
+    sweep: SweepSpec | None = None
+    storage: StorageSpec = StorageSpec()
+    compute: ComputeSpec = ComputeSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _no_dots(cls, v: str) -> str:
+        if ".." in v:
+            raise ValueError("job name must not contain '..'")
+        return v
+
+    @model_validator(mode="after")
+    def _points(self) -> JobSpec:
+        cfg = self.model.config()
+        if isinstance(cfg, CCTConfig):
+            if cfg.tokenizer_sizes(self.dataset.image_size)[-1] < 1:
+                raise ValueError(f"image_size {self.dataset.image_size} is too small for {self.model.name}'s tokenizer")
+        elif self.dataset.image_size < 32:
+            raise ValueError(f"{self.model.name} needs image_size >= 32 (five 2x poolings)")
+        available = self.points()
+        for pat, names in match_points(available, self.measure.points).items():
+            if not names:
+                raise ValueError(f"measure.points: {pat!r} matches no measurement point of {self.model.name}; "
+                                 f"it has {', '.join(available)}")
+        return self
+
+    def points(self):
+        return measurement_points(self.model.config(), self.dataset.image_size)
+
+    def selected_points(self) -> list[str]:
+        chosen = set()
+        for names in match_points(self.points(), self.measure.points).values():
+            chosen.update(names)
+        return [n for n in self.points() if n in chosen]
+
+    def job_id(self) -> str:
+        """`<name>-<hash>`: the hash covers everything that changes results (not storage or compute)."""
+        content = self.model_dump(mode="json", exclude={"storage", "compute", "description"})
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.name}-{digest}"
+
+
+def resolve_path(p: str) -> Path:
+    """Expand ~ and $VARS; relative paths resolve against the working directory."""
+    return Path(os.path.expandvars(os.path.expanduser(p))).resolve()
+
+
+def _count_nodes(node: Any, limit: int) -> None:
+    """Walk the parsed YAML graph counting visits (aliases count each time they are used)."""
+    stack, seen = [node], 0
+    while stack:
+        n = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise SpecError(f"expands to more than {limit} values (recursive or exploding YAML anchors?)")
+        if isinstance(n, dict):
+            stack.extend(n.keys())
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+
+
+def parse_yaml(text: bytes | str, source: str) -> Any:
+    if isinstance(text, bytes):
+        if len(text) > MAX_YAML_BYTES:
+            raise SpecError(f"{source}: file is {len(text)} bytes; a job file is at most {MAX_YAML_BYTES}")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SpecError(f"{source}: not UTF-8 text (byte {e.start}); job files are UTF-8 YAML") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(f"{source}: malformed YAML{where}: {problem}") from None
+    try:
+        _count_nodes(data, MAX_YAML_NODES)
+    except SpecError as e:
+        raise SpecError(f"{source}: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping of job fields at the top level, got {type(data).__name__}")
+    return data
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid job spec ({err.error_count()} problem{'s' if err.error_count() > 1 else ''}):"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (not part of the job spec; check the spelling, see `snp-service schema`)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing",) or isinstance(got, (dict, list)) else f" (got {got!r:.80})"
+        lines.append(f"  - {loc}: {msg}{shown}" if loc else f"  - {msg}")
+    return "\n".join(lines)
+
+
+def spec_from_dict(data: dict, source: str = "<spec>") -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, source)) from None
+
+
+def load_spec(path: str | os.PathLike) -> JobSpec:
+    """Read and validate a job YAML; raises SpecError naming the file and field on any problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"{p}: job file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{p}: is a directory, expected a job YAML file") from None
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read: {e.strerror}") from None
+    return spec_from_dict(parse_yaml(raw, str(p)), str(p))
+
+
+def json_schema() -> dict:
+    return JobSpec.model_json_schema()

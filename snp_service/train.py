@@ -1,0 +1,231 @@
+"""Stage 1: train the whole network with Ray Train (CCT recipe: AdamW, cosine with warm-up,
+label smoothing, optional mixup/cutmix), one checkpoint per epoch, resumable.
+
+`train_loop_per_worker` is what every Ray Train worker runs; `fit()` launches it with a
+TorchTrainer whose checkpoints live in the job's results folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from snp_service.spec import JobSpec, TrainSpec
+
+STATE_FILE = "state.pt"
+
+
+def cpu_supports_bf16() -> bool:
+    """AMX or AVX-512 bf16: where bf16 autocast is faster than fp32 on a CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device (None: plain fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device.type == "cuda" or cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to min_ratio, by optimizer step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: nn.Module, t: TrainSpec) -> torch.optim.Optimizer:
+    # no weight decay on biases, norms and the positional embedding, as in the CCT recipe
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or "positional_emb" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None,
+             num_classes: int) -> dict:
+    """Loss, accuracy and the confusion matrix (rows: true label, columns: prediction)."""
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum, n = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
+        n += len(y)
+        idx = y.cpu() * num_classes + logits.argmax(1).cpu()
+        confusion += torch.bincount(idx, minlength=num_classes ** 2).view(num_classes, num_classes)
+    return {"loss": loss_sum / max(1, n), "accuracy": confusion.diag().sum().item() / max(1, n),
+            "confusion": confusion}
+
+
+def _mixer(spec: JobSpec, num_classes: int):
+    from torchvision.transforms import v2
+
+    a = spec.dataset.augment
+    ops = []
+    if a.mixup_alpha > 0:
+        ops.append(v2.MixUp(alpha=a.mixup_alpha, num_classes=num_classes))
+    if a.cutmix_alpha > 0:
+        ops.append(v2.CutMix(alpha=a.cutmix_alpha, num_classes=num_classes))
+    return v2.RandomChoice(ops) if ops else None
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Run by every Ray Train worker. Reports metrics and a checkpoint after every epoch."""
+    import ray.train
+    import ray.train.torch
+
+    from snp_service.data import build_datasets
+    from snp_service.models import create_model
+
+    spec = JobSpec.model_validate(config["spec"])
+    t = spec.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(t.seed)
+    if config.get("torch_threads"):
+        torch.set_num_threads(int(config["torch_threads"]))
+
+    data = build_datasets(spec.dataset, seed=t.seed)
+    gen = torch.Generator()
+    train_loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=len(data.train) > t.batch_size,
+                              num_workers=spec.dataset.num_workers, generator=gen,
+                              persistent_workers=spec.dataset.num_workers > 0)
+    eval_loader = DataLoader(data.eval, batch_size=max(t.batch_size, 256), shuffle=False,
+                             num_workers=spec.dataset.num_workers)
+    train_loader = ray.train.torch.prepare_data_loader(train_loader)
+    eval_loader = ray.train.torch.prepare_data_loader(eval_loader)
+
+    model = create_model(spec.model, data.num_classes, spec.dataset.image_size)
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    dtype = autocast_dtype(t.precision, device)
+    optimizer = make_optimizer(model, t)
+    steps_per_epoch = len(train_loader)
+    total_steps = t.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, t.warmup_epochs * steps_per_epoch, t.min_lr / t.lr))
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    mixer = _mixer(spec, data.num_classes)
+
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        if rank == 0:
+            print(f"[snp-service] resumed from checkpoint after epoch {start_epoch}", flush=True)
+
+    for epoch in range(start_epoch, t.epochs):
+        # seed per epoch, so a resumed run sees the same shuffles and augmentations
+        gen.manual_seed(t.seed * 100_003 + epoch)
+        torch.manual_seed(t.seed * 100_003 + epoch + rank)
+        if world > 1 and hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        model.train()
+        t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        for x, y in train_loader:
+            x, y = x.to(device), y.to(device)
+            target = y
+            if mixer is not None:
+                x, target = mixer(x, y)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = model(x)
+            loss = criterion(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        train_s = time.perf_counter() - t0
+        ev = evaluate(model, eval_loader, device, dtype, data.num_classes)
+        metrics = {
+            "epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+            "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "lr": scheduler.get_last_lr()[0],
+            "train_seconds": train_s, "train_images_per_s": seen * world / train_s,
+            "precision": str(dtype).removeprefix("torch.") if dtype else "float32", "device": device.type,
+        }
+        history.append(metrics)
+        if rank == 0:
+            print(f"[snp-service] epoch {epoch + 1}/{t.epochs}  loss {metrics['train_loss']:.3f}  "
+                  f"train acc {metrics['train_accuracy']:.3f}  eval acc {metrics['eval_accuracy']:.3f}  "
+                  f"{metrics['train_images_per_s']:.0f} img/s", flush=True)
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
+                            "classes": data.classes, "data": data.describe(),
+                            "confusion": ev["confusion"]}, Path(d) / STATE_FILE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+        if os.environ.get("SNP_FAIL_AFTER_EPOCH") == str(epoch):  # fault injection for resume tests
+            raise RuntimeError(f"injected failure after epoch {epoch}")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+@dataclass
+class TrainResult:
+    state: dict  # the final checkpoint's state (model weights, history, classes, ...)
+    checkpoint_path: str
+
+
+def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: str | None = None,
+        max_failures: int = 0) -> TrainResult:
+    """Run training on the connected Ray cluster. A run with the same name and storage resumes
+    from its latest checkpoint (Ray Train V2); `resume_from` starts from a given checkpoint."""
+    import ray
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = spec.compute.use_gpu
+    if use_gpu == "auto":
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    threads = max(1, int(spec.compute.cpus_per_worker))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "torch_threads": threads},
+        scaling_config=ScalingConfig(num_workers=spec.compute.num_workers, use_gpu=bool(use_gpu),
+                                     resources_per_worker={"CPU": spec.compute.cpus_per_worker}),
+        run_config=RunConfig(
+            name=spec.job_id(), storage_path=storage_path, storage_filesystem=storage_filesystem,
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint_keep),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+        resume_from_checkpoint=Checkpoint(resume_from, filesystem=storage_filesystem) if resume_from else None,
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+    return TrainResult(state=state, checkpoint_path=result.checkpoint.path)
