@@ -46,7 +46,7 @@ def ensure_ray(spec: JobSpec) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(log_to_driver=True)
 
 
 def stage_data(spec: JobSpec, job: JobStore, progress: Progress) -> dict:

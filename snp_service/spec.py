@@ -46,7 +46,7 @@ class SyntheticSpec(_Strict):
     train_per_class: int = Field(100, ge=1, le=5000)
     test_per_class: int = Field(20, ge=1, le=1000)
     image_size: int = Field(32, ge=8, le=512, description="side of the stored images (CIFAR layout: always 32)")
-    noise: float = Field(0.25, ge=0.0, le=2.0, description="pixel noise relative to the class pattern")
+    noise: float = Field(0.8, ge=0.0, le=4.0, description="pixel noise relative to the class pattern")
     seed: int = 0
 
 

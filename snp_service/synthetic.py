@@ -1,8 +1,8 @@
 """Deterministic synthetic datasets written in the official CIFAR-100 and Flowers-102 file layouts.
 
 Tests and the quickstart use these so that the real torchvision loaders parse real files, with no
-download. Each class has a prototype made of a few coloured low-frequency gratings and a blob;
-an image is its class prototype shifted by a few pixels, rescaled in brightness and noised, so a
+download. Each class has a prototype mixing three of a set of shared patterns (coloured gratings and
+blobs), so classes overlap; an image is its class prototype shifted by a few pixels, rescaled in brightness and noised, so a
 small network can learn the classes but not trivially from one pixel.
 
 A `SYNTHETIC.json` marker, written last, records the parameters and the SHA-256 of every file:
@@ -32,19 +32,22 @@ def class_names(n: int) -> list[str]:
 
 
 def _prototypes(num_classes: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Class prototypes as sparse mixtures of shared patterns: classes overlap in features, as
+    real labels do, so recognising one label partly recognises others."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    protos = np.zeros((num_classes, size, size, 3), np.float32)
-    for c in range(num_classes):
-        img = np.zeros((size, size, 3), np.float32)
-        for _ in range(3):
-            fy, fx = rng.uniform(0.5, 3.0, 2)
-            phase = rng.uniform(0, 2 * np.pi)
-            colour = rng.uniform(-1, 1, 3)
-            img += np.sin(2 * np.pi * (fy * yy + fx * xx) + phase)[..., None] * colour
+    n_basis = max(4, num_classes // 2)
+    basis = np.zeros((n_basis, size, size, 3), np.float32)
+    for b in range(n_basis):
+        fy, fx = rng.uniform(0.5, 3.0, 2)
+        grating = np.sin(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 2 * np.pi))
         cy, cx = rng.uniform(0.2, 0.8, 2)
         r = rng.uniform(0.1, 0.25)
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        img += 1.5 * blob[..., None] * rng.uniform(-1, 1, 3)
+        basis[b] = grating[..., None] * rng.uniform(-1, 1, 3) + 1.5 * blob[..., None] * rng.uniform(-1, 1, 3)
+    protos = np.zeros((num_classes, size, size, 3), np.float32)
+    for c in range(num_classes):
+        chosen = rng.choice(n_basis, size=3, replace=False)
+        img = np.tensordot(rng.uniform(0.5, 1.0, 3) * rng.choice([-1, 1], 3), basis[chosen], axes=1)
         protos[c] = img / (np.abs(img).max() + 1e-6)
     return protos
 
@@ -100,7 +103,7 @@ def _labels(num_classes: int, per_class: int, rng: np.random.Generator) -> np.nd
 
 
 def write_cifar100(root: Path, num_classes: int, train_per_class: int, test_per_class: int,
-                   noise: float = 0.25, seed: int = 0) -> Path:
+                   noise: float = 0.8, seed: int = 0) -> Path:
     """Write `root/cifar-100-python/{train,test,meta}` as the official pickles (fine labels 0..n-1)."""
     params = dict(layout="cifar100", num_classes=num_classes, train_per_class=train_per_class,
                   test_per_class=test_per_class, image_size=32, noise=noise, seed=seed)
@@ -135,7 +138,7 @@ def write_cifar100(root: Path, num_classes: int, train_per_class: int, test_per_
 
 
 def write_flowers102(root: Path, num_classes: int, train_per_class: int, test_per_class: int,
-                     image_size: int = 64, noise: float = 0.25, seed: int = 0) -> Path:
+                     image_size: int = 64, noise: float = 0.8, seed: int = 0) -> Path:
     """Write `root/flowers-102/{jpg/image_NNNNN.jpg, imagelabels.mat, setid.mat}` (labels 1-based)."""
     from scipy.io import savemat
 

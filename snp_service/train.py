@@ -8,7 +8,6 @@ TorchTrainer whose checkpoints live in the job's results folder.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -130,7 +129,10 @@ def train_loop_per_worker(config: dict) -> None:
     mixer = _mixer(spec, data.num_classes)
 
     start_epoch, history = 0, []
+    # the run's own latest checkpoint (restore after a failure), else a given starting checkpoint
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(config["resume_from"], filesystem=config.get("resume_filesystem"))
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
@@ -185,7 +187,7 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
-        if os.environ.get("SNP_FAIL_AFTER_EPOCH") == str(epoch):  # fault injection for resume tests
+        if config.get("fail_after_epoch") == epoch:  # fault injection, used by the resume tests
             raise RuntimeError(f"injected failure after epoch {epoch}")
 
 
@@ -200,11 +202,11 @@ class TrainResult:
 
 
 def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: str | None = None,
-        max_failures: int = 0) -> TrainResult:
+        max_failures: int = 0, fail_after_epoch: int | None = None) -> TrainResult:
     """Run training on the connected Ray cluster. A run with the same name and storage resumes
     from its latest checkpoint (Ray Train V2); `resume_from` starts from a given checkpoint."""
     import ray
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     use_gpu = spec.compute.use_gpu
@@ -213,7 +215,9 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
     threads = max(1, int(spec.compute.cpus_per_worker))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "torch_threads": threads},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "torch_threads": threads,
+                           "fail_after_epoch": fail_after_epoch, "resume_from": resume_from,
+                           "resume_filesystem": storage_filesystem},
         scaling_config=ScalingConfig(num_workers=spec.compute.num_workers, use_gpu=bool(use_gpu),
                                      resources_per_worker={"CPU": spec.compute.cpus_per_worker}),
         run_config=RunConfig(
@@ -221,7 +225,6 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint_keep),
             failure_config=FailureConfig(max_failures=max_failures),
         ),
-        resume_from_checkpoint=Checkpoint(resume_from, filesystem=storage_filesystem) if resume_from else None,
     )
     result = trainer.fit()
     if result.error:

@@ -1,0 +1,55 @@
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def cache_env(tmp_path_factory):
+    """An isolated dataset cache for the whole session (archives are extracted once)."""
+    d = tmp_path_factory.mktemp("snp-cache")
+    old = os.environ.get("SNP_CACHE")
+    os.environ["SNP_CACHE"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("SNP_CACHE", None)
+    else:
+        os.environ["SNP_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster in a fresh temp dir (so no stale ray_current_cluster is reused)."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    ray.init(num_cpus=2, _temp_dir=temp, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def tiny_job(tmp: Path, **overrides) -> dict:
+    """A job dict small enough to train in seconds: a 1-layer, 32-wide CCT on synthetic data."""
+    job = {
+        "name": "tiny",
+        "dataset": {"name": "cifar100", "root": str(tmp / "data"), "num_workers": 0,
+                    "synthetic": {"num_classes": 4, "train_per_class": 96, "test_per_class": 16, "noise": 0.3}},
+        "model": {"name": "cct_2_3x2_32", "num_layers": 1, "embedding_dim": 32, "num_heads": 2},
+        "train": {"epochs": 3, "batch_size": 32, "lr": 3e-3, "seed": 0},
+        "storage": {"root": str(tmp / "results")},
+        "compute": {"num_workers": 1, "cpus_per_worker": 1},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if field:
+            job[section] = {**job.get(section, {}), field: value}
+        else:
+            job[section] = value
+    return job

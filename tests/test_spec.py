@@ -1,0 +1,155 @@
+"""The job spec: every shipped job validates; bad ones are rejected with the file, the field and
+what was expected, exit code 2 and no traceback."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from snp_service.cli import main
+from snp_service.errors import SpecError
+from snp_service.spec import JobSpec, load_spec, spec_from_dict
+from tests.conftest import REPO, SHARED_CIFAR10, tiny_job
+
+JOBS = sorted((REPO / "jobs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_shipped_jobs_validate(path, monkeypatch):
+    if "cifar10_real" in path.name and not SHARED_CIFAR10.exists():
+        pytest.skip(f"real CIFAR-10 archive not at {SHARED_CIFAR10}")
+    monkeypatch.chdir(REPO)
+    if "download: true" not in path.read_text() and "synthetic" not in path.read_text() \
+            and "cifar10_real" not in path.name:
+        pytest.skip(f"{path.name} needs its dataset root present (a GPU-cluster job)")
+    spec = load_spec(path)
+    assert spec.job_id().startswith(spec.name + "-")
+
+
+def test_every_dataset_kind_has_a_shipped_job():
+    names = {yaml.safe_load(p.read_text())["dataset"]["name"] for p in JOBS}
+    assert {"cifar100", "flowers102", "imagefolder"} <= names
+
+
+def test_job_id_is_content_derived(tmp_path):
+    a = spec_from_dict(tiny_job(tmp_path))
+    b = spec_from_dict(tiny_job(tmp_path, **{"storage": {"root": str(tmp_path / "elsewhere")}}))
+    c = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 4}))
+    assert a.job_id() == b.job_id()  # storage does not change results
+    assert a.job_id() != c.job_id()
+
+
+def test_defaults_follow_method(tmp_path):
+    spec = spec_from_dict(tiny_job(tmp_path))
+    assert spec.analysis.threshold == 0.3 and spec.analysis.normalise == "max"
+    assert spec.train.label_smoothing == 0.1 and spec.train.optimizer == "adamw"
+    assert spec.selected_points()[0] == "tokenizer.0"
+
+
+def _bad_cases(tmp: Path):
+    base = tiny_job(tmp)
+
+    def with_(path, value):
+        job = json.loads(json.dumps(base))
+        *parents, last = path.split(".")
+        node = job
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+        return yaml.safe_dump(job)
+
+    def without(path):
+        job = json.loads(json.dumps(base))
+        *parents, last = path.split(".")
+        node = job
+        for p in parents:
+            node = node[p]
+        del node[last]
+        return yaml.safe_dump(job)
+
+    return {
+        "wrong_type_epochs": (with_("train.epochs", "ten"), "train.epochs"),
+        "negative_epochs": (with_("train.epochs", -3), "train.epochs"),
+        "zero_batch": (with_("train.batch_size", 0), "train.batch_size"),
+        "absurd_batch": (with_("train.batch_size", 10**9), "train.batch_size"),
+        "unknown_top_key": (yaml.safe_dump({**base, "trian": {}}), "trian: unknown field"),
+        "unknown_nested_key": (with_("model.heads", 4), "model.heads: unknown field"),
+        "unknown_model": (with_("model.name", "resnet50"), "unknown model 'resnet50'"),
+        "unknown_dataset": (with_("dataset.name", "mnist"), "dataset.name"),
+        "threshold_one": (with_("analysis.threshold", 1.0), "analysis.threshold"),
+        "threshold_zero": (with_("analysis.threshold", 0.0), "analysis.threshold"),
+        "threshold_negative": (with_("pruning.threshold", -0.2), "pruning.threshold"),
+        "heads_not_dividing": (with_("model.num_heads", 3), "does not divide embedding_dim"),
+        "missing_dataset_path": (yaml.safe_dump({**base, "dataset": {"name": "cifar10", "root": str(tmp / "nope")}}),
+                                 "does not exist"),
+        "missing_required": (without("train"), "train: required field is missing"),
+        "missing_epochs": (without("train.epochs"), "train.epochs: required field is missing"),
+        "point_model_lacks": (with_("measure.points", ["blocks.9.out"]), "matches no measurement point"),
+        "image_too_small": (yaml.safe_dump({**base, "model": {"name": "vgg11_bn"},
+                                             "dataset": {**base["dataset"], "image_size": 16}}), "image_size >= 32"),
+        "name_with_slash": (yaml.safe_dump({**base, "name": "a/b"}), "name"),
+        "name_with_dotdot": (yaml.safe_dump({**base, "name": "a..b"}), "'..'"),
+        "s3_without_bucket": (with_("storage.root", "s3:///prefix"), "has no bucket"),
+        "endpoint_without_scheme": (yaml.safe_dump({**base, "storage": {"root": "s3://b/p", "endpoint": "minio:9000"}}),
+                                    "has no scheme"),
+        "synthetic_wrong_layout": (yaml.safe_dump({**base, "dataset": {**base["dataset"], "name": "cifar10"}}),
+                                   "CIFAR-100 or Flowers-102 layout"),
+        "warmup_too_long": (with_("train.warmup_epochs", 3), "warmup_epochs"),
+        "lr_negative": (with_("train.lr", -1e-3), "train.lr"),
+        "malformed_yaml": ("name: tiny\ndataset: [unclosed\n", "malformed YAML at line"),
+        "top_level_list": ("- a\n- b\n", "expected a mapping"),
+        "yaml_bomb": ("a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+                      "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+                      "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
+                      "expands to more than"),
+        "non_utf8": (b"name: caf\xe9\n", "not UTF-8"),
+    }
+
+
+def test_at_least_fifteen_bad_cases(tmp_path):
+    assert len(_bad_cases(tmp_path)) >= 15
+
+
+@pytest.mark.parametrize("case", list(_bad_cases(Path("/tmp/x"))))
+def test_bad_spec_rejected(case, tmp_path, capsys):
+    text, expected = _bad_cases(tmp_path)[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+    assert main(["validate", str(path)]) == 2
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and expected in out.err and out.out == ""
+
+
+def test_validate_cli_exit_codes(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(tiny_job(tmp_path)))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**tiny_job(tmp_path), "model": {"name": "nope"}}))
+    ok = subprocess.run([sys.executable, "-m", "snp_service.cli", "validate", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert yaml.safe_load(ok.stdout)["train"]["epochs"] == 3  # the normalised spec is printed as YAML
+    ko = subprocess.run([sys.executable, "-m", "snp_service.cli", "validate", str(bad)], capture_output=True, text=True)
+    assert ko.returncode == 2 and "Traceback" not in ko.stderr and "model.name" in ko.stderr
+    missing = subprocess.run([sys.executable, "-m", "snp_service.cli", "validate", str(tmp_path / "absent.yaml")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "job file not found" in missing.stderr
+
+
+def test_schema_is_json_schema(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "JobSpec" and "dataset" in schema["required"]
+    assert schema["additionalProperties"] is False
+
+
+def test_spec_round_trips_through_json(tmp_path):
+    spec = spec_from_dict(tiny_job(tmp_path))
+    again = JobSpec.model_validate(json.loads(spec.model_dump_json()))
+    assert again == spec and again.job_id() == spec.job_id()

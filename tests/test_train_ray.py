@@ -1,0 +1,63 @@
+"""Training through Ray Train on a real local Ray cluster (slow: each test trains a tiny CCT)."""
+
+import pytest
+import ray.train
+
+from snp_service import pipeline
+from snp_service.spec import spec_from_dict
+from snp_service.store import Store
+from snp_service.train import fit
+from tests.conftest import tiny_job
+
+pytestmark = pytest.mark.slow
+
+
+def test_pipeline_trains_above_chance_and_reuses_stages(tmp_path, ray_cluster):
+    spec = spec_from_dict(tiny_job(tmp_path))
+    messages = []
+    out = pipeline.run(spec, progress=messages.append)
+    assert out.stages["evaluate"]["accuracy"] > 0.5 > out.stages["evaluate"]["chance"]
+    job = Store.from_spec(spec.storage).job(spec.job_id())
+    metrics = job.read_table("train/metrics.parquet")
+    assert metrics["epoch"].to_list() == [0, 1, 2]
+    assert metrics["eval_accuracy"][-1] > metrics["eval_accuracy"][0] or metrics["eval_accuracy"][0] > 0.9
+    listed = {a["path"] for a in job.manifest()["artefacts"]}
+    assert {"spec.json", "model/weights.pt", "train/metrics.parquet", "eval/per_class.parquet"} <= listed
+    assert any(p.endswith("state.pt") for p in listed)  # Ray Train's checkpoints live in the job folder
+
+    again = []
+    pipeline.run(spec, progress=again.append)
+    assert sum("already finished" in m for m in again) == 3
+
+
+def test_same_job_twice_gives_same_metrics(tmp_path, ray_cluster):
+    a = spec_from_dict(tiny_job(tmp_path, storage={"root": str(tmp_path / "a")}, **{"train.epochs": 2}))
+    b = spec_from_dict(tiny_job(tmp_path, storage={"root": str(tmp_path / "b")}, **{"train.epochs": 2}))
+    assert a.job_id() == b.job_id()
+    ra, rb = fit(a, str(tmp_path / "a" / "train")), fit(b, str(tmp_path / "b" / "train"))
+    keys = ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy")
+    assert [[h[k] for k in keys] for h in ra.state["history"]] == [[h[k] for k in keys] for h in rb.state["history"]]
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, ray_cluster):
+    spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 4}))
+    storage = str(tmp_path / "train")
+    with pytest.raises(ray.train.TrainingFailedError) as err:
+        fit(spec, storage, fail_after_epoch=1)
+    assert "injected failure after epoch 1" in str(err.value)
+    resumed = fit(spec, storage)  # same run name and storage: Ray Train V2 restores the run
+    epochs = [h["epoch"] for h in resumed.state["history"]]
+    assert epochs == [0, 1, 2, 3]
+
+    uninterrupted = fit(spec, str(tmp_path / "clean"))
+    for h1, h2 in zip(resumed.state["history"], uninterrupted.state["history"]):
+        assert h1["train_loss"] == pytest.approx(h2["train_loss"], rel=1e-6)  # continues where it stopped
+
+
+def test_resume_from_checkpoint_continues_at_next_epoch(tmp_path, ray_cluster):
+    short = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 2}))
+    first = fit(short, str(tmp_path / "first"))
+    longer = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 3}))
+    second = fit(longer, str(tmp_path / "second"), resume_from=first.checkpoint_path)
+    assert [h["epoch"] for h in second.state["history"]] == [0, 1, 2]
+    assert second.state["history"][:2] == first.state["history"]
