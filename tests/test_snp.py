@@ -1,0 +1,140 @@
+"""The SNP core against the literal definition and on hand-built matrices with known clusters."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from snp_service.snp import (
+    SNPAccumulator,
+    clusters,
+    fields,
+    fields_literal,
+    node_statistics,
+    normalise,
+    point_statistics,
+)
+
+# (X inputs, N nodes, P positions): a conv map, a `flatten` transformer readout, a `seqpool` one
+POINT_KINDS = {"conv_map": (40, 16, 9), "flatten_tokens": (30, 12, 64), "seqpool": (50, 128, 1)}
+
+
+@pytest.mark.parametrize("kind", POINT_KINDS)
+def test_one_pass_fields_equal_literal_silencing(kind):
+    g = torch.Generator().manual_seed(1)
+    X, N, P = POINT_KINDS[kind]
+    acts = torch.randn(X, N, P, generator=g, dtype=torch.float64)
+    w = torch.randn(7, N, P, generator=g, dtype=torch.float64)
+    fast, ref = fields(acts, w), fields_literal(acts, w)
+    assert (fast - ref).abs().max() / ref.abs().max() <= 1e-5
+    # and the fields of all nodes add up to the full readout's logits
+    torch.testing.assert_close(fast.sum(1), acts.reshape(X, -1) @ w.reshape(7, -1).T)
+
+
+def test_seqpool_snp_matrix_is_rank_one():
+    g = torch.Generator().manual_seed(0)
+    pooled, y = torch.randn(200, 5, 1, generator=g, dtype=torch.float64), torch.arange(200) % 4
+    w = torch.randn(4, 5, 1, generator=g, dtype=torch.float64)
+    acc = SNPAccumulator(5, 4)
+    acc.update(fields(pooled, w), y)
+    m = acc.snp_matrices()
+    assert all(torch.linalg.matrix_rank(m[n]) == 1 for n in range(5))
+
+
+def test_streaming_and_sharded_sums_are_exact():
+    g = torch.Generator().manual_seed(2)
+    f, y = torch.randn(300, 6, 5, generator=g), torch.randint(0, 5, (300,), generator=g)
+    whole = SNPAccumulator(6, 5)
+    whole.update(f, y)
+    a, b = SNPAccumulator(6, 5), SNPAccumulator(6, 5)
+    for i in range(0, 300, 64):
+        (a if i < 128 else b).update(f[i:i + 64], y[i:i + 64])
+    merged = a.merge(b)
+    torch.testing.assert_close(merged.snp_matrices(), whole.snp_matrices(), rtol=1e-12, atol=1e-12)
+    expected = torch.stack([f[y == i].double().mean(0) for i in range(5)], dim=1)  # (N, L_true, L_out)
+    torch.testing.assert_close(whole.snp_matrices(), expected)
+
+
+def test_centred_variant_ignores_a_constant_offset():
+    g = torch.Generator().manual_seed(3)
+    pooled, y = torch.randn(100, 4, 1, generator=g, dtype=torch.float64), torch.arange(100) % 5
+    w = torch.randn(5, 4, 1, generator=g, dtype=torch.float64)
+    a, b = SNPAccumulator(4, 5), SNPAccumulator(4, 5)
+    a.update(fields(pooled, w), y)
+    b.update(fields(pooled + 3.0, w), y)
+    torch.testing.assert_close(a.snp_matrices(centred=True), b.snp_matrices(centred=True))
+    assert not torch.allclose(a.snp_matrices(), b.snp_matrices())
+
+
+def test_node_label_accuracy_counts_the_nodes_own_argmax():
+    f = torch.tensor([[[2.0, 0.0]], [[0.0, 1.0]], [[3.0, 0.0]]])  # (X=3, N=1, L=2)
+    acc = SNPAccumulator(1, 2)
+    acc.update(f, torch.tensor([0, 0, 1]))
+    assert acc.node_label_accuracy().tolist() == [[0.5, 0.0]]
+
+
+def _m(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_normalise_only_by_a_positive_maximum():
+    pos, neg = _m([[2.0, -1.0], [0.5, 1.0]]), _m([[-2.0, -1.0], [-0.5, -4.0]])
+    out = normalise(torch.stack([pos, neg]))
+    torch.testing.assert_close(out[0], pos / 2)
+    torch.testing.assert_close(out[1], neg)  # signs never flipped
+    assert clusters(out[1], 0.3) == []
+
+
+def test_two_disjoint_blocks():
+    m = torch.zeros(5, 5, dtype=torch.float64)
+    m[:2, :2] = 1.0
+    m[3:, 3:] = 0.8
+    assert clusters(m, 0.3) == [[0, 1], [3, 4]]
+    ns = node_statistics(m[None], 0.3)
+    assert (ns.cluster_size[0], ns.n_clusters[0], ns.signal[0], ns.noise[0]) == (4, 2, 8, 0)
+
+
+def test_ties_are_broken_by_label_then_greedy_membership():
+    # 0-1 and 1-2 are mutual, 0-2 is not: equal diagonals, so label 0 opens the first cluster
+    m = _m([[1, 1, 0], [1, 1, 1], [0, 1, 1]])
+    assert clusters(m, 0.3) == [[0, 1], [2]]
+    # raise label 2's diagonal: now 2 opens first and takes 1
+    m2 = m.clone()
+    m2[2, 2] = 2.0
+    assert clusters(normalise(m2[None])[0], 0.3) == [[1, 2], [0]]
+
+
+def test_one_directional_link_is_noise_not_cluster():
+    m = _m([[1.0, 0.9, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.1]])
+    assert clusters(m, 0.3) == [[0], [1]]
+    ns = node_statistics(m[None], 0.3)
+    assert (ns.cluster_size[0], ns.signal[0], ns.noise[0]) == (2, 2, 1)
+
+
+def test_all_zero_node_and_empty_diagonal_have_no_cluster():
+    zero = torch.zeros(3, 3, dtype=torch.float64)
+    off = _m([[0.0, 1.0, 1.0], [1.0, 0.1, 0.0], [0.0, 0.0, 0.0]])  # diagonal under th
+    good = torch.eye(3, dtype=torch.float64)
+    ns = node_statistics(normalise(torch.stack([zero, off, good])), 0.3)
+    assert ns.has_cluster.tolist() == [False, False, True]
+    assert ns.noise.tolist() == [0, 3, 0]
+    stats = point_statistics(ns, bootstrap=0)
+    assert stats["frac_no_cluster"] == pytest.approx(2 / 3)
+    assert stats["mean_noise"] == 0  # nodes without a cluster are left out of the noise mean
+    assert stats["snr"] == math.inf and math.isnan(stats["snr_lo"])
+
+
+def test_point_statistics_and_seeded_bootstrap():
+    g = torch.Generator().manual_seed(4)
+    m = normalise(torch.rand(64, 6, 6, generator=g, dtype=torch.float64) - 0.2)
+    ns = node_statistics(m, 0.5)
+    s1, s2 = point_statistics(ns, 500, seed=7), point_statistics(ns, 500, seed=7)
+    assert s1 == s2
+    has = ns.has_cluster
+    assert s1["mean_cluster_size"] == pytest.approx(ns.cluster_size[has].mean())
+    assert s1["snr"] == pytest.approx(ns.signal[has].mean() / ns.noise[has].mean())
+    assert s1["noise_per_label"] == pytest.approx(np.mean(ns.noise[has] / ns.cluster_size[has]))
+    for k in ("mean_cluster_size", "mean_noise", "snr", "frac_no_cluster"):
+        assert s1[f"{k}_lo"] <= s1[k] <= s1[f"{k}_hi"], k
+    assert point_statistics(ns, 500, seed=8) != s1
