@@ -109,10 +109,60 @@ def stage_evaluate(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
             "chance": 1 / data.num_classes}
 
 
+def _npy_bytes(array) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    """Capture every selected point once (train and eval splits), then measure point by point."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from snp_service.analysis import measure_point
+    from snp_service.data import build_datasets
+    from snp_service.readout import capture
+
+    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
+    model = load_trained_model(spec, job, data.num_classes)
+    points, info = spec.selected_points(), spec.points()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="snp-features-") as tmp:
+        t0 = time.perf_counter()
+        train = capture(model, data.train, points, Path(tmp) / "train", progress=progress)
+        evaluation = capture(model, data.eval, points, Path(tmp) / "eval", progress=progress)
+        progress(f"snp: captured {len(points)} points on {len(train)} train and {len(evaluation)} eval images "
+                 f"in {time.perf_counter() - t0:.1f} s")
+        for p in points:
+            t0 = time.perf_counter()
+            r = measure_point(info[p], train.points[p], train.labels, evaluation.points[p], evaluation.labels,
+                              data.num_classes, spec.analysis)
+            job.write_bytes(f"snp/{p}/snp_matrices.npy", _npy_bytes(r.snp_matrices.numpy().astype(np.float16)))
+            job.write_bytes(f"snp/{p}/node_label_accuracy.npy", _npy_bytes(r.node_label_accuracy.numpy()))
+            job.write_table(f"snp/{p}/nodes.parquet", pl.DataFrame(r.nodes))
+            buf = io.BytesIO()
+            torch.save(r.readout.state_dict(), buf)
+            job.write_bytes(f"snp/{p}/readout.pt", buf.getvalue())
+            rows.append({**r.row, "seconds": time.perf_counter() - t0})
+            progress(f"snp: {p:22s} readout acc {r.row['readout_accuracy']:.3f}  cluster size "
+                     f"{r.row['mean_cluster_size']:.2f}  noise {r.row['mean_noise']:.2f}  SNR {r.row['snr']:.2f} "
+                     f"[{r.row['snr_lo']:.2f}, {r.row['snr_hi']:.2f}]  no-cluster {r.row['frac_no_cluster']:.2f}")
+    table = pl.DataFrame(rows)
+    job.write_table("snp/layers.parquet", table)
+    return {"points": len(rows), "readout": spec.analysis.readout, "threshold": spec.analysis.threshold,
+            "eval_images": len(data.eval), "train_images": len(data.train)}
+
+
 STAGES: list[tuple[str, Callable[[JobSpec, JobStore, Progress], dict]]] = [
     ("data", stage_data),
     ("train", stage_train),
     ("evaluate", stage_evaluate),
+    ("snp", stage_snp),
 ]
 
 

@@ -1,0 +1,58 @@
+"""Measuring one point end to end (METHOD.md 2): train its readout on captured features, compute
+all nodes' fields on the evaluation split in one streaming pass, then SNP matrices, clusters and
+statistics. No I/O: the pipeline stores what this returns; Ray decides where it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from snp_service.models import PointInfo
+from snp_service.readout import Readout, _batches, _load, readout_accuracy, train_readout
+from snp_service.snp import SNPAccumulator, fields, node_statistics, normalise, point_statistics
+from snp_service.spec import AnalysisSpec
+
+
+@dataclass
+class PointResult:
+    row: dict  # one row of the per-layer table
+    readout: Readout
+    snp_matrices: torch.Tensor  # (N, L, L), normalised as the spec says
+    node_label_accuracy: torch.Tensor  # (N, L)
+    nodes: dict[str, list]  # per-node statistics, column-wise
+
+
+def readout_kind(info: PointInfo, analysis: AnalysisSpec) -> str:
+    return "flatten" if info.kind == "conv" else analysis.readout
+
+
+@torch.no_grad()
+def snp_accumulate(readout: Readout, feats: np.ndarray, labels: np.ndarray, num_labels: int,
+                   batch_size: int = 256) -> SNPAccumulator:
+    acc = SNPAccumulator(feats.shape[1], num_labels)
+    w = readout.weight.double()
+    for idx in _batches(len(labels), batch_size, None):
+        acts = readout.node_activations(_load(feats, idx)).double()
+        acc.update(fields(acts, w), torch.from_numpy(labels[idx]))
+    return acc
+
+
+def measure_point(info: PointInfo, train: np.ndarray, train_labels: np.ndarray, evaluation: np.ndarray,
+                  eval_labels: np.ndarray, num_labels: int, analysis: AnalysisSpec) -> PointResult:
+    kind = readout_kind(info, analysis)
+    readout = train_readout(train, train_labels, num_labels, kind, analysis.readout_epochs, analysis.readout_lr,
+                            seed=analysis.seed)
+    accuracy = readout_accuracy(readout, evaluation, eval_labels)
+    acc = snp_accumulate(readout, evaluation, eval_labels, num_labels)
+    m = normalise(acc.snp_matrices(centred=analysis.normalise == "centred"))
+    ns = node_statistics(m, analysis.threshold)
+    stats = point_statistics(ns, analysis.bootstrap, analysis.confidence, analysis.seed)
+    row = {"point": info.name, "kind": info.kind, "nodes": info.nodes, "heads": info.heads, "readout": kind,
+           "normalise": analysis.normalise, "threshold": analysis.threshold, "readout_accuracy": accuracy,
+           "readout_epochs": analysis.readout_epochs, **stats}
+    nodes = {"node": list(range(info.nodes)), "cluster_size": ns.cluster_size.tolist(),
+             "n_clusters": ns.n_clusters.tolist(), "signal": ns.signal.tolist(), "noise": ns.noise.tolist(),
+             "clusters": [";".join(",".join(map(str, s)) for s in c) for c in ns.clusters]}
+    return PointResult(row, readout, m, acc.node_label_accuracy(), nodes)

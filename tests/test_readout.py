@@ -1,0 +1,74 @@
+"""Capture and readouts: hooks leave the model's output unchanged, features have the point's
+shape, a readout trained on captured features learns, and its fields add up to its logits."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from snp_service.analysis import measure_point, snp_accumulate
+from snp_service.models import create_model, measurement_points
+from snp_service.readout import Readout, capture, readout_accuracy, train_readout
+from snp_service.snp import fields, fields_literal
+from snp_service.spec import AnalysisSpec, ModelSpec
+
+
+def _toy(n=96, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    protos = torch.randn(classes, 3, 32, 32, generator=g)
+    x = protos[y] + 0.5 * torch.randn(n, 3, 32, 32, generator=g)
+    return TensorDataset(x, y)
+
+
+def test_capture_keeps_output_and_shapes(tmp_path):
+    torch.manual_seed(0)
+    spec = ModelSpec(name="cct_2_3x2_32", num_layers=1, embedding_dim=32, num_heads=2)
+    model = create_model(spec, 3, 32).eval()
+    ds = _toy(10)
+    before = model(ds.tensors[0])
+    info = measurement_points(spec.config(), 32)
+    feats = capture(model, ds, list(info), tmp_path, batch_size=4)
+    torch.testing.assert_close(model(ds.tensors[0]), before)
+    assert not any(m._forward_hooks for m in model.modules())  # hooks removed
+    for name, p in info.items():
+        assert feats.points[name].shape == (10, p.nodes, p.positions), name
+    assert feats.labels.tolist() == ds.tensors[1].tolist()
+
+
+@pytest.mark.parametrize("kind", ["seqpool", "flatten"])
+def test_readout_learns_and_fields_sum_to_logits(kind):
+    g = torch.Generator().manual_seed(0)
+    y = np.arange(300) % 3
+    centres = torch.randn(3, 8, 5, generator=g)
+    x = (centres[y] + 0.3 * torch.randn(300, 8, 5, generator=g)).numpy().astype(np.float16)
+    readout = train_readout(x, y, 3, kind, epochs=15, lr=1e-2)
+    assert readout_accuracy(readout, x, y) > 0.9
+    with torch.no_grad():
+        acts = readout.node_activations(torch.from_numpy(x[:20]).float()).double()
+        f = fields(acts, readout.weight.double())
+        torch.testing.assert_close(f.sum(1), readout(torch.from_numpy(x[:20]).float()).double(), rtol=1e-5, atol=1e-5)
+        ref = fields_literal(acts, readout.weight.double())
+        assert ((f - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+def test_seqpool_readout_matrices_are_rank_one():
+    g = torch.Generator().manual_seed(1)
+    y = np.arange(120) % 4
+    x = torch.randn(120, 6, 7, generator=g).numpy()
+    acc = snp_accumulate(Readout(6, 7, 4, "seqpool"), x, y, 4)
+    m = acc.snp_matrices()
+    assert all(torch.linalg.matrix_rank(m[n], rtol=1e-8) == 1 for n in range(6))
+
+
+def test_measure_point_row():
+    g = torch.Generator().manual_seed(2)
+    y = np.arange(200) % 4
+    x = (torch.randn(4, 16, 3, generator=g)[y] + 0.2 * torch.randn(200, 16, 3, generator=g)).numpy()
+    info = measurement_points(ModelSpec(name="cct_2_3x2_32").config(), 32)["blocks.0.mlp.hidden"]
+    from dataclasses import replace
+    info = replace(info, nodes=16, positions=3)
+    r = measure_point(info, x, y, x, y, 4, AnalysisSpec(readout="flatten", readout_epochs=30, readout_lr=1e-2, bootstrap=100))
+    assert r.row["readout"] == "flatten" and r.row["readout_accuracy"] > 0.9
+    assert r.snp_matrices.shape == (16, 4, 4) and len(r.nodes["clusters"]) == 16
+    assert r.snp_matrices.max() <= 1.0 + 1e-9
