@@ -172,7 +172,7 @@ class AnalysisSpec(_Strict):
     readout: Literal["seqpool", "flatten"] = Field(
         "seqpool", description="transformer readout: sequence pooling + Linear (rank-1 SNP) or Linear over tokens x nodes")
     readout_epochs: int = Field(20, ge=1, le=1000)
-    readout_lr: float = Field(1e-3, gt=0.0, le=10.0, description="Adam learning rate of the readouts")
+    readout_lr: float = Field(1e-2, gt=0.0, le=10.0, description="Adam learning rate of the readouts (cosine decay)")
     threshold: Fraction01 = Field(0.3, description="Boolean SNP threshold th (METHOD.md 2.6)")
     normalise: Literal["max", "centred"] = "max"
     bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples over nodes for intervals")
