@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from snp_service.models import PointInfo
-from snp_service.readout import Readout, _batches, _load, readout_accuracy, train_readout
+from snp_service.readout import Readout, batches, load_rows, readout_accuracy, train_readout
 from snp_service.snp import SNPAccumulator, fields, node_statistics, normalise, point_statistics
 from snp_service.spec import AnalysisSpec
 
@@ -33,8 +33,8 @@ def snp_accumulate(readout: Readout, feats: np.ndarray, labels: np.ndarray, num_
                    batch_size: int = 256) -> SNPAccumulator:
     acc = SNPAccumulator(feats.shape[1], num_labels)
     w = readout.weight.double()
-    for idx in _batches(len(labels), batch_size, None):
-        acts = readout.node_activations(_load(feats, idx)).double()
+    for idx in batches(len(labels), batch_size, None):
+        acts = readout.node_activations(load_rows(feats, idx)).double()
         acc.update(fields(acts, w), torch.from_numpy(labels[idx]))
     return acc
 

@@ -9,7 +9,6 @@ call from every Ray worker); `build_datasets()` returns the train and evaluation
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import tarfile
@@ -67,17 +66,9 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def extract_archive(archive: Path) -> Path:
     """Extract a .tar(.gz) once into the cache (keyed by its SHA-256); returns the extracted dir."""
-    digest = _file_digest(archive)[:16]
+    digest = synthetic.sha256_file(archive)[:16]
     dest = cache_dir() / "archives" / digest
     done = dest / ".complete"
     with _lock(cache_dir() / "archives" / f"{digest}.lock"):

@@ -99,13 +99,13 @@ class Readout(nn.Module):
         return torch.einsum("bnp,knp->bk", self.node_activations(feats), self.weight)
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
+def batches(n: int, batch_size: int, rng: np.random.Generator | None):
     order = rng.permutation(n) if rng is not None else np.arange(n)
     for i in range(0, n, batch_size):
         yield np.sort(order[i:i + batch_size])  # sorted indices read memmaps sequentially
 
 
-def _load(arr: np.memmap, idx: np.ndarray) -> torch.Tensor:
+def load_rows(arr: np.memmap, idx: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(arr[idx], dtype=np.float32))
 
 
@@ -124,8 +124,8 @@ def train_readout(train: np.memmap, labels: np.ndarray, num_labels: int, kind: s
     y_all = torch.from_numpy(labels)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
-        for idx in _batches(len(labels), batch_size, rng):
-            loss = nn.functional.cross_entropy(readout(_load(train, idx)), y_all[idx])
+        for idx in batches(len(labels), batch_size, rng):
+            loss = nn.functional.cross_entropy(readout(load_rows(train, idx)), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -136,6 +136,6 @@ def train_readout(train: np.memmap, labels: np.ndarray, num_labels: int, kind: s
 @torch.no_grad()
 def readout_accuracy(readout: Readout, feats: np.memmap, labels: np.ndarray, batch_size: int = 512) -> float:
     correct = 0
-    for idx in _batches(len(labels), batch_size, None):
-        correct += (readout(_load(feats, idx)).argmax(1).numpy() == labels[idx]).sum()
+    for idx in batches(len(labels), batch_size, None):
+        correct += (readout(load_rows(feats, idx)).argmax(1).numpy() == labels[idx]).sum()
     return float(correct / max(1, len(labels)))

@@ -65,7 +65,7 @@ def _images(protos: np.ndarray, labels: np.ndarray, noise: float, rng: np.random
     return out
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -75,7 +75,7 @@ def _sha256(path: Path) -> str:
 
 def _finish(base: Path, params: dict) -> None:
     files = sorted(p for p in base.rglob("*") if p.is_file() and p.name != MARKER)
-    marker = {"params": params, "files": {str(p.relative_to(base)): _sha256(p) for p in files}}
+    marker = {"params": params, "files": {str(p.relative_to(base)): sha256_file(p) for p in files}}
     (base / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
 
 
@@ -93,7 +93,7 @@ def verify(base: Path, deep: bool = False) -> bool:
         return False
     for rel, digest in marker["files"].items():
         p = base / rel
-        if not p.is_file() or (deep and _sha256(p) != digest):
+        if not p.is_file() or (deep and sha256_file(p) != digest):
             return False
     return True
 
