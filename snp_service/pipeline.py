@@ -6,7 +6,6 @@ SNP, heads, pruning and report stages here.
 
 from __future__ import annotations
 
-import io
 import os
 import platform
 import time
@@ -68,9 +67,7 @@ def stage_train(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
              f"({spec.compute.num_workers} worker(s)); checkpoints in {storage_path}")
     result = fit(spec, storage_path, fs)
     state = result.state
-    buf = io.BytesIO()
-    torch.save(state["model"], buf)
-    job.write_bytes(WEIGHTS, buf.getvalue())
+    job.write_torch(WEIGHTS, state["model"])
     job.write_table("train/metrics.parquet", pl.DataFrame(state["history"]))
     last = state["history"][-1]
     return {"epochs": len(state["history"]), "eval_accuracy": last["eval_accuracy"],
@@ -82,7 +79,7 @@ def load_trained_model(spec: JobSpec, job: JobStore, num_classes: int) -> torch.
     from snp_service.models import create_model
 
     model = create_model(spec.model, num_classes, spec.dataset.image_size)
-    model.load_state_dict(torch.load(io.BytesIO(job.read_bytes(WEIGHTS)), map_location="cpu"))
+    model.load_state_dict(job.read_torch(WEIGHTS))
     return model.eval()
 
 
@@ -107,14 +104,6 @@ def stage_evaluate(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
              f"(chance {1 / data.num_classes:.4f})")
     return {"accuracy": ev["accuracy"], "loss": ev["loss"], "images": int(counts.sum()),
             "chance": 1 / data.num_classes}
-
-
-def _npy_bytes(array) -> bytes:
-    import numpy as np
-
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
@@ -142,12 +131,10 @@ def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
             t0 = time.perf_counter()
             r = measure_point(info[p], train.points[p], train.labels, evaluation.points[p], evaluation.labels,
                               data.num_classes, spec.analysis)
-            job.write_bytes(f"snp/{p}/snp_matrices.npy", _npy_bytes(r.snp_matrices.numpy().astype(np.float16)))
-            job.write_bytes(f"snp/{p}/node_label_accuracy.npy", _npy_bytes(r.node_label_accuracy.numpy()))
+            job.write_array(f"snp/{p}/snp_matrices.npy", r.snp_matrices.numpy().astype(np.float16))
+            job.write_array(f"snp/{p}/node_label_accuracy.npy", r.node_label_accuracy.numpy())
             job.write_table(f"snp/{p}/nodes.parquet", pl.DataFrame(r.nodes))
-            buf = io.BytesIO()
-            torch.save(r.readout.state_dict(), buf)
-            job.write_bytes(f"snp/{p}/readout.pt", buf.getvalue())
+            job.write_torch(f"snp/{p}/readout.pt", r.readout.state_dict())
             rows.append({**r.row, "seconds": time.perf_counter() - t0})
             progress(f"snp: {p:22s} readout acc {r.row['readout_accuracy']:.3f}  cluster size "
                      f"{r.row['mean_cluster_size']:.2f}  noise {r.row['mean_noise']:.2f}  SNR {r.row['snr']:.2f} "

@@ -123,6 +123,22 @@ class JobStore:
     def write_text(self, rel: str, text: str) -> str:
         return self.write_bytes(rel, text.encode())
 
+    def write_torch(self, rel: str, obj: Any) -> str:
+        """A state dict or tensor, in torch.save format."""
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return self.write_bytes(rel, buf.getvalue())
+
+    def write_array(self, rel: str, array: Any) -> str:
+        """A numpy array as .npy."""
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, array)
+        return self.write_bytes(rel, buf.getvalue())
+
     # --- reading -------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
         return self.store.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
@@ -139,6 +155,11 @@ class JobStore:
 
     def read_table(self, rel: str) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(self.read_bytes(rel)))
+
+    def read_torch(self, rel: str) -> Any:
+        import torch
+
+        return torch.load(io.BytesIO(self.read_bytes(rel)), map_location="cpu")
 
     def files(self) -> list[pafs.FileInfo]:
         sel = pafs.FileSelector(self.base, recursive=True, allow_not_found=True)

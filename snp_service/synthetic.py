@@ -1,9 +1,9 @@
 """Deterministic synthetic datasets written in the official CIFAR-100 and Flowers-102 file layouts.
 
 Tests and the quickstart use these so that the real torchvision loaders parse real files, with no
-download. Each class has a prototype mixing three of a set of shared patterns (coloured gratings and
-blobs), so classes overlap; an image is its class prototype shifted by a few pixels, rescaled in brightness and noised, so a
-small network can learn the classes but not trivially from one pixel.
+download. Each class has a prototype mixing three of a set of shared patterns (coloured gratings
+and blobs), so classes overlap; an image is its class prototype shifted by a few pixels, rescaled
+in brightness and noised, so a small network can learn the classes but not trivially.
 
 A `SYNTHETIC.json` marker, written last, records the parameters and the SHA-256 of every file:
 the loaders check it in place of torchvision's md5 check of the official files.
