@@ -107,42 +107,41 @@ def stage_evaluate(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
 
 
 def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
-    """Capture every selected point once (train and eval splits), then measure point by point."""
-    import tempfile
-    from pathlib import Path
-
+    """Measure every selected point on Ray actors (snp_service.shard), then store the results."""
     import numpy as np
+    import ray
 
-    from snp_service.analysis import measure_point
-    from snp_service.data import build_datasets
-    from snp_service.readout import capture
+    from snp_service.shard import run_sharded, start_actors
 
-    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
-    model = load_trained_model(spec, job, data.num_classes)
-    points, info = spec.selected_points(), spec.points()
+    ensure_ray(spec)
+    points, c = spec.selected_points(), spec.compute
+    n = min(c.snp_actors, len(points))
+    fit = max(1, int(ray.cluster_resources().get("CPU", 0) // c.cpus_per_worker))
+    if n > fit:  # more would wait forever for CPUs on a fixed-size cluster
+        progress(f"snp: the cluster holds {fit} actor(s) of {c.cpus_per_worker} CPU(s), not {n}; using {fit}")
+        n = fit
+    actors = start_actors(spec, n, max(1, int(c.cpus_per_worker)), c.cpus_per_worker)
+    progress(f"snp: {len(points)} points on {len(actors)} Ray actor(s)")
+    try:
+        results = run_sharded(spec, job.read_torch(WEIGHTS), points, actors, progress)
+    finally:
+        for a in actors:
+            ray.kill(a)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="snp-features-") as tmp:
-        t0 = time.perf_counter()
-        train = capture(model, data.train, points, Path(tmp) / "train", progress=progress)
-        evaluation = capture(model, data.eval, points, Path(tmp) / "eval", progress=progress)
-        progress(f"snp: captured {len(points)} points on {len(train)} train and {len(evaluation)} eval images "
-                 f"in {time.perf_counter() - t0:.1f} s")
-        for p in points:
-            t0 = time.perf_counter()
-            r = measure_point(info[p], train.points[p], train.labels, evaluation.points[p], evaluation.labels,
-                              data.num_classes, spec.analysis)
-            job.write_array(f"snp/{p}/snp_matrices.npy", r.snp_matrices.numpy().astype(np.float16))
-            job.write_array(f"snp/{p}/node_label_accuracy.npy", r.node_label_accuracy.numpy())
-            job.write_table(f"snp/{p}/nodes.parquet", pl.DataFrame(r.nodes))
-            job.write_torch(f"snp/{p}/readout.pt", r.readout.state_dict())
-            rows.append({**r.row, "seconds": time.perf_counter() - t0})
-            progress(f"snp: {p:22s} readout acc {r.row['readout_accuracy']:.3f}  cluster size "
-                     f"{r.row['mean_cluster_size']:.2f}  noise {r.row['mean_noise']:.2f}  SNR {r.row['snr']:.2f} "
-                     f"[{r.row['snr_lo']:.2f}, {r.row['snr_hi']:.2f}]  no-cluster {r.row['frac_no_cluster']:.2f}")
-    table = pl.DataFrame(rows)
-    job.write_table("snp/layers.parquet", table)
-    return {"points": len(rows), "readout": spec.analysis.readout, "threshold": spec.analysis.threshold,
-            "eval_images": len(data.eval), "train_images": len(data.train)}
+    for p, r in results.items():
+        job.write_array(f"snp/{p}/snp_matrices.npy", r.snp_matrices.numpy().astype(np.float16))
+        job.write_array(f"snp/{p}/node_label_accuracy.npy", r.node_label_accuracy.numpy())
+        job.write_table(f"snp/{p}/nodes.parquet", pl.DataFrame(r.nodes))
+        job.write_torch(f"snp/{p}/readout.pt", r.readout.state_dict())
+        rows.append(r.row)
+        progress(f"snp: {p:22s} readout acc {r.row['readout_accuracy']:.3f}  cluster size "
+                 f"{r.row['mean_cluster_size']:.2f}  noise {r.row['mean_noise']:.2f}  SNR {r.row['snr']:.2f} "
+                 f"[{r.row['snr_lo']:.2f}, {r.row['snr_hi']:.2f}]  no-cluster {r.row['frac_no_cluster']:.2f}")
+    job.write_table("snp/layers.parquet", pl.DataFrame(rows))
+    data = job.stage_result("data") or {}
+    return {"points": len(rows), "actors": len(actors), "readout": spec.analysis.readout,
+            "threshold": spec.analysis.threshold, "eval_images": data.get("eval_size"),
+            "train_images": data.get("train_size")}
 
 
 STAGES: list[tuple[str, Callable[[JobSpec, JobStore, Progress], dict]]] = [

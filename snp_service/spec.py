@@ -241,7 +241,8 @@ class ComputeSpec(_Strict):
     address: str | None = None
     num_workers: int = Field(1, ge=1, le=4096)
     use_gpu: Literal["auto"] | bool = "auto"
-    cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0)
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0, description="per training worker and per SNP actor")
+    snp_actors: int = Field(1, ge=1, le=1024, description="Ray actors that share the SNP stage's points")
 
 
 class JobSpec(_Strict):

@@ -1,0 +1,113 @@
+"""The SNP stage on Ray: actors split the selected measurement points among themselves.
+
+Each actor loads the trained weights (shipped once through Ray's object store), builds the
+evaluation data itself, captures only its own points and measures them (snp_service.analysis).
+Points are assigned by a deterministic greedy balance of their size, and every actor uses the same
+number of torch threads, so the result is the same whatever the number of actors. A lost actor is
+restarted and its task retried by Ray itself (max_restarts / max_task_retries).
+
+Trade-off, stated: each actor runs the frozen network over the data for its own points, so the
+forward passes are repeated once per actor; they are cheap next to readout training.
+Not done yet: splitting one large point across actors by data shard (the SNP sums merge exactly,
+see SNPAccumulator.merge, but the readout training would have to be shared first).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from snp_service.analysis import PointResult, measure_point
+from snp_service.spec import JobSpec
+
+MAX_RESTARTS = 3
+
+
+@contextmanager
+def torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int = 1) -> dict[str, PointResult]:
+    """Capture `points` of the trained model once (train and eval splits) and measure each."""
+    from snp_service.data import build_datasets
+    from snp_service.models import create_model
+    from snp_service.readout import capture
+
+    info = spec.points()
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="snp-features-") as tmp:
+        data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
+        model = create_model(spec.model, data.num_classes, spec.dataset.image_size)
+        model.load_state_dict(weights)
+        train = capture(model, data.train, points, Path(tmp) / "train")
+        evaluation = capture(model, data.eval, points, Path(tmp) / "eval")
+        out = {}
+        for p in points:
+            t0 = time.perf_counter()
+            out[p] = measure_point(info[p], train.points[p], train.labels, evaluation.points[p], evaluation.labels,
+                                   data.num_classes, spec.analysis)
+            out[p].row["seconds"] = time.perf_counter() - t0
+        return out
+
+
+def assign(spec: JobSpec, points: list[str], n_actors: int) -> list[list[str]]:
+    """Largest point first to the least loaded actor (ties: lower index); cost = nodes x positions."""
+    info = spec.points()
+    groups: list[list[str]] = [[] for _ in range(min(n_actors, len(points)))]
+    load = [0] * len(groups)
+    for p in sorted(points, key=lambda p: (-info[p].nodes * info[p].positions, points.index(p))):
+        i = min(range(len(groups)), key=lambda j: (load[j], j))
+        groups[i].append(p)
+        load[i] += info[p].nodes * info[p].positions
+    return [[p for p in points if p in g] for g in groups]  # keep forward order inside a group
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
+    class SNPShard:
+        def __init__(self, spec_json: dict, threads: int):
+            self.spec, self.threads = JobSpec.model_validate(spec_json), threads
+
+        def measure(self, weights: dict, points: list[str]) -> dict[str, PointResult]:
+            return measure_points(self.spec, weights, points, self.threads)
+
+        def pid(self) -> int:
+            import os
+
+            return os.getpid()
+
+    return SNPShard
+
+
+def start_actors(spec: JobSpec, n_actors: int, threads: int, cpus: float) -> list:
+    SNPShard = _actor_class()
+    return [SNPShard.options(num_cpus=cpus).remote(spec.model_dump(mode="json"), threads) for _ in range(n_actors)]
+
+
+def run_sharded(spec: JobSpec, weights: dict, points: list[str], actors: list,
+                progress: Callable[[str], None] = lambda _m: None) -> dict[str, PointResult]:
+    """Measure `points` on `actors` (one task each); results keyed by point, in `points` order."""
+    import ray
+
+    weights_ref = ray.put(weights)
+    groups = assign(spec, points, len(actors))
+    pending = {actor.measure.remote(weights_ref, g): g for actor, g in zip(actors, groups)}
+    results: dict[str, PointResult] = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        group = pending.pop(done[0])
+        results.update(ray.get(done[0]))
+        progress(f"snp: shard finished {', '.join(group)} ({len(results)}/{len(points)} points)")
+    return {p: results[p] for p in points}
