@@ -88,6 +88,11 @@ def _actor_class():
 
             return os.getpid()
 
+        def peak_rss_mb(self) -> float:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     return SNPShard
 
 
