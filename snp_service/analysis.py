@@ -20,6 +20,7 @@ class PointResult:
     row: dict  # one row of the per-layer table
     readout: Readout
     snp_matrices: torch.Tensor  # (N, L, L), normalised as the spec says
+    raw_matrices: torch.Tensor  # (N, L, L) float64 before normalisation: sums over nodes stay exact (heads)
     node_label_accuracy: torch.Tensor  # (N, L)
     nodes: dict[str, list]  # per-node statistics, column-wise
 
@@ -46,7 +47,8 @@ def measure_point(info: PointInfo, train: np.ndarray, train_labels: np.ndarray, 
                             seed=analysis.seed)
     accuracy = readout_accuracy(readout, evaluation, eval_labels)
     acc = snp_accumulate(readout, evaluation, eval_labels, num_labels)
-    m = normalise(acc.snp_matrices(centred=analysis.normalise == "centred"))
+    raw = acc.snp_matrices(centred=analysis.normalise == "centred")
+    m = normalise(raw)
     ns = node_statistics(m, analysis.threshold)
     stats = point_statistics(ns, analysis.bootstrap, analysis.confidence, analysis.seed)
     row = {"point": info.name, "kind": info.kind, "nodes": info.nodes, "heads": info.heads, "readout": kind,
@@ -55,4 +57,4 @@ def measure_point(info: PointInfo, train: np.ndarray, train_labels: np.ndarray, 
     nodes = {"node": list(range(info.nodes)), "cluster_size": ns.cluster_size.tolist(),
              "n_clusters": ns.n_clusters.tolist(), "signal": ns.signal.tolist(), "noise": ns.noise.tolist(),
              "clusters": [";".join(",".join(map(str, s)) for s in c) for c in ns.clusters]}
-    return PointResult(row, readout, m, acc.node_label_accuracy(), nodes)
+    return PointResult(row, readout, m, raw, acc.node_label_accuracy(), nodes)

@@ -1,11 +1,18 @@
 """The pipeline: stages a job flows through, each a function from the spec (and earlier stages'
-stored outputs) to stored outputs plus a summary. Finished stages are recorded in the store, so
-re-running the same job id skips them. For now: data -> train -> evaluate; later issues add the
-SNP, heads, pruning and report stages here.
+stored outputs) to stored outputs plus a summary: data -> train -> evaluate -> snp -> heads ->
+prune.
+
+Finished stages are recorded in the store, so re-running the same job id skips them. Each stage
+also has a key: the hash of exactly the spec fields it (and the stages before it) reads
+(`STAGE_INPUTS`). When another job in the same store finished a stage with the same key, its
+outputs are copied instead of recomputed: a job that only changes the pruning threshold reuses
+the trained network and the SNP stage of an earlier job.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import time
@@ -130,6 +137,7 @@ def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     rows = []
     for p, r in results.items():
         job.write_array(f"snp/{p}/snp_matrices.npy", r.snp_matrices.numpy().astype(np.float16))
+        job.write_array(f"snp/{p}/snp_raw.npy", r.raw_matrices.numpy().astype(np.float32))
         job.write_array(f"snp/{p}/node_label_accuracy.npy", r.node_label_accuracy.numpy())
         job.write_table(f"snp/{p}/nodes.parquet", pl.DataFrame(r.nodes))
         job.write_torch(f"snp/{p}/readout.pt", r.readout.state_dict())
@@ -151,6 +159,49 @@ STAGES: list[tuple[str, Callable[[JobSpec, JobStore, Progress], dict]]] = [
     ("snp", stage_snp),
 ]
 
+# Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all).
+_TRAINED = (("dataset", None), ("model", None), ("train", None))
+_MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_epochs", "readout_lr", "threshold",
+                                                          "normalise", "bootstrap", "confidence", "seed")))
+STAGE_INPUTS: dict[str, tuple] = {
+    "data": (("dataset", None), ("train", ("seed",))),
+    "train": _TRAINED,
+    "evaluate": _TRAINED,
+    "snp": _MEASURED,
+    "heads": _MEASURED + (("heads", None),),
+    "prune": _MEASURED + (("pruning", None),),
+}
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "data": ("data/",), "train": ("model/", "train/metrics.parquet"), "evaluate": ("eval/",), "snp": ("snp/",),
+    "heads": ("heads/",), "prune": ("prune/",),
+}
+
+
+def stage_key(spec_json: dict, stage: str) -> str:
+    """Hash of the spec fields `stage` depends on (computed from a stored spec.json too)."""
+    picked = {}
+    for section, fields in STAGE_INPUTS[stage]:
+        value = spec_json.get(section) or {}
+        picked[section] = value if fields is None else {f: value.get(f) for f in fields}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def find_reusable(store: Store, job: JobStore, stage: str, key: str) -> JobStore | None:
+    """Another job in `store` that finished `stage` with the same key (oldest job id first)."""
+    for other_id in store.job_ids():
+        if other_id == job.job_id:
+            continue
+        other = store.job(other_id)
+        marker = other.stage_result(stage)
+        if marker is None:
+            continue
+        other_key = marker.get("key")
+        if other_key is None and other.exists("spec.json"):  # markers written before keys were recorded
+            other_key = stage_key(other.read_json("spec.json"), stage)
+        if other_key == key:
+            return other
+    return None
+
 
 @dataclass
 class RunOutcome:
@@ -168,15 +219,25 @@ def run(spec: JobSpec, progress: Progress = print) -> RunOutcome:
     job.write_json("spec.json", spec.model_dump(mode="json"))
     job.write_text("spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     summaries = {}
+    spec_json = spec.model_dump(mode="json")
     for name, fn in STAGES:
+        key = stage_key(spec_json, name)
         done = job.stage_result(name)
-        if done is not None:
+        if done is not None and done.get("key", key) == key:
             progress(f"{name}: already finished ({done['finished']}), reusing")
             summaries[name] = done
             continue
         t0 = time.perf_counter()
-        summary = fn(spec, job, progress)
-        job.finish_stage(name, summary, time.perf_counter() - t0)
+        source = find_reusable(job.store, job, name, key)
+        if source is not None:
+            n = job.copy_from(source, STAGE_OUTPUTS[name])
+            summary = {**{k: v for k, v in source.stage_result(name).items()
+                          if k not in ("stage", "seconds", "finished", "key", "reused_from")},
+                       "reused_from": source.job_id}
+            progress(f"{name}: same inputs as job {source.job_id}; copied its {n} result file(s)")
+        else:
+            summary = fn(spec, job, progress)
+        job.finish_stage(name, {**summary, "key": key}, time.perf_counter() - t0)
         summaries[name] = job.stage_result(name)
     manifest = job.write_manifest({"name": spec.name, "model": spec.model.name, "dataset": spec.dataset.name,
                                    "status": "complete", "stages": summaries, "hardware": hardware()})

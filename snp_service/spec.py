@@ -76,6 +76,12 @@ class DatasetSpec(_Strict):
     augment: AugmentSpec = AugmentSpec()
     num_workers: int = Field(1, ge=0, le=64, description="DataLoader worker processes per training worker")
 
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        # resolved once where the job is loaded, so Ray workers (another working directory) find it
+        return v if "://" in v else str(resolve_path(v))
+
     @model_validator(mode="after")
     def _check(self) -> DatasetSpec:
         if self.synthetic is not None and self.name not in ("cifar100", "flowers102"):
@@ -177,19 +183,37 @@ class AnalysisSpec(_Strict):
     normalise: Literal["max", "centred"] = "max"
     bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples over nodes for intervals")
     confidence: Fraction01 = 0.95
-    heads: bool = True
     seed: int = 0
 
 
+class HeadsSpec(_Strict):
+    """Single-head performance and the heads' division of labels (METHOD.md section 3)."""
+
+    enabled: bool = True
+    points: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
+                              description="MHA points (attn.heads) to analyse; all: every selected MHA point")
+    null_draws: int = Field(10_000, ge=100, le=1_000_000,
+                            description="random label-set draws of the null model for the overlap test")
+
+
 class PruningSpec(_Strict):
-    """ANDC pruning and its baselines (METHOD.md section 4)."""
+    """ANDC pruning, its baselines and SNP-guided structural pruning (METHOD.md section 4)."""
 
     enabled: bool = False
-    threshold: Fraction01 | None = Field(None, description="defaults to analysis.threshold")
-    finetune_epochs: int = Field(3, ge=0, le=1000)
+    points: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
+                              description="points whose readouts are pruned; all: every selected point")
+    threshold: Fraction01 | None = Field(None, description="Boolean threshold of the ANDC mask; default analysis.threshold")
+    curve_thresholds: list[Fraction01] = Field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        description="thresholds of the accuracy vs kept-fraction curve (accuracy without fine-tune)")
+    finetune_epochs: int = Field(3, ge=0, le=1000, description="fine-tune of the surviving readout weights (mask fixed)")
+    finetune_lr: float = Field(1e-3, gt=0.0, le=10.0)
     baselines: list[Literal["random", "magnitude"]] = Field(default_factory=lambda: ["random", "magnitude"])
-    structural_fraction: float = Field(0.0, ge=0.0, lt=1.0,
-                                       description="fraction of FF units / heads removed from the network (0: off)")
+    structural_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="fraction of FF hidden units and of heads removed from every block of the network (0: off)")
+    structural_finetune_epochs: int = Field(0, ge=0, le=1000, description="fine-tune of the pruned network")
+    seed: int = 0
 
 
 class SweepSpec(_Strict):
@@ -255,6 +279,7 @@ class JobSpec(_Strict):
     train: TrainSpec
     measure: MeasureSpec = MeasureSpec()
     analysis: AnalysisSpec = AnalysisSpec()
+    heads: HeadsSpec = HeadsSpec()
     pruning: PruningSpec = PruningSpec()
     sweep: SweepSpec | None = None
     storage: StorageSpec = StorageSpec()
@@ -280,7 +305,48 @@ class JobSpec(_Strict):
             if not names:
                 raise ValueError(f"measure.points: {pat!r} matches no measurement point of {self.model.name}; "
                                  f"it has {', '.join(available)}")
+        selected = {n: available[n] for n in self.selected_points()}
+        if self.heads.points != ["all"]:
+            for pat, names in match_points(selected, self.heads.points).items():
+                if not names:
+                    raise ValueError(f"heads.points: {pat!r} matches no selected measurement point "
+                                     f"({', '.join(selected)})")
+                no_heads = [n for n in names if selected[n].kind != "mha"]
+                if no_heads:
+                    raise ValueError(f"heads.points: {', '.join(no_heads)} has no attention heads; head analysis "
+                                     "needs an MHA point (blocks.<m>.attn.heads)")
+        if self.pruning.points != ["all"]:
+            for pat, names in match_points(selected, self.pruning.points).items():
+                if not names:
+                    raise ValueError(f"pruning.points: {pat!r} matches no selected measurement point "
+                                     f"({', '.join(selected)})")
+        frac = self.pruning.structural_fraction
+        if frac > 0:
+            if not isinstance(cfg, CCTConfig):
+                raise ValueError("pruning.structural_fraction: structural pruning removes CCT FF units and heads; "
+                                 f"{self.model.name} is not a CCT")
+            for what, count in (("FF hidden units", cfg.mlp_hidden), ("heads", cfg.num_heads)):
+                if round(frac * count) >= count:
+                    raise ValueError(f"pruning.structural_fraction: {frac} would remove all {count} {what} of "
+                                     f"every block; use a fraction below {(count - 0.5) / count:.3f}")
         return self
+
+    def head_points(self) -> list[str]:
+        """Selected MHA points the heads stage analyses."""
+        selected = {n: self.points()[n] for n in self.selected_points()}
+        mha = {n: i for n, i in selected.items() if i.kind == "mha"}
+        if self.heads.points == ["all"]:
+            return list(mha)
+        chosen = {n for names in match_points(mha, self.heads.points).values() for n in names}
+        return [n for n in mha if n in chosen]
+
+    def prune_points(self) -> list[str]:
+        selected = self.selected_points()
+        if self.pruning.points == ["all"]:
+            return selected
+        avail = {n: self.points()[n] for n in selected}
+        chosen = {n for names in match_points(avail, self.pruning.points).values() for n in names}
+        return [n for n in selected if n in chosen]
 
     def points(self):
         return measurement_points(self.model.config(), self.dataset.image_size)

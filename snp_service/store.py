@@ -161,6 +161,18 @@ class JobStore:
 
         return torch.load(io.BytesIO(self.read_bytes(rel)), map_location="cpu")
 
+    def copy_from(self, other: JobStore, prefixes: tuple[str, ...]) -> int:
+        """Copy every file of `other` under `prefixes` (e.g. `model/`) to the same place here."""
+        n = 0
+        for info in other.files():
+            rel = posixpath.relpath(info.path, other.base)
+            if ".tmp-" in rel or not rel.startswith(prefixes):
+                continue
+            self.store.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
+            self.store.fs.copy_file(info.path, self.path(rel))
+            n += 1
+        return n
+
     def files(self) -> list[pafs.FileInfo]:
         sel = pafs.FileSelector(self.base, recursive=True, allow_not_found=True)
         return sorted((i for i in self.store.fs.get_file_info(sel) if i.type == pafs.FileType.File),

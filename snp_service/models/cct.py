@@ -45,7 +45,8 @@ class Attention(nn.Module):
                  kind: str = "sdpa"):
         super().__init__()
         self.num_heads, self.kind = num_heads, kind
-        self.scale = (dim // num_heads) ** -0.5
+        self.head_dim = dim // num_heads  # stays fixed when heads are removed (snp_service.structural)
+        self.scale = self.head_dim ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.attn_drop = nn.Dropout(attention_dropout)
         self.heads = nn.Identity()  # measurement point: concatenated head outputs (attn @ v)
@@ -53,15 +54,15 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(projection_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.kind == "reference":  # the published formulation, kept as the benchmark baseline
             attn = self.attn_drop((q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1))
             out = attn @ v
         else:
             p = self.attn_drop.p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
-        out = self.heads(out.transpose(1, 2).reshape(B, N, C))
+        out = self.heads(out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
         return self.proj_drop(self.proj(out))
 
 

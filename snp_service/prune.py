@@ -1,0 +1,129 @@
+"""ANDC pruning of a point's readout and its baselines (METHOD.md section 4). Pure, no I/O.
+
+A connection is the pair (label k, node n) of the readout weight W[k, n, :] (for a `flatten`
+readout the pair owns one weight per position; masks act on whole pairs, so kept fractions are
+the same counted either way).
+
+- ANDC: keep (k, n) only where label k is in a cluster of node n; nodes without a cluster lose
+  every connection.
+- random: for each node, the same number of labels as ANDC keeps, drawn uniformly (seeded).
+- magnitude: for each node, the same number of labels with the largest |W[k, n, :]| (L2 over
+  positions; ties: lower label first).
+Fine-tune: the surviving weights of W are trained (Adam, cosine) with the mask re-applied after
+every step; the readout's sequence-pooling weights stay fixed, so only pruned connections differ.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from snp_service.readout import Readout, batches, load_rows, readout_accuracy
+from snp_service.snp import clusters as node_clusters
+
+
+def andc_mask(clusters: list[list[list[int]]], num_labels: int) -> torch.Tensor:
+    """(L, N) Boolean: True where label k is in a cluster of node n."""
+    mask = torch.zeros(num_labels, len(clusters), dtype=torch.bool)
+    for n, cs in enumerate(clusters):
+        for s in cs:
+            mask[s, n] = True
+    return mask
+
+
+def andc_mask_at(m_normalised: torch.Tensor, threshold: float) -> torch.Tensor:
+    """ANDC mask from normalised node SNP matrices (N, L, L) at a threshold."""
+    return andc_mask([node_clusters(m, threshold) for m in m_normalised], m_normalised.shape[-1])
+
+
+def random_mask(counts: torch.Tensor, num_labels: int, seed: int) -> torch.Tensor:
+    """(L, N): for node n, counts[n] labels chosen uniformly at random (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(counts)
+    ranks = torch.rand(n, num_labels, generator=g).argsort(dim=1).argsort(dim=1)
+    return (ranks < counts[:, None]).T
+
+
+def magnitude_mask(weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(L, N): for node n, the counts[n] labels with the largest |W[k, n, :]|."""
+    norms = weight.detach().double().norm(dim=2).T  # (N, L)
+    L = norms.shape[1]
+    # stable sort by decreasing norm: ties keep the lower label first
+    order = torch.from_numpy(np.argsort(-norms.numpy(), axis=1, kind="stable"))
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(L).expand_as(order))
+    return (ranks < counts[:, None]).T
+
+
+def baseline_masks(andc: torch.Tensor, weight: torch.Tensor, methods: list[str], seed: int) -> dict[str, torch.Tensor]:
+    """ANDC plus each baseline at exactly ANDC's number of kept connections per node."""
+    counts = andc.sum(dim=0)
+    out = {"andc": andc}
+    for m in methods:
+        out[m] = random_mask(counts, andc.shape[0], seed) if m == "random" else magnitude_mask(weight, counts)
+    return out
+
+
+def masked(readout: Readout, mask: torch.Tensor) -> Readout:
+    pruned = copy.deepcopy(readout)
+    with torch.no_grad():
+        pruned.weight.mul_(mask[:, :, None].to(pruned.weight.dtype))
+    return pruned
+
+
+def finetune(readout: Readout, mask: torch.Tensor, train: np.ndarray, labels: np.ndarray, epochs: int, lr: float,
+             seed: int = 0, batch_size: int = 256) -> Readout:
+    """Train the surviving weights of a masked readout, mask held fixed (pooling frozen)."""
+    tuned = masked(readout, mask)
+    if epochs == 0:
+        return tuned
+    torch.manual_seed(seed)
+    m = mask[:, :, None].to(tuned.weight.dtype)
+    for p in tuned.parameters():
+        p.requires_grad_(p is tuned.weight)
+    opt = torch.optim.Adam([tuned.weight], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * math.ceil(len(labels) / batch_size)))
+    y_all = torch.from_numpy(labels)
+    rng = np.random.default_rng(seed)
+    tuned.train()
+    for _ in range(epochs):
+        for idx in batches(len(labels), batch_size, rng):
+            loss = nn.functional.cross_entropy(tuned(load_rows(train, idx)), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                tuned.weight.mul_(m)
+    for p in tuned.parameters():
+        p.requires_grad_(True)
+    return tuned.eval()
+
+
+def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train: np.ndarray, train_labels: np.ndarray,
+                evaluation: np.ndarray, eval_labels: np.ndarray, threshold: float, curve_thresholds: list[float],
+                methods: list[str], finetune_epochs: int, finetune_lr: float, seed: int = 0
+                ) -> tuple[list[dict], list[dict]]:
+    """(table rows: method x kept fraction x accuracy before/after fine-tune, curve rows)."""
+    L = m_normalised.shape[-1]
+    full = readout_accuracy(readout, evaluation, eval_labels)
+    andc = andc_mask_at(m_normalised, threshold)
+    rows = []
+    for method, mask in baseline_masks(andc, readout.weight, methods, seed).items():
+        before = readout_accuracy(masked(readout, mask), evaluation, eval_labels)
+        tuned = finetune(readout, mask, train, train_labels, finetune_epochs, finetune_lr, seed)
+        after = readout_accuracy(tuned, evaluation, eval_labels) if finetune_epochs else float("nan")
+        rows.append({"point": point, "method": method, "threshold": threshold, "kept_fraction": float(mask.float().mean()),
+                     "nodes_without_connection": int((mask.sum(0) == 0).sum()), "accuracy_full": full,
+                     "accuracy_pruned": before, "accuracy_finetuned": after, "finetune_epochs": finetune_epochs})
+    curve = []
+    for th in curve_thresholds:
+        mask = andc_mask_at(m_normalised, th)
+        curve.append({"point": point, "threshold": th, "kept_fraction": float(mask.float().mean()),
+                      "accuracy_pruned": readout_accuracy(masked(readout, mask), evaluation, eval_labels),
+                      "accuracy_full": full, "labels": L})
+    return rows, curve
