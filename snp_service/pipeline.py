@@ -113,27 +113,36 @@ def stage_evaluate(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
             "chance": 1 / data.num_classes}
 
 
-def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
-    """Measure every selected point on Ray actors (snp_service.shard), then store the results."""
-    import numpy as np
+def _on_actors(spec: JobSpec, job: JobStore, points: list[str], task: str, inputs: dict | None,
+               progress: Progress) -> tuple[dict, int]:
+    """Run a per-point task (snp_service.shard) on compute.snp_actors Ray actors, then stop them.
+    Returns the per-point results and the number of actors used."""
     import ray
 
     from snp_service.shard import run_sharded, start_actors
 
     ensure_ray(spec)
-    points, c = spec.selected_points(), spec.compute
+    c = spec.compute
     n = min(c.snp_actors, len(points))
     fit = max(1, int(ray.cluster_resources().get("CPU", 0) // c.cpus_per_worker))
     if n > fit:  # more would wait forever for CPUs on a fixed-size cluster
-        progress(f"snp: the cluster holds {fit} actor(s) of {c.cpus_per_worker} CPU(s), not {n}; using {fit}")
+        progress(f"{task}: the cluster holds {fit} actor(s) of {c.cpus_per_worker} CPU(s), not {n}; using {fit}")
         n = fit
     actors = start_actors(spec, n, max(1, int(c.cpus_per_worker)), c.cpus_per_worker)
-    progress(f"snp: {len(points)} points on {len(actors)} Ray actor(s)")
+    progress(f"{task}: {len(points)} points on {len(actors)} Ray actor(s)")
     try:
-        results = run_sharded(spec, job.read_torch(WEIGHTS), points, actors, progress)
+        return run_sharded(spec, job.read_torch(WEIGHTS), points, actors, progress, task, inputs), len(actors)
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    """Measure every selected point on Ray actors (snp_service.shard), then store the results."""
+    import numpy as np
+
+    points = spec.selected_points()
+    results, n_actors = _on_actors(spec, job, points, "snp", None, progress)
     rows = []
     for p, r in results.items():
         job.write_array(f"snp/{p}/snp_matrices.npy", r.snp_matrices.numpy().astype(np.float16))
@@ -147,9 +156,130 @@ def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
                  f"[{r.row['snr_lo']:.2f}, {r.row['snr_hi']:.2f}]  no-cluster {r.row['frac_no_cluster']:.2f}")
     job.write_table("snp/layers.parquet", pl.DataFrame(rows))
     data = job.stage_result("data") or {}
-    return {"points": len(rows), "actors": len(actors), "readout": spec.analysis.readout,
+    return {"points": len(rows), "actors": n_actors, "readout": spec.analysis.readout,
             "threshold": spec.analysis.threshold, "eval_images": data.get("eval_size"),
             "train_images": data.get("train_size")}
+
+
+def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    """Single-head matrices and the heads' label split at each MHA point (snp_service.heads), from
+    the SNP stage's raw matrices: no network pass is needed."""
+    import numpy as np
+
+    from snp_service.heads import analyse_heads
+
+    points = spec.head_points() if spec.heads.enabled else []
+    if not points:
+        reason = "heads.enabled is false" if not spec.heads.enabled else "no MHA point among the selected points"
+        progress(f"heads: skipped ({reason})")
+        return {"points": 0, "skipped": reason}
+    info, rows = spec.points(), []
+    for p in points:
+        raw = torch.from_numpy(job.read_array(f"snp/{p}/snp_raw.npy")).double()
+        r = analyse_heads(p, raw, info[p].heads, spec.analysis.threshold, spec.heads.null_draws, spec.analysis.seed)
+        job.write_array(f"heads/{p}/heads_labels.npy", r.heads_labels)
+        job.write_array(f"heads/{p}/head_matrices.npy", r.head_matrices.numpy().astype(np.float32))
+        job.write_table(f"heads/{p}/heads.parquet", pl.DataFrame(r.head_stats))
+        if r.null is not None:
+            job.write_array(f"heads/{p}/null.npy", r.null.astype(np.float32))
+        rows.append(r.summary)
+        s = r.summary
+        verdict = (f"observed Jaccard {s['observed_jaccard']:.3f} vs null {s['null_mean']:.3f} +- {s['null_sd']:.3f} "
+                   f"(z {s['z']:.2f}, p {s['p_value']:.4f})" if s["status"] == "ok"
+                   else f"overlap test undefined: {s['reason']}")
+        progress(f"heads: {p}: {s['mean_labels_per_head']:.1f} labels per head, "
+                 f"{s['mean_heads_per_label']:.2f} heads per label; {verdict}")
+    job.write_table("heads/summary.parquet", pl.DataFrame(rows))
+    return {"points": len(rows), "undefined": sum(r["status"] != "ok" for r in rows)}
+
+
+def _structural(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
+    """SNP-guided vs magnitude structural pruning of the whole CCT (snp_service.structural)."""
+    from torch.utils.data import DataLoader
+
+    from snp_service.data import build_datasets
+    from snp_service.heads import head_matrices
+    from snp_service.snp import node_statistics, normalise
+    from snp_service.structural import cost, plan, prune_cct, snp_score
+    from snp_service.train import evaluate
+
+    frac, th = spec.pruning.structural_fraction, spec.analysis.threshold
+    measured, info = set(spec.selected_points()), spec.points()
+    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
+    model = load_trained_model(spec, job, data.num_classes)
+    ff, hs = {}, {}
+    for m in range(len(model.blocks)):
+        p = f"blocks.{m}.mlp.hidden"
+        if p in measured:
+            t = job.read_table(f"snp/{p}/nodes.parquet")
+            ff[m] = snp_score(t["signal"].to_numpy(), t["noise"].to_numpy())
+        p = f"blocks.{m}.attn.heads"
+        if p in measured:
+            raw = torch.from_numpy(job.read_array(f"snp/{p}/snp_raw.npy")).double()
+            ns = node_statistics(normalise(head_matrices(raw, info[p].heads)), th)
+            hs[m] = snp_score(ns.signal, ns.noise)
+    loader = DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
+
+    def accuracy(net) -> float:
+        return evaluate(net, loader, torch.device("cpu"), None, data.num_classes)["accuracy"]
+
+    base = {"method": "none", "fraction": 0.0, **cost(model, spec.dataset.image_size), "accuracy": accuracy(model),
+            "accuracy_finetuned": float("nan")}
+    rows = [base]
+    for method in ("snp", "magnitude"):
+        keep_ff, keep_heads = plan(model, frac, method, ff, hs)
+        if method == "magnitude":  # the same blocks and sizes as the SNP-guided plan
+            keep_ff = {m: v for m, v in keep_ff.items() if m in ff}
+            keep_heads = {m: v for m, v in keep_heads.items() if m in hs}
+        pruned = prune_cct(model, keep_ff, keep_heads)
+        row = {"method": method, "fraction": frac, **cost(pruned, spec.dataset.image_size), "accuracy": accuracy(pruned),
+               "accuracy_finetuned": float("nan")}
+        if spec.pruning.structural_finetune_epochs:
+            from snp_service.train import finetune_network
+
+            finetune_network(pruned, data.train, spec, spec.pruning.structural_finetune_epochs)
+            row["accuracy_finetuned"] = accuracy(pruned)
+        row["ff_units_removed"] = sum(blk.mlp.linear1.out_features for blk in model.blocks) - \
+            sum(blk.mlp.linear1.out_features for blk in pruned.blocks)
+        row["heads_removed"] = sum(b.attn.num_heads for b in model.blocks) - sum(b.attn.num_heads for b in pruned.blocks)
+        rows.append(row)
+        progress(f"prune: structural {method}: {row['ff_units_removed']} FF units, {row['heads_removed']} heads "
+                 f"removed; params {row['params'] / base['params']:.2f}x, MACs "
+                 f"{row['macs_per_image'] / base['macs_per_image']:.2f}x, latency b128 "
+                 f"{row['latency_ms_b128'] / base['latency_ms_b128']:.2f}x; accuracy {base['accuracy']:.4f} -> "
+                 f"{row['accuracy']:.4f}")
+    base["ff_units_removed"] = base["heads_removed"] = 0
+    return rows
+
+
+def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    """ANDC pruning of each point's readout with random and magnitude baselines at equal kept
+    connections per node, an accuracy-vs-kept-fraction curve over thresholds, and optionally
+    structural pruning of the network itself."""
+    if not spec.pruning.enabled:
+        progress("prune: skipped (pruning.enabled is false)")
+        return {"points": 0, "skipped": "pruning.enabled is false"}
+    points = spec.prune_points()
+    inputs = {p: {"readout": job.read_torch(f"snp/{p}/readout.pt"), "raw": job.read_array(f"snp/{p}/snp_raw.npy")}
+              for p in points}
+    results, _ = _on_actors(spec, job, points, "prune", inputs, progress)
+    rows = [r for p in points for r in results[p]["rows"]]
+    curve = [c for p in points for c in results[p]["curve"]]
+    for p in points:
+        by = {r["method"]: r for r in results[p]["rows"]}
+        progress(f"prune: {p:22s} kept {by['andc']['kept_fraction']:.3f}; accuracy full "
+                 f"{by['andc']['accuracy_full']:.3f}, " + ", ".join(
+                     f"{m} {r['accuracy_pruned']:.3f}/{r['accuracy_finetuned']:.3f}" for m, r in by.items())
+                 + " (pruned/fine-tuned)")
+    job.write_table("prune/andc.parquet", pl.DataFrame(rows))
+    job.write_table("prune/curve.parquet", pl.DataFrame(curve))
+    summary = {"points": len(points), "threshold": spec.pruning.threshold or spec.analysis.threshold}
+    if spec.pruning.structural_fraction > 0:
+        structural = _structural(spec, job, progress)
+        job.write_table("prune/structural.parquet", pl.DataFrame(structural))
+        summary["structural"] = {r["method"]: {k: r[k] for k in ("params", "macs_per_image", "latency_ms_b128",
+                                                                 "accuracy")} for r in structural}
+    return summary
 
 
 STAGES: list[tuple[str, Callable[[JobSpec, JobStore, Progress], dict]]] = [
@@ -157,6 +287,8 @@ STAGES: list[tuple[str, Callable[[JobSpec, JobStore, Progress], dict]]] = [
     ("train", stage_train),
     ("evaluate", stage_evaluate),
     ("snp", stage_snp),
+    ("heads", stage_heads),
+    ("prune", stage_prune),
 ]
 
 # Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all).

@@ -38,8 +38,28 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
-def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int = 1) -> dict[str, PointResult]:
-    """Capture `points` of the trained model once (train and eval splits) and measure each."""
+def prune_readout(spec: JobSpec, info, inputs: dict, train, evaluation, num_labels: int) -> dict:
+    """The prune task of one point: rebuild its stored readout and run ANDC and the baselines."""
+    from snp_service.analysis import readout_kind
+    from snp_service.prune import prune_point
+    from snp_service.readout import Readout
+    from snp_service.snp import normalise
+
+    pr = spec.pruning
+    readout = Readout(info.nodes, info.positions, num_labels, readout_kind(info, spec.analysis))
+    readout.load_state_dict(inputs["readout"])
+    m = normalise(torch.as_tensor(inputs["raw"], dtype=torch.float64))
+    rows, curve = prune_point(info.name, readout.eval(), m, train.points[info.name], train.labels,
+                              evaluation.points[info.name], evaluation.labels, pr.threshold or spec.analysis.threshold,
+                              pr.curve_thresholds, pr.baselines, pr.finetune_epochs, pr.finetune_lr, pr.seed)
+    return {"rows": rows, "curve": curve}
+
+
+def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int = 1, task: str = "snp",
+                   inputs: dict | None = None) -> dict:
+    """Capture `points` of the trained model once (train and eval splits), then run `task` on each:
+    `snp` measures the point (PointResult); `prune` prunes its readout (inputs[point] holds the
+    stored readout state and raw SNP matrices)."""
     from snp_service.data import build_datasets
     from snp_service.models import create_model
     from snp_service.readout import capture
@@ -54,6 +74,9 @@ def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int
         out = {}
         for p in points:
             t0 = time.perf_counter()
+            if task == "prune":
+                out[p] = prune_readout(spec, info[p], inputs[p], train, evaluation, data.num_classes)
+                continue
             out[p] = measure_point(info[p], train.points[p], train.labels, evaluation.points[p], evaluation.labels,
                                    data.num_classes, spec.analysis)
             out[p].row["seconds"] = time.perf_counter() - t0
@@ -80,8 +103,8 @@ def _actor_class():
         def __init__(self, spec_json: dict, threads: int):
             self.spec, self.threads = JobSpec.model_validate(spec_json), threads
 
-        def measure(self, weights: dict, points: list[str]) -> dict[str, PointResult]:
-            return measure_points(self.spec, weights, points, self.threads)
+        def measure(self, weights: dict, points: list[str], task: str = "snp", inputs: dict | None = None) -> dict:
+            return measure_points(self.spec, weights, points, self.threads, task, inputs)
 
         def pid(self) -> int:
             import os
@@ -102,17 +125,19 @@ def start_actors(spec: JobSpec, n_actors: int, threads: int, cpus: float) -> lis
 
 
 def run_sharded(spec: JobSpec, weights: dict, points: list[str], actors: list,
-                progress: Callable[[str], None] = lambda _m: None) -> dict[str, PointResult]:
-    """Measure `points` on `actors` (one task each); results keyed by point, in `points` order."""
+                progress: Callable[[str], None] = lambda _m: None, task: str = "snp",
+                inputs: dict | None = None) -> dict:
+    """Run `task` on `points` over `actors` (one task each); results keyed by point, in `points` order."""
     import ray
 
     weights_ref = ray.put(weights)
     groups = assign(spec, points, len(actors))
-    pending = {actor.measure.remote(weights_ref, g): g for actor, g in zip(actors, groups)}
+    pending = {actor.measure.remote(weights_ref, g, task, {p: inputs[p] for p in g} if inputs else None): g
+               for actor, g in zip(actors, groups)}
     results: dict[str, PointResult] = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         group = pending.pop(done[0])
         results.update(ray.get(done[0]))
-        progress(f"snp: shard finished {', '.join(group)} ({len(results)}/{len(points)} points)")
+        progress(f"{task}: shard finished {', '.join(group)} ({len(results)}/{len(points)} points)")
     return {p: results[p] for p in points}

@@ -159,7 +159,7 @@ class JobStore:
     def read_torch(self, rel: str) -> Any:
         import torch
 
-        return torch.load(io.BytesIO(self.read_bytes(rel)), map_location="cpu")
+        return torch.load(io.BytesIO(self.read_bytes(rel)), map_location="cpu", weights_only=True)
 
     def copy_from(self, other: JobStore, prefixes: tuple[str, ...]) -> int:
         """Copy every file of `other` under `prefixes` (e.g. `model/`) to the same place here."""
@@ -172,6 +172,12 @@ class JobStore:
             self.store.fs.copy_file(info.path, self.path(rel))
             n += 1
         return n
+
+    def read_array(self, rel: str) -> Any:
+        """A .npy array (never unpickled: allow_pickle is off)."""
+        import numpy as np
+
+        return np.load(io.BytesIO(self.read_bytes(rel)), allow_pickle=False)
 
     def files(self) -> list[pafs.FileInfo]:
         sel = pafs.FileSelector(self.base, recursive=True, allow_not_found=True)

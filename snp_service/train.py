@@ -232,3 +232,23 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
     return TrainResult(state=state, checkpoint_path=result.checkpoint.path)
+
+
+def finetune_network(model: nn.Module, dataset, spec: JobSpec, epochs: int) -> nn.Module:
+    """A short in-process fine-tune of a (pruned) network: AdamW at a tenth of train.lr, cosine
+    decay, label smoothing, the job's batch size and seed; CPU, fp32. Modifies `model` in place."""
+    torch.manual_seed(spec.train.seed)
+    t = spec.train
+    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, num_workers=spec.dataset.num_workers,
+                        generator=torch.Generator().manual_seed(t.seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr / 10, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader)))
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(model(x), y, label_smoothing=t.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()

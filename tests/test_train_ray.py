@@ -66,3 +66,45 @@ def test_resume_from_checkpoint_continues_at_next_epoch(tmp_path, ray_cluster):
     second = fit(longer, str(tmp_path / "second"), resume_from=first.checkpoint_path)
     assert [h["epoch"] for h in second.state["history"]] == [0, 1, 2]
     assert second.state["history"][:2] == first.state["history"]
+
+
+def test_heads_and_prune_stages_and_reuse_across_jobs(tmp_path, ray_cluster):
+    job_dict = tiny_job(tmp_path, **{"model.num_heads": 4, "heads.null_draws": 500,
+                                     "pruning.enabled": True, "pruning.finetune_epochs": 1,
+                                     "pruning.curve_thresholds": [0.2, 0.5, 0.8],
+                                     "pruning.structural_fraction": 0.5, "pruning.structural_finetune_epochs": 1,
+                                     "analysis.readout_epochs": 5, "analysis.bootstrap": 100})
+    spec = spec_from_dict(job_dict)
+    pipeline.run(spec, progress=lambda m: None)
+    job = Store.from_spec(spec.storage).job(spec.job_id())
+
+    heads = job.read_table("heads/summary.parquet")
+    assert heads["point"].to_list() == ["blocks.0.attn.heads"] and heads["heads"].to_list() == [4]
+    status = heads["status"][0]
+    assert status in ("ok", "undefined")
+    assert (heads["reason"][0] == "") == (status == "ok")
+    assert job.read_array("heads/blocks.0.attn.heads/heads_labels.npy").shape == (4, 4)
+
+    andc = job.read_table("prune/andc.parquet")
+    assert set(andc["method"]) == {"andc", "random", "magnitude"}
+    for p in spec.selected_points():  # equal kept fraction for the three methods at every point
+        assert andc.filter(andc["point"] == p)["kept_fraction"].n_unique() == 1
+    curve = job.read_table("prune/curve.parquet")
+    assert len(curve) == 3 * len(spec.selected_points())
+    structural = job.read_table("prune/structural.parquet")
+    assert structural["method"].to_list() == ["none", "snp", "magnitude"]
+    base, snp, mag = structural.rows(named=True)
+    assert snp["params"] == mag["params"] < base["params"] and snp["macs_per_image"] < base["macs_per_image"]
+    assert snp["heads_removed"] == 2 and snp["ff_units_removed"] == 16
+
+    # a job that changes only the ANDC threshold reuses training, evaluation and SNP of the first
+    other = spec_from_dict({**job_dict, "pruning": {**job_dict["pruning"], "threshold": 0.5}})
+    assert other.job_id() != spec.job_id()
+    messages = []
+    out = pipeline.run(other, progress=messages.append)
+    for stage in ("data", "train", "evaluate", "snp", "heads"):
+        assert out.stages[stage]["reused_from"] == spec.job_id(), stage
+    assert "reused_from" not in out.stages["prune"]
+    copied = Store.from_spec(other.storage).job(other.job_id())
+    assert copied.read_bytes("model/weights.pt") == job.read_bytes("model/weights.pt")
+    assert (copied.read_table("prune/andc.parquet")["threshold"] == 0.5).all()

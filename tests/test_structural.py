@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import torch
+
+from snp_service.models import create_model
+from snp_service.spec import ModelSpec
+from snp_service.structural import cost, keep_indices, masked_cct, plan, prune_cct
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = create_model(ModelSpec(name="cct_2_3x2_32", num_heads=4, embedding_dim=64), 10, 32).eval()
+    return m
+
+
+def test_keep_indices_removes_lowest_ties_lower_index_first():
+    assert keep_indices(np.array([1.0, 0.0, 0.0, 2.0]), 2) == [0, 3]
+    assert keep_indices(np.array([1.0, 1.0, 1.0]), 1) == [1, 2]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "reference"])
+def test_removal_is_exact(model, attention):
+    for blk in model.blocks:
+        blk.attn.kind = attention
+    keep_ff = {0: [0, 3, 5, 9, 20, 63], 1: list(range(0, 64, 2))}
+    keep_heads = {0: [1, 3], 1: [2]}
+    x = torch.randn(5, 3, 32, 32)
+    pruned, ref = prune_cct(model, keep_ff, keep_heads), masked_cct(model, keep_ff, keep_heads)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), ref(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(pruned(x), model(x), atol=1e-5)  # something was removed
+    assert pruned.blocks[0].mlp.linear1.out_features == 6 and pruned.blocks[1].attn.num_heads == 1
+    assert pruned.blocks[0].attn.qkv.out_features == 3 * 2 * 16
+
+
+def test_plan_and_cost_shrink(model):
+    keep_ff, keep_heads = plan(model, 0.5, "magnitude")
+    assert all(len(v) == 32 for v in keep_ff.values()) and all(len(v) == 2 for v in keep_heads.values())
+    pruned = prune_cct(model, keep_ff, keep_heads)
+    before, after = cost(model, 32, batches=(2,), repeats=1), cost(pruned, 32, batches=(2,), repeats=1)
+    assert after["params"] < before["params"] and after["macs_per_image"] < before["macs_per_image"]
+    snp_ff = {0: np.arange(64.0), 1: np.arange(64.0)[::-1].copy()}
+    keep_ff2, keep_heads2 = plan(model, 0.25, "snp", snp_ff, {0: np.array([0.0, 1.0, 2.0, 3.0])})
+    assert keep_ff2[0] == list(range(16, 64)) and keep_ff2[1] == list(range(48))
+    assert keep_heads2 == {0: [1, 2, 3]}
