@@ -1,4 +1,4 @@
-"""`snp-service`: validate, schema, run, models, synth.
+"""`snp-service`: validate, schema, run, report, results, models, synth.
 
 User errors (a bad job file, a missing dataset, an unreachable store) print one paragraph and
 exit with code 2, never a traceback.
@@ -45,6 +45,68 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(root: str):
+    from snp_service.spec import StorageSpec
+    from snp_service.store import Store
+
+    return Store.from_spec(StorageSpec(root=root, endpoint=os.environ.get("SNP_S3_ENDPOINT")
+                                       if root.startswith("s3://") else None))
+
+
+def _job(store, job_id: str):
+    from snp_service.errors import StoreError
+
+    if job_id not in store.job_ids():
+        raise StoreError(f"no job {job_id!r} in {store.uri}; `snp-service results --store {store.uri}` lists them")
+    return store.job(job_id)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from snp_service.report import build
+
+    job = _job(_store(args.store), args.job_id)
+    build(job, progress=print)
+    return 0
+
+
+TABLES = {"layers": "snp/layers.parquet", "heads": "heads/summary.parquet", "andc": "prune/andc.parquet",
+          "curve": "prune/curve.parquet", "structural": "prune/structural.parquet", "train": "train/metrics.parquet",
+          "classes": "eval/per_class.parquet"}
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from snp_service.errors import StoreError
+
+    store = _store(args.store)
+    if args.job_id is None:
+        rows = []
+        for jid in store.job_ids():
+            job = store.job(jid)
+            m = job.manifest()
+            spec = job.read_json("spec.json") if job.exists("spec.json") else {}
+            ev = job.stage_result("evaluate") or {}
+            rows.append({"job_id": jid, "model": (spec.get("model") or {}).get("name"),
+                         "dataset": (spec.get("dataset") or {}).get("name"),
+                         "status": (m or {}).get("status", "incomplete"), "accuracy": ev.get("accuracy"),
+                         "date": (m or {}).get("written")})
+        if not rows:
+            print(f"no jobs in {store.uri}")
+            return 0
+        with pl.Config(tbl_rows=-1, tbl_width_chars=200, fmt_str_lengths=60):
+            print(pl.DataFrame(rows))
+        return 0
+    job = _job(store, args.job_id)
+    rel = TABLES[args.table]
+    if not job.exists(rel):
+        raise StoreError(f"job {args.job_id} has no {args.table} table ({rel}); its stage did not run")
+    df = job.read_table(rel)
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=4):
+        print(df)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from snp_service.models import list_models, measurement_points, model_config
 
@@ -84,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run a job (stages already finished for its job id are reused)")
     s.add_argument("job")
     s.set_defaults(fn=cmd_run)
+    s = sub.add_parser("report", help="(re)build a job's report.html from its stored results")
+    s.add_argument("job_id")
+    s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
+    s.set_defaults(fn=cmd_report)
+    s = sub.add_parser("results", help="list jobs in a store, or print one job's table")
+    s.add_argument("job_id", nargs="?")
+    s.add_argument("--table", choices=sorted(TABLES), default="layers")
+    s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
+    s.set_defaults(fn=cmd_results)
     s = sub.add_parser("models", help="list registered models and their measurement points")
     s.add_argument("--points", action="store_true")
     s.set_defaults(fn=cmd_models)
@@ -105,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     except SnpError as e:
         print(f"snp-service: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. piped into head
+        return 0
     except KeyboardInterrupt:
         print("snp-service: interrupted", file=sys.stderr)
         return 130

@@ -282,6 +282,13 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     return summary
 
 
+def stage_report(job: JobStore, progress: Progress) -> dict:
+    from snp_service.report import build
+
+    build(job, progress)
+    return {"html": "report/report.html"}
+
+
 STAGES: list[tuple[str, Callable[[JobSpec, JobStore, Progress], dict]]] = [
     ("data", stage_data),
     ("train", stage_train),
@@ -289,6 +296,7 @@ STAGES: list[tuple[str, Callable[[JobSpec, JobStore, Progress], dict]]] = [
     ("snp", stage_snp),
     ("heads", stage_heads),
     ("prune", stage_prune),
+    ("report", lambda spec, job, progress: stage_report(job, progress)),
 ]
 
 # Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all).
@@ -302,7 +310,9 @@ STAGE_INPUTS: dict[str, tuple] = {
     "snp": _MEASURED,
     "heads": _MEASURED + (("heads", None),),
     "prune": _MEASURED + (("pruning", None),),
+    "report": _MEASURED + (("heads", None), ("pruning", None)),
 }
+NEVER_COPIED = {"report"}  # names its own job and provenance: always drawn afresh
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "data": ("data/",), "train": ("model/", "train/metrics.parquet"), "evaluate": ("eval/",), "snp": ("snp/",),
     "heads": ("heads/",), "prune": ("prune/",),
@@ -360,7 +370,7 @@ def run(spec: JobSpec, progress: Progress = print) -> RunOutcome:
             summaries[name] = done
             continue
         t0 = time.perf_counter()
-        source = find_reusable(job.store, job, name, key)
+        source = None if name in NEVER_COPIED else find_reusable(job.store, job, name, key)
         if source is not None:
             n = job.copy_from(source, STAGE_OUTPUTS[name])
             summary = {**{k: v for k, v in source.stage_result(name).items()

@@ -53,3 +53,21 @@ def tiny_job(tmp: Path, **overrides) -> dict:
         else:
             job[section] = value
     return job
+
+
+@pytest.fixture(scope="session")
+def full_job(tmp_path_factory, ray_cluster):
+    """A tiny job through every stage (heads, ANDC and structural pruning, report): (dict, spec, JobStore)."""
+    from snp_service import pipeline
+    from snp_service.spec import spec_from_dict
+    from snp_service.store import Store
+
+    tmp = tmp_path_factory.mktemp("full-job")
+    job_dict = tiny_job(tmp, **{"model.num_heads": 4, "heads.null_draws": 500,
+                                "pruning.enabled": True, "pruning.finetune_epochs": 1,
+                                "pruning.curve_thresholds": [0.2, 0.5, 0.8],
+                                "pruning.structural_fraction": 0.5, "pruning.structural_finetune_epochs": 1,
+                                "analysis.readout_epochs": 5, "analysis.bootstrap": 100})
+    spec = spec_from_dict(job_dict)
+    pipeline.run(spec, progress=lambda m: None)
+    return job_dict, spec, Store.from_spec(spec.storage).job(spec.job_id())

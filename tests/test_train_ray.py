@@ -68,15 +68,8 @@ def test_resume_from_checkpoint_continues_at_next_epoch(tmp_path, ray_cluster):
     assert second.state["history"][:2] == first.state["history"]
 
 
-def test_heads_and_prune_stages_and_reuse_across_jobs(tmp_path, ray_cluster):
-    job_dict = tiny_job(tmp_path, **{"model.num_heads": 4, "heads.null_draws": 500,
-                                     "pruning.enabled": True, "pruning.finetune_epochs": 1,
-                                     "pruning.curve_thresholds": [0.2, 0.5, 0.8],
-                                     "pruning.structural_fraction": 0.5, "pruning.structural_finetune_epochs": 1,
-                                     "analysis.readout_epochs": 5, "analysis.bootstrap": 100})
-    spec = spec_from_dict(job_dict)
-    pipeline.run(spec, progress=lambda m: None)
-    job = Store.from_spec(spec.storage).job(spec.job_id())
+def test_heads_and_prune_stages_and_reuse_across_jobs(full_job):
+    job_dict, spec, job = full_job
 
     heads = job.read_table("heads/summary.parquet")
     assert heads["point"].to_list() == ["blocks.0.attn.heads"] and heads["heads"].to_list() == [4]
