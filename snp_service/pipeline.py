@@ -193,20 +193,16 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     return {"points": len(rows), "undefined": sum(r["status"] != "ok" for r in rows)}
 
 
-def _structural(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
-    """SNP-guided vs magnitude structural pruning of the whole CCT (snp_service.structural)."""
-    from torch.utils.data import DataLoader
-
-    from snp_service.data import build_datasets
+def structural_plans(spec: JobSpec, job: JobStore, model: torch.nn.Module) -> dict[str, tuple[dict, dict]]:
+    """{method: (FF units kept per block, heads kept per block)} for `snp` and `magnitude` at
+    pruning.structural_fraction, from the SNP stage's stored statistics. Blocks whose FF / MHA point
+    was not measured keep all their units, under both methods."""
     from snp_service.heads import head_matrices
     from snp_service.snp import node_statistics, normalise
-    from snp_service.structural import cost, plan, prune_cct, snp_score
-    from snp_service.train import evaluate
+    from snp_service.structural import plan, snp_score
 
     frac, th = spec.pruning.structural_fraction, spec.analysis.threshold
     measured, info = set(spec.selected_points()), spec.points()
-    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
-    model = load_trained_model(spec, job, data.num_classes)
     ff, hs = {}, {}
     for m in range(len(model.blocks)):
         p = f"blocks.{m}.mlp.hidden"
@@ -218,6 +214,24 @@ def _structural(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
             raw = torch.from_numpy(job.read_array(f"snp/{p}/snp_raw.npy")).double()
             ns = node_statistics(normalise(head_matrices(raw, info[p].heads)), th)
             hs[m] = snp_score(ns.signal, ns.noise)
+    plans = {}
+    for method in ("snp", "magnitude"):
+        keep_ff, keep_heads = plan(model, frac, method, ff, hs)
+        plans[method] = ({m: v for m, v in keep_ff.items() if m in ff}, {m: v for m, v in keep_heads.items() if m in hs})
+    return plans
+
+
+def _structural(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
+    """SNP-guided vs magnitude structural pruning of the whole CCT (snp_service.structural)."""
+    from torch.utils.data import DataLoader
+
+    from snp_service.data import build_datasets
+    from snp_service.structural import cost, prune_cct
+    from snp_service.train import evaluate
+
+    frac = spec.pruning.structural_fraction
+    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
+    model = load_trained_model(spec, job, data.num_classes)
     loader = DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
 
     def accuracy(net) -> float:
@@ -226,11 +240,7 @@ def _structural(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
     base = {"method": "none", "fraction": 0.0, **cost(model, spec.dataset.image_size), "accuracy": accuracy(model),
             "accuracy_finetuned": float("nan")}
     rows = [base]
-    for method in ("snp", "magnitude"):
-        keep_ff, keep_heads = plan(model, frac, method, ff, hs)
-        if method == "magnitude":  # the same blocks and sizes as the SNP-guided plan
-            keep_ff = {m: v for m, v in keep_ff.items() if m in ff}
-            keep_heads = {m: v for m, v in keep_heads.items() if m in hs}
+    for method, (keep_ff, keep_heads) in structural_plans(spec, job, model).items():
         pruned = prune_cct(model, keep_ff, keep_heads)
         row = {"method": method, "fraction": frac, **cost(pruned, spec.dataset.image_size), "accuracy": accuracy(pruned),
                "accuracy_finetuned": float("nan")}

@@ -106,6 +106,18 @@ def _bad_cases(tmp: Path):
                       "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
                       "expands to more than"),
         "non_utf8": (b"name: caf\xe9\n", "not UTF-8"),
+        "heads_on_ff_point": (with_("heads.points", ["blocks.0.mlp.hidden"]), "has no attention heads"),
+        "heads_point_unmeasured": (yaml.safe_dump({**base, "measure": {"points": ["blocks.0.out"]},
+                                                   "heads": {"points": ["blocks.0.attn.heads"]}}),
+                                   "heads.points: 'blocks.0.attn.heads' matches no selected"),
+        "structural_removes_all_heads": (with_("pruning.structural_fraction", 0.8),
+                                         "pruning.structural_fraction: 0.8 would remove all 2 heads"),
+        "structural_fraction_one": (with_("pruning.structural_fraction", 1.0), "pruning.structural_fraction"),
+        "structural_on_vgg": (yaml.safe_dump({**base, "model": {"name": "vgg11_bn"},
+                                              "pruning": {"structural_fraction": 0.25}}), "is not a CCT"),
+        "curve_threshold_one": (with_("pruning.curve_thresholds", [0.3, 1.0]), "pruning.curve_thresholds.1"),
+        "prune_point_missing": (with_("pruning.points", ["blocks.7.mlp.hidden"]), "pruning.points"),
+        "null_draws_too_few": (with_("heads.null_draws", 10), "heads.null_draws"),
     }
 
 
