@@ -102,8 +102,27 @@ def cmd_results(args: argparse.Namespace) -> int:
     if not job.exists(rel):
         raise StoreError(f"job {args.job_id} has no {args.table} table ({rel}); its stage did not run")
     df = job.read_table(rel)
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=4):
+    if args.columns:
+        unknown = [c for c in args.columns.split(",") if c not in df.columns]
+        if unknown:
+            raise StoreError(f"table {args.table} has no column(s) {', '.join(unknown)}; it has {', '.join(df.columns)}")
+        df = df.select(args.columns.split(","))
+    fmt = {"tbl_formatting": "MARKDOWN", "tbl_hide_column_data_types": True, "tbl_hide_dataframe_shape": True} \
+        if args.markdown else {}
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3, **fmt):
         print(df)
+    return 0
+
+
+def cmd_heads_study(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from snp_service.spec import load_spec
+    from snp_service.study import heads_study
+
+    table = heads_study(load_spec(args.job), args.heads, progress=lambda m: print(f"[snp-service] {m}", flush=True))
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
+        print(table.drop("job_id", "reason"))
     return 0
 
 
@@ -153,8 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("results", help="list jobs in a store, or print one job's table")
     s.add_argument("job_id", nargs="?")
     s.add_argument("--table", choices=sorted(TABLES), default="layers")
+    s.add_argument("--columns", help="comma-separated columns to show")
+    s.add_argument("--markdown", action="store_true", help="print a Markdown table")
     s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
     s.set_defaults(fn=cmd_results)
+    s = sub.add_parser("heads-study", help="run a job at several head counts (width fixed) and compare the heads")
+    s.add_argument("job")
+    s.add_argument("--heads", type=int, nargs="+", default=[1, 2, 4, 8])
+    s.set_defaults(fn=cmd_heads_study)
     s = sub.add_parser("models", help="list registered models and their measurement points")
     s.add_argument("--points", action="store_true")
     s.set_defaults(fn=cmd_models)

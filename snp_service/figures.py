@@ -165,3 +165,21 @@ def training_curves(metrics: pl.DataFrame) -> plt.Figure:
         ax.grid(alpha=0.3)
         ax.legend()
     return fig
+
+
+def heads_study(table: pl.DataFrame) -> plt.Figure:
+    """Measures vs number of heads (width fixed), one line per MHA point."""
+    panels = [("accuracy", "network accuracy"), ("snr", "SNR at the point"),
+              ("mean_labels_per_head", "labels per head"), ("z", "overlap z vs null (undefined: gap)")]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
+    for ax, (col, title) in zip(axes, panels):
+        for p in table["point"].unique(maintain_order=True):
+            t = table.filter(pl.col("point") == p).sort("num_heads")
+            y = np.array([np.nan if v is None else v for v in t[col].to_list()], dtype=float)
+            ax.plot(t["num_heads"], y, marker="o", label=p)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("number of heads")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return fig

@@ -78,7 +78,8 @@ class Store:
             infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
         except OSError as e:
             raise StoreError(f"cannot list results store {self.uri}: {e}") from None
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                      and not i.base_name.startswith("_"))  # _studies etc. are not jobs
 
 
 @dataclass(frozen=True)
