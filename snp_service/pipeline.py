@@ -365,7 +365,9 @@ class RunOutcome:
 
 def run(spec: JobSpec, progress: Progress = print) -> RunOutcome:
     """Run every stage not yet finished for this job id, then write the manifest (last)."""
-    job = Store.from_spec(spec.storage).job(spec.job_id())
+    store = Store.from_spec(spec.storage)
+    store.check()  # unreachable store or bad credentials: fail before any compute or write
+    job = store.job(spec.job_id())
     progress(f"job {job.job_id} -> {job.uri}")
     job.invalidate_manifest()
     job.write_json("spec.json", spec.model_dump(mode="json"))

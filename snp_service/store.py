@@ -44,13 +44,69 @@ def code_version() -> str:
     return f"{__version__}+{rev}{'.dirty' if dirty else ''}" if rev else __version__
 
 
+_AUTH_ERRORS = ("ACCESS_DENIED", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "Forbidden",
+                "NO_SUCH_BUCKET", "NoSuchBucket")
+RETRY_SECONDS = float(os.environ.get("SNP_STORE_RETRY_SECONDS", "60"))
+
+
+def _is_auth(e: Exception) -> bool:
+    return any(k in str(e) for k in _AUTH_ERRORS)
+
+
 @dataclass(frozen=True)
 class Store:
-    """A results root: `fs` plus a base path in it (a directory, or bucket/prefix)."""
+    """A results root: `fs` plus a base path in it (a directory, or bucket/prefix).
+
+    On S3, every call is retried with exponential backoff for up to SNP_STORE_RETRY_SECONDS
+    (default 60) on transient errors (connection refused or reset, timeouts, 5xx); errors of
+    credentials or a missing bucket fail at once. Failures raise StoreError naming the endpoint
+    and bucket, never a credential.
+    """
 
     fs: pafs.FileSystem
     base: str
     uri: str
+    endpoint: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return not isinstance(self.fs, pafs.LocalFileSystem)
+
+    def call(self, what: str, fn, *args):
+        """Run a filesystem call, retrying transient S3 errors; StoreError with context on failure."""
+        import time
+
+        delay, deadline = 0.5, time.monotonic() + RETRY_SECONDS
+        while True:
+            try:
+                return fn(*args)
+            except FileNotFoundError:
+                raise
+            except OSError as e:
+                if not self.remote or _is_auth(e) or time.monotonic() + delay > deadline:
+                    where = f" at endpoint {self.endpoint}" if self.endpoint else ""
+                    raise StoreError(f"{what} failed on results store {self.uri}{where}: {_clean(e)}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    def check(self) -> None:
+        """Fail early, before any compute, when the store cannot be reached or written."""
+        if not self.remote:
+            probe = Path(self.base) / f".write-probe-{os.getpid()}"
+            try:
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as e:
+                raise StoreError(f"results directory {self.uri} is not writable: {e.strerror}") from None
+            return
+        bucket = self.base.split("/", 1)[0]
+        try:
+            info = self.call("checking the bucket", self.fs.get_file_info, bucket)
+        except StoreError as e:
+            raise StoreError(f"{e} (bucket {bucket!r}; credentials come from AWS_ACCESS_KEY_ID / "
+                             "AWS_SECRET_ACCESS_KEY in the environment)") from None
+        if info.type == pafs.FileType.NotFound:
+            raise StoreError(f"bucket {bucket!r} does not exist at endpoint {self.endpoint or 'AWS'}; create it first")
 
     @classmethod
     def from_spec(cls, storage: StorageSpec) -> Store:
@@ -61,23 +117,26 @@ class Store:
             if storage.endpoint:
                 u = urlparse(storage.endpoint)
                 kwargs.update(endpoint_override=u.netloc, scheme=u.scheme)
-            if storage.region:
-                kwargs["region"] = storage.region
+            kwargs["region"] = storage.region or "us-east-1"
+            key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+            if key and secret:  # explicit, so Ray Train workers that unpickle the filesystem have them too
+                kwargs.update(access_key=key, secret_key=secret)
             # credentials come only from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
-            fs = pafs.S3FileSystem(**kwargs, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=5))
-            return cls(fs, storage.root[5:].rstrip("/"), storage.root.rstrip("/"))
+            fs = pafs.S3FileSystem(**kwargs, connect_timeout=5, request_timeout=60,
+                                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
+            return cls(fs, storage.root[5:].rstrip("/"), storage.root.rstrip("/"), storage.endpoint)
         path = resolve_path(storage.root)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create results directory {path}: {e.strerror}") from None
         return cls(pafs.LocalFileSystem(), str(path), str(path))
 
     def job(self, job_id: str) -> JobStore:
         return JobStore(self, job_id)
 
     def job_ids(self) -> list[str]:
-        try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
-        except OSError as e:
-            raise StoreError(f"cannot list results store {self.uri}: {e}") from None
+        infos = self.call("listing jobs", self.fs.get_file_info, pafs.FileSelector(self.base, allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
                       and not i.base_name.startswith("_"))  # _studies etc. are not jobs
 
@@ -102,15 +161,24 @@ class JobStore:
     def write_bytes(self, rel: str, data: bytes) -> str:
         """Write atomically: a reader sees the old file or the new one, never half of one."""
         fs, dest = self.store.fs, self.path(rel)
-        fs.create_dir(posixpath.dirname(dest), recursive=True)
         if isinstance(fs, pafs.LocalFileSystem):
             tmp = f"{dest}.tmp-{os.getpid()}"
-            with fs.open_output_stream(tmp) as f:
-                f.write(data)
-            os.replace(tmp, dest)
-        else:  # an object PUT is atomic
+            try:
+                fs.create_dir(posixpath.dirname(dest), recursive=True)
+                with fs.open_output_stream(tmp) as f:
+                    f.write(data)
+                os.replace(tmp, dest)
+            except OSError as e:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)  # nothing half-written is left behind (e.g. disk full)
+                raise StoreError(f"writing {self.uri}/{rel} failed: {_clean(e)}") from None
+            return dest
+
+        def put():  # an object PUT is atomic; retried whole
             with fs.open_output_stream(dest) as f:
                 f.write(data)
+
+        self.store.call(f"writing {rel}", put)
         return dest
 
     def write_json(self, rel: str, obj: Any) -> str:
@@ -142,12 +210,16 @@ class JobStore:
 
     # --- reading -------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
-        return self.store.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+        info = self.store.call(f"checking {rel}", self.store.fs.get_file_info, self.path(rel))
+        return info.type != pafs.FileType.NotFound
 
     def read_bytes(self, rel: str) -> bytes:
-        try:
+        def get():
             with self.store.fs.open_input_stream(self.path(rel)) as f:
                 return f.read()
+
+        try:
+            return self.store.call(f"reading {rel}", get)
         except FileNotFoundError:
             raise StoreError(f"{self.uri}/{rel} not found") from None
 
@@ -169,8 +241,9 @@ class JobStore:
             rel = posixpath.relpath(info.path, other.base)
             if ".tmp-" in rel or not rel.startswith(prefixes):
                 continue
-            self.store.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
-            self.store.fs.copy_file(info.path, self.path(rel))
+            if not self.store.remote:
+                self.store.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
+            self.store.call(f"copying {rel}", self.store.fs.copy_file, info.path, self.path(rel))
             n += 1
         return n
 
@@ -182,8 +255,8 @@ class JobStore:
 
     def files(self) -> list[pafs.FileInfo]:
         sel = pafs.FileSelector(self.base, recursive=True, allow_not_found=True)
-        return sorted((i for i in self.store.fs.get_file_info(sel) if i.type == pafs.FileType.File),
-                      key=lambda i: i.path)
+        infos = self.store.call("listing files", self.store.fs.get_file_info, sel)
+        return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
     # --- stages and manifest ---------------------------------------------------------------
     def stage_result(self, stage: str) -> dict | None:
@@ -198,7 +271,7 @@ class JobStore:
     def invalidate_manifest(self) -> None:
         """Mark the job incomplete while it is being (re)written."""
         if self.exists(MANIFEST):
-            self.store.fs.delete_file(self.path(MANIFEST))
+            self.store.call("removing the old manifest", self.store.fs.delete_file, self.path(MANIFEST))
 
     def manifest(self) -> dict | None:
         return self.read_json(MANIFEST) if self.exists(MANIFEST) else None
@@ -210,10 +283,14 @@ class JobStore:
             rel = posixpath.relpath(info.path, self.base)
             if rel == MANIFEST or ".tmp-" in rel:
                 continue
-            h = hashlib.sha256()
-            with self.store.fs.open_input_stream(info.path) as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
+            def digest(path=info.path):
+                h = hashlib.sha256()
+                with self.store.fs.open_input_stream(path) as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                return h
+
+            h = self.store.call(f"hashing {rel}", digest)
             entries.append({"path": rel, "size": info.size, "sha256": h.hexdigest()})
         manifest = {"job_id": self.job_id, "written": _now(), "code_version": code_version(),
                     "host": platform.node(), "artefacts": entries, **extra}
@@ -226,6 +303,13 @@ class JobStore:
         if isinstance(self.store.fs, pafs.LocalFileSystem):
             return self.path("train"), None
         return self.path("train"), self.store.fs
+
+
+def _clean(e: Exception) -> str:
+    """An error message without secrets (pyarrow/AWS messages do not carry the secret key, but be sure)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return text.replace(secret, "***") if secret else text
 
 
 def _now() -> str:

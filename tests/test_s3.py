@@ -1,0 +1,90 @@
+"""The results store on a real S3 server (SeaweedFS, credentials enforced, loopback only)."""
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import polars as pl
+import pytest
+
+from snp_service import store as store_mod
+from snp_service.errors import StoreError
+from snp_service.spec import StorageSpec
+from snp_service.store import Store
+from tests.conftest import S3_SECRET
+
+
+def s3_store(server, prefix=None) -> Store:
+    return Store.from_spec(StorageSpec(root=f"s3://snp-test/{prefix or uuid.uuid4().hex[:8]}", endpoint=server.endpoint))
+
+
+def test_round_trip_manifest_and_listing(s3_server):
+    st = s3_store(s3_server)
+    st.check()
+    job = st.job("job-a")
+    job.write_json("spec.json", {"a": 1})
+    job.write_table("t/x.parquet", pl.DataFrame({"x": [1, 2]}))
+    job.write_array("m/a.npy", np.arange(6).reshape(2, 3))
+    job.write_torch("model/w.pt", {"w": __import__("torch").ones(2)})
+    job.finish_stage("data", {"n": 3}, 0.1)
+    assert job.read_json("spec.json") == {"a": 1}
+    assert job.read_table("t/x.parquet")["x"].to_list() == [1, 2]
+    assert job.read_array("m/a.npy").tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert job.read_torch("model/w.pt")["w"].sum() == 2
+    m = job.write_manifest({"status": "complete"})
+    assert {a["path"] for a in m["artefacts"]} == {"spec.json", "t/x.parquet", "m/a.npy", "model/w.pt",
+                                                   "stages/data.json"}
+    assert st.job_ids() == ["job-a"]
+    other = st.job("job-b")
+    assert other.copy_from(job, ("model/",)) == 1 and other.read_bytes("model/w.pt") == job.read_bytes("model/w.pt")
+    with pytest.raises(StoreError, match="not found"):
+        job.read_bytes("nope.json")
+
+
+def test_wrong_credentials_fail_fast_naming_endpoint_and_bucket(s3_server, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
+    st = s3_store(s3_server)
+    t0 = time.monotonic()
+    with pytest.raises(StoreError) as err:
+        st.check()
+    assert time.monotonic() - t0 < 10  # not retried for a minute
+    msg = str(err.value)
+    assert s3_server.endpoint in msg and "snp-test" in msg
+    assert "definitely-wrong-secret" not in msg and S3_SECRET not in msg
+
+
+def test_missing_bucket_is_named(s3_server):
+    st = Store.from_spec(StorageSpec(root="s3://no-such-bucket/x", endpoint=s3_server.endpoint))
+    with pytest.raises(StoreError, match="no-such-bucket"):
+        st.check()
+
+
+def test_outage_during_upload_is_retried(s3_server):
+    st = s3_store(s3_server)
+    job = st.job("outage")
+    job.write_json("before.json", {"ok": True})
+    s3_server.stop()
+
+    def restart():
+        time.sleep(4)
+        s3_server.start()
+
+    t = threading.Thread(target=restart)
+    t.start()
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    job.write_bytes("during.bin", payload)  # blocks through the outage, then lands
+    t.join()
+    assert job.read_bytes("during.bin") == payload
+    assert job.read_json("before.json") == {"ok": True}
+
+
+def test_endpoint_down_for_good_is_a_clear_error(s3_server, monkeypatch):
+    from snp_service.localdev import free_ports
+
+    monkeypatch.setattr(store_mod, "RETRY_SECONDS", 2.0)
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    st = Store.from_spec(StorageSpec(root="s3://snp-test/x", endpoint=dead))
+    with pytest.raises(StoreError) as err:
+        st.job("j").write_json("a.json", {})
+    assert dead in str(err.value) and "writing a.json" in str(err.value)
