@@ -1,4 +1,4 @@
-"""`snp-service`: validate, schema, run, report, results, models, synth.
+"""`snp-service`: validate, schema, run, submit, status, logs, report, results, heads-study, models, synth.
 
 User errors (a bad job file, a missing dataset, an unreachable store) print one paragraph and
 exit with code 2, never a traceback.
@@ -126,6 +126,36 @@ def cmd_heads_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from snp_service import submit
+    from snp_service.spec import load_spec
+
+    spec = load_spec(args.job)  # a bad file is refused here, before anything is uploaded
+    sid = submit.submit(spec, Path(args.job), args.address, pass_credentials=args.pass_credentials)
+    print(f"submitted {sid}; follow with `snp-service logs {sid}`, results with `snp-service results {sid}`")
+    if args.wait:
+        final = submit.wait(sid, args.address, progress=print)
+        return 0 if final == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from snp_service import submit
+
+    st = submit.status(args.job_id, args.address)
+    print(f"{st['job_id']}: {st['status']}" + (f" ({st['message']})" if st["message"] else ""))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from snp_service import submit
+
+    print(submit.logs(args.job_id, args.address), end="")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from snp_service.models import list_models, measurement_points, model_config
 
@@ -165,6 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run a job (stages already finished for its job id are reused)")
     s.add_argument("job")
     s.set_defaults(fn=cmd_run)
+    s = sub.add_parser("submit", help="submit a job YAML to a Ray cluster (ray job submit; id = job id)")
+    s.add_argument("job")
+    s.add_argument("--address", help="Ray dashboard address, default $RAY_ADDRESS or http://127.0.0.1:8265")
+    s.add_argument("--wait", action="store_true", help="wait for the job and exit 0 only if it succeeded")
+    s.add_argument("--pass-credentials", action="store_true",
+                   help="send AWS_* from this shell in the job's runtime_env (visible in Ray's job metadata)")
+    s.set_defaults(fn=cmd_submit)
+    for name, fn, text in (("status", cmd_status, "a submitted job's status"), ("logs", cmd_logs, "a submitted job's logs")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("job_id")
+        s.add_argument("--address")
+        s.set_defaults(fn=fn)
     s = sub.add_parser("report", help="(re)build a job's report.html from its stored results")
     s.add_argument("job_id")
     s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")

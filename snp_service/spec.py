@@ -360,6 +360,11 @@ class JobSpec(_Strict):
     def job_id(self) -> str:
         """`<name>-<hash>`: the hash covers everything that changes results (not storage or compute)."""
         content = self.model_dump(mode="json", exclude={"storage", "compute", "description"})
+        # a dataset inside the working directory counts by its relative path, so a job submitted to a
+        # cluster (which runs in an uploaded copy of the working directory) keeps its id
+        root = Path(content["dataset"]["root"])
+        if root.is_absolute() and root.is_relative_to(Path.cwd()):
+            content["dataset"]["root"] = root.relative_to(Path.cwd()).as_posix()
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}-{digest}"
 

