@@ -1,4 +1,4 @@
-"""`snp-service`: validate, schema, run, submit, status, logs, report, results, heads-study, models, synth.
+"""`snp-service`: validate, schema, run, sweep, submit, status, logs, report, results, heads-study, models, synth.
 
 User errors (a bad job file, a missing dataset, an unreachable store) print one paragraph and
 exit with code 2, never a traceback.
@@ -156,6 +156,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from snp_service.spec import load_spec
+    from snp_service.sweep import run_sweep
+
+    table = run_sweep(load_spec(args.job), progress=lambda m: print(f"[snp-service] {m}", flush=True))
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
+        print(table.drop("job_id"))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from snp_service.models import list_models, measurement_points, model_config
 
@@ -218,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--markdown", action="store_true", help="print a Markdown table")
     s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
     s.set_defaults(fn=cmd_results)
+    s = sub.add_parser("sweep", help="Ray Tune grid over the job's sweep: section (heads, threshold, lr)")
+    s.add_argument("job")
+    s.set_defaults(fn=cmd_sweep)
     s = sub.add_parser("heads-study", help="run a job at several head counts (width fixed) and compare the heads")
     s.add_argument("job")
     s.add_argument("--heads", type=int, nargs="+", default=[1, 2, 4, 8])

@@ -183,3 +183,26 @@ def heads_study(table: pl.DataFrame) -> plt.Figure:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return fig
+
+
+def sweep_figure(table: pl.DataFrame, dims: list[str]) -> plt.Figure:
+    """Each measure against each swept dimension (other dimensions as separate lines)."""
+    measures = [c for c in ("accuracy", "mean_snr", "heads_z", "andc_drop") if c in table.columns]
+    fig, axes = plt.subplots(len(dims), max(1, len(measures)), figsize=(3.6 * max(1, len(measures)), 3 * len(dims)),
+                             squeeze=False, constrained_layout=True)
+    for i, d in enumerate(dims):
+        others = [o for o in dims if o != d]
+        groups = table.partition_by(others, maintain_order=True) if others else [table]
+        for j, m in enumerate(measures):
+            ax = axes[i, j]
+            for g in groups:
+                g = g.sort(d)
+                y = np.array([np.nan if v is None else v for v in g[m].to_list()], dtype=float)
+                label = ", ".join(f"{o}={g[o][0]}" for o in others) or None
+                ax.plot(g[d], y, marker="o", label=label)
+            ax.set_xlabel(d)
+            ax.set_title(m, fontsize=9)
+            ax.grid(alpha=0.3)
+            if others and i == 0 and j == 0:
+                ax.legend(fontsize=6)
+    return fig

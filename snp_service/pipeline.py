@@ -27,6 +27,7 @@ from snp_service.spec import JobSpec
 from snp_service.store import JobStore, Store
 
 Progress = Callable[[str], None]
+TRAIN_CALLBACKS: list = []  # Ray Train callbacks of the current run (a Tune trial sets TuneReportCallback)
 WEIGHTS = "model/weights.pt"
 
 
@@ -72,7 +73,7 @@ def stage_train(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     storage_path, fs = job.ray_storage()
     progress(f"train: {spec.model.name}, {spec.train.epochs} epochs on Ray Train "
              f"({spec.compute.num_workers} worker(s)); checkpoints in {storage_path}")
-    result = fit(spec, storage_path, fs)
+    result = fit(spec, storage_path, fs, callbacks=TRAIN_CALLBACKS)
     state = result.state
     job.write_torch(WEIGHTS, state["model"])
     job.write_table("train/metrics.parquet", pl.DataFrame(state["history"]))
@@ -363,8 +364,16 @@ class RunOutcome:
     manifest: dict
 
 
-def run(spec: JobSpec, progress: Progress = print) -> RunOutcome:
+def run(spec: JobSpec, progress: Progress = print, train_callbacks=()) -> RunOutcome:
     """Run every stage not yet finished for this job id, then write the manifest (last)."""
+    TRAIN_CALLBACKS[:] = list(train_callbacks)
+    try:
+        return _run(spec, progress)
+    finally:
+        TRAIN_CALLBACKS.clear()
+
+
+def _run(spec: JobSpec, progress: Progress) -> RunOutcome:
     store = Store.from_spec(spec.storage)
     store.check()  # unreachable store or bad credentials: fail before any compute or write
     job = store.job(spec.job_id())

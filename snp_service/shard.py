@@ -121,7 +121,9 @@ def _actor_class():
 
 def start_actors(spec: JobSpec, n_actors: int, threads: int, cpus: float) -> list:
     SNPShard = _actor_class()
-    return [SNPShard.options(num_cpus=cpus).remote(spec.model_dump(mode="json"), threads) for _ in range(n_actors)]
+    # DEFAULT: not inside the caller's placement group (a Tune trial reserves almost nothing itself)
+    return [SNPShard.options(num_cpus=cpus, scheduling_strategy="DEFAULT").remote(spec.model_dump(mode="json"), threads)
+            for _ in range(n_actors)]
 
 
 def run_sharded(spec: JobSpec, weights: dict, points: list[str], actors: list,

@@ -267,6 +267,8 @@ class ComputeSpec(_Strict):
     use_gpu: Literal["auto"] | bool = "auto"
     cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0, description="per training worker and per SNP actor")
     snp_actors: int = Field(1, ge=1, le=1024, description="Ray actors that share the SNP stage's points")
+    max_failures: int = Field(2, ge=0, le=100, description="training worker failures Ray Train recovers from "
+                              "(restarting from the last checkpoint)")
 
 
 class JobSpec(_Strict):

@@ -202,7 +202,7 @@ class TrainResult:
 
 
 def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: str | None = None,
-        max_failures: int = 0, fail_after_epoch: int | None = None) -> TrainResult:
+        max_failures: int | None = None, fail_after_epoch: int | None = None, callbacks=()) -> TrainResult:
     """Run training on the connected Ray cluster. A run with the same name and storage resumes
     from its latest checkpoint (Ray Train V2); `resume_from` starts from a given checkpoint."""
     import ray
@@ -223,7 +223,9 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
         run_config=RunConfig(
             name=spec.job_id(), storage_path=storage_path, storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint_keep),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(
+                max_failures=spec.compute.max_failures if max_failures is None else max_failures),
+            callbacks=list(callbacks),
         ),
     )
     result = trainer.fit()

@@ -24,8 +24,10 @@ def cache_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster in a fresh temp dir (so no stale ray_current_cluster is reused)."""
+def ray_cluster(s3_server):
+    """A real local Ray cluster in a fresh temp dir (so no stale ray_current_cluster is reused).
+    Started after the S3 server, so its workers have the S3 credentials in their environment, as
+    on a real cluster."""
     import ray
 
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")

@@ -65,3 +65,22 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "snp_service.cli", "status", "x",
                         "--address", f"http://127.0.0.1:{free_ports(1)[0]}"], capture_output=True, text=True)
     assert r.returncode == 2 and "cannot reach the Ray job API" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tune_sweep_lands_its_table_in_the_bucket(tmp_path, s3_server, ray_cluster):
+    from snp_service.sweep import run_sweep
+    from snp_service.spec import spec_from_dict
+
+    job = tiny_job(tmp_path, **{"train.epochs": 2, "analysis.readout_epochs": 2, "analysis.bootstrap": 50,
+                                "heads.null_draws": 200, "measure.points": ["blocks.0.attn.heads", "blocks.0.out"]})
+    job["storage"] = {"root": f"s3://snp-test/{uuid.uuid4().hex[:8]}", "endpoint": s3_server.endpoint}
+    job["sweep"] = {"threshold": [0.3, 0.5], "num_heads": [2]}
+    spec = spec_from_dict(job)
+    table = run_sweep(spec, progress=lambda m: None)
+    assert table["threshold"].to_list() == [0.3, 0.5] and (table["status"] == "complete").all()
+    st = Store.from_spec(spec.storage)
+    assert len(st.job_ids()) == 2
+    second = st.job(table["job_id"][1])
+    assert second.stage_result("train")["reused_from"] == table["job_id"][0]  # the threshold trial did not retrain
+    studies = [f.path for f in st.job("_studies").files()]
+    assert any(p.endswith("sweep.parquet") for p in studies) and any(p.endswith("sweep.png") for p in studies)

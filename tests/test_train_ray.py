@@ -48,7 +48,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, ray_cluster)
     spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 4}))
     storage = str(tmp_path / "train")
     with pytest.raises(ray.train.TrainingFailedError) as err:
-        fit(spec, storage, fail_after_epoch=1)
+        fit(spec, storage, fail_after_epoch=1, max_failures=0)
     assert "injected failure after epoch 1" in str(err.value)
     resumed = fit(spec, storage)  # same run name and storage: Ray Train V2 restores the run
     epochs = [h["epoch"] for h in resumed.state["history"]]
@@ -118,3 +118,14 @@ def test_heads_study_runs_each_head_count_and_tabulates(tmp_path, ray_cluster):
     assert all(not j.startswith("_") for j in store.job_ids()) and len(store.job_ids()) == 2
     with pytest.raises(Exception, match="num_heads=3"):
         heads_study(spec, [3])  # 3 does not divide the width 32
+
+
+def test_worker_failure_is_recovered_by_failure_config(tmp_path, ray_cluster):
+    """A training worker dying mid-run: Ray Train restarts it from the last checkpoint (compute.max_failures)."""
+    spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 3}))
+    assert spec.compute.max_failures >= 1
+    recovered = fit(spec, str(tmp_path / "train"), fail_after_epoch=1)
+    assert [h["epoch"] for h in recovered.state["history"]] == [0, 1, 2]  # no epoch lost or repeated
+    clean = fit(spec, str(tmp_path / "clean"))
+    assert recovered.state["history"][-1]["train_loss"] == pytest.approx(clean.state["history"][-1]["train_loss"],
+                                                                          rel=1e-6)

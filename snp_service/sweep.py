@@ -1,0 +1,146 @@
+"""Ray Tune sweeps (`snp-service sweep JOB.yaml`): the job's `sweep:` section is a grid over number of
+heads (width fixed), pruning threshold and learning rate.
+
+Each trial is a Tune function trainable that runs the whole pipeline for its variant of the job;
+its training is a Ray Train `TorchTrainer` whose per-epoch reports reach Tune through
+`TuneReportCallback` (the Train V2 way: no `Tuner(trainer)`), so ASHA can stop poor trials on
+`eval_accuracy`. Every trial is a job with its own content-derived id in the same store, so trials
+that differ only in the pruning threshold train once and reuse each other's network and SNP stage
+(pipeline stage keys), and a re-run sweep reuses every finished trial. Trial directories are
+named by their config, and an interrupted sweep is resumed with `Tuner.restore`. At the end, one
+row per trial (config, job id, accuracy, SNP / heads / ANDC summaries) goes to
+`<store>/_studies/<name>-sweep-<hash>/sweep.parquet`, with a figure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Callable
+
+import polars as pl
+
+from snp_service.errors import SpecError
+from snp_service.spec import JobSpec, spec_from_dict
+from snp_service.store import Store
+from snp_service.study import STUDIES
+
+
+def grid(spec: JobSpec) -> list[dict]:
+    """Every trial's overrides, in a fixed order."""
+    sw = spec.sweep
+    if sw is None:
+        raise SpecError("the job has no sweep: section (num_heads / threshold / lr lists)")
+    dims = {"num_heads": sw.num_heads, "threshold": sw.threshold, "lr": sw.lr}
+    dims = {k: v for k, v in dims.items() if v}
+    if not dims:
+        raise SpecError("sweep: give at least one of num_heads, threshold, lr")
+    keys = list(dims)
+    return [dict(zip(keys, values)) for values in itertools.product(*(dims[k] for k in keys))]
+
+
+def trial_spec(spec: JobSpec, overrides: dict) -> JobSpec:
+    d = spec.model_dump(mode="json")
+    d.pop("sweep")
+    suffix = "-".join(f"{k[0]}{v}" for k, v in sorted(overrides.items()))
+    d["name"] = f"{spec.name}-{suffix}"[:64]
+    if "num_heads" in overrides:
+        d["model"]["num_heads"] = overrides["num_heads"]
+    if "lr" in overrides:
+        d["train"]["lr"] = overrides["lr"]
+    if "threshold" in overrides:
+        d["analysis"]["threshold"] = overrides["threshold"]
+    return spec_from_dict(d, f"{spec.name} trial {overrides}")
+
+
+def summarise(job, spec: JobSpec) -> dict:
+    """A trial's numbers for the sweep table (the last measured point of each kind)."""
+    out = {"accuracy": (job.stage_result("evaluate") or {}).get("accuracy")}
+    if job.exists("snp/layers.parquet"):
+        layers = job.read_table("snp/layers.parquet")
+        last = layers.row(len(layers) - 1, named=True)
+        out.update(last_point=last["point"], last_snr=last["snr"], last_readout_accuracy=last["readout_accuracy"],
+                   mean_snr=float(layers["snr"].mean()))
+    if job.exists("heads/summary.parquet"):
+        h = job.read_table("heads/summary.parquet")
+        last = h.row(len(h) - 1, named=True)
+        out.update(heads_point=last["point"], heads_z=last["z"], heads_status=last["status"],
+                   labels_per_head=last["mean_labels_per_head"])
+    if job.exists("prune/andc.parquet"):
+        a = job.read_table("prune/andc.parquet").filter(pl.col("method") == "andc")
+        last = a.row(len(a) - 1, named=True)
+        out.update(andc_kept=last["kept_fraction"], andc_accuracy=last["accuracy_pruned"],
+                   andc_drop=last["accuracy_full"] - last["accuracy_pruned"])
+    return out
+
+
+def _trainable(config: dict) -> None:
+    """One trial: the pipeline for the trial's job, epochs reported to Tune as they finish."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from snp_service import pipeline
+
+    spec = JobSpec.model_validate(config["spec"])
+    outcome = pipeline.run(spec, progress=lambda m: print(f"[trial] {m}", flush=True),
+                           train_callbacks=[TuneReportCallback()])
+    job = Store.from_spec(spec.storage).job(outcome.job_id)
+    final = {k: v for k, v in summarise(job, spec).items() if isinstance(v, (int, float)) and v is not None}
+    tune.report({"done": True, **final, "eval_accuracy": final.get("accuracy", 0.0)})
+
+
+def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.DataFrame:
+    import ray
+    from ray import tune
+    from ray.tune import RunConfig, TuneConfig, Tuner
+
+    from snp_service.pipeline import ensure_ray
+
+    trials = grid(spec)
+    specs = [trial_spec(spec, o) for o in trials]
+    store = Store.from_spec(spec.storage)
+    store.check()
+    digest = hashlib.sha256(json.dumps([s.job_id() for s in specs]).encode()).hexdigest()[:12]
+    name = f"{spec.name}-sweep-{digest}"
+    study = store.job(f"{STUDIES}/{name}")
+    ensure_ray(spec)
+    progress(f"sweep {name}: {len(trials)} trials ({', '.join(trials[0])}) -> {study.uri}")
+    param = tune.grid_search([s.model_dump(mode="json") for s in specs])
+    trainable = tune.with_resources(_trainable, {"CPU": 0.01})  # its TorchTrainer and actors take the CPUs
+    storage = study.path("tune") if store.remote else study.path("tune")
+    fs = store.fs if store.remote else None
+    path = f"{storage}/{name}"
+    scheduler = None
+    if spec.sweep.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.train.epochs + 1,
+                                  grace_period=max(1, spec.train.epochs // 4))
+    if Tuner.can_restore(path, storage_filesystem=fs):
+        progress(f"sweep {name}: resuming an interrupted sweep (Tuner.restore)")
+        tuner = Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        tuner = Tuner(trainable, param_space={"spec": param},
+                      tune_config=TuneConfig(metric="eval_accuracy", mode="max", scheduler=scheduler,
+                                             max_concurrent_trials=spec.sweep.max_concurrent_trials,
+                                             trial_dirname_creator=lambda t: t.config["spec"]["name"],
+                                             trial_name_creator=lambda t: t.config["spec"]["name"]),
+                      run_config=RunConfig(name=name, storage_path=storage, storage_filesystem=fs))
+    results = tuner.fit()
+    rows = []
+    for s, overrides in zip(specs, trials):
+        job = store.job(s.job_id())
+        status = "complete" if job.manifest() else ("stopped" if job.stage_result("train") is None else "incomplete")
+        rows.append({**overrides, "job_id": s.job_id(), "status": status,
+                     **(summarise(job, s) if job.manifest() else {})})
+    errors = [r.error for r in results if r.error]
+    table = pl.DataFrame(rows)
+    study.write_table("sweep.parquet", table)
+    from snp_service import figures
+    from snp_service.report import _fig_to
+
+    _fig_to(study, "sweep", figures.sweep_figure(table, [k for k in trials[0]]))
+    progress(f"sweep {name}: {len(rows)} trials, {len(errors)} failed; table at {study.uri}/sweep.parquet")
+    del ray
+    return table
