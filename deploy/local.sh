@@ -29,8 +29,9 @@ up)
   python -m snp_service.localdev up --dir "$STATE/s3" --port "$S3_PORT" --bucket "$BUCKET"
   TMP=$(mktemp -d /tmp/ray-snp-XXXXXX)   # a fresh temp dir: no stale ray_current_cluster
   echo "$TMP" > "$STATE/ray-temp-dir"
+  # shellcheck disable=SC2086  # SNP_RAY_START_ARGS: extra `ray start` flags, e.g. other ports
   ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" \
-    --temp-dir="$TMP" --disable-usage-stats >/dev/null
+    --port="${SNP_GCS_PORT:-6379}" --temp-dir="$TMP" --disable-usage-stats ${SNP_RAY_START_ARGS:-} >/dev/null
   cat <<MSG
 Ray head: http://127.0.0.1:$DASH_PORT    S3: http://127.0.0.1:$S3_PORT (bucket $BUCKET)
 Use it:
@@ -41,7 +42,8 @@ Use it:
 MSG
   ;;
 down)
-  ray stop --force >/dev/null 2>&1 || true
+  # stop only this cluster's processes (a plain `ray stop` would stop every Ray on the machine)
+  if [ -f "$STATE/ray-temp-dir" ]; then pkill -f -- "$(cat "$STATE/ray-temp-dir")" || true; fi
   python -m snp_service.localdev down --dir "$STATE/s3"
   if [ -f "$STATE/ray-temp-dir" ]; then rm -rf "$(cat "$STATE/ray-temp-dir")" "$STATE/ray-temp-dir"; fi
   ;;
