@@ -43,7 +43,12 @@ MSG
   ;;
 down)
   # stop only this cluster's processes (a plain `ray stop` would stop every Ray on the machine)
-  if [ -f "$STATE/ray-temp-dir" ]; then pkill -f -- "$(cat "$STATE/ray-temp-dir")" || true; fi
+  if [ -f "$STATE/ray-temp-dir" ]; then
+    T=$(cat "$STATE/ray-temp-dir")
+    pkill -TERM -f -- "$T" || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do pgrep -f -- "$T" >/dev/null || break; sleep 1; done
+    pkill -KILL -f -- "$T" || true   # gcs_server / raylet may outlive SIGTERM
+  fi
   python -m snp_service.localdev down --dir "$STATE/s3"
   if [ -f "$STATE/ray-temp-dir" ]; then rm -rf "$(cat "$STATE/ray-temp-dir")" "$STATE/ray-temp-dir"; fi
   ;;
