@@ -99,8 +99,75 @@ def _split_root(base: Path, origin: Path) -> Path:
                        "directories at its top level or one level down")
 
 
-def prepare(ds: DatasetSpec) -> Path:
-    """Make the dataset loadable and return the local root the loaders read from."""
+def _fetch_file(store, src: str, dest: Path, size: int) -> None:
+    """Download one object to `dest` atomically and check its size against the object's."""
+    tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def get():
+        with store.fs.open_input_stream(src, compression=None) as f, open(tmp, "wb") as out:
+            while chunk := f.read(1 << 22):
+                out.write(chunk)
+
+    try:
+        store.call(f"downloading {src}", get)
+        if tmp.stat().st_size != size:
+            raise DatasetError(f"s3://{src}: downloaded {tmp.stat().st_size} bytes, the object has {size}")
+        tmp.rename(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch_s3(uri: str, endpoint: str | None) -> Path:
+    """Fetch s3://bucket/key (an archive) or s3://bucket/prefix/ (a tree) once per node into the cache.
+
+    A cached copy is reused while the object's size and modification time are unchanged (recorded
+    next to it with the copy's SHA-256); otherwise it is downloaded again, size-checked, and the
+    archive cache downstream is keyed by content hash, so a changed object is re-extracted."""
+    import json
+
+    from snp_service.errors import StoreError
+    from snp_service.spec import StorageSpec
+    from snp_service.store import Store
+
+    import pyarrow.fs as pafs
+
+    path = uri[5:].rstrip("/")
+    store = Store.from_spec(StorageSpec(root=f"s3://{path.split('/', 1)[0]}", endpoint=endpoint))
+    try:
+        info = store.call(f"looking up {uri}", store.fs.get_file_info, path)
+        if info.type == pafs.FileType.File:
+            objects = [info]
+        elif info.type == pafs.FileType.Directory:
+            objects = [i for i in store.call(f"listing {uri}", store.fs.get_file_info,
+                                             pafs.FileSelector(path, recursive=True))
+                       if i.type == pafs.FileType.File]
+        else:
+            objects = []
+        if not objects:
+            raise DatasetError(f"dataset {uri} not found at endpoint {endpoint or 'AWS'}")
+        local_root = cache_dir() / "s3" / path
+        with _lock(cache_dir() / "s3" / f"{path.replace('/', '_')}.lock"):
+            for o in objects:
+                dest = local_root if info.type == pafs.FileType.File else local_root / o.path[len(path) + 1:]
+                meta = dest.with_name(dest.name + ".s3meta.json")
+                stamp = {"size": o.size, "mtime": str(o.mtime)}
+                if dest.exists() and meta.exists() and {k: json.loads(meta.read_text()).get(k) for k in stamp} == stamp:
+                    continue
+                _fetch_file(store, o.path, dest, o.size)
+                meta.write_text(json.dumps({**stamp, "sha256": synthetic.sha256_file(dest)}))
+    except StoreError as e:
+        raise DatasetError(f"dataset {uri}: {e}") from None
+    return local_root
+
+
+def prepare(ds: DatasetSpec, endpoint: str | None = None) -> Path:
+    """Make the dataset loadable and return the local root the loaders read from. An s3:// root is
+    fetched from `endpoint` (the job's storage endpoint) into the local cache first."""
+    if ds.root.startswith("s3://"):
+        local = fetch_s3(ds.root, endpoint)
+        base = extract_archive(local) if local.is_file() else local
+        return _split_root(base, Path(ds.root)) if ds.name == "imagefolder" else base
     root = resolve_path(ds.root)
     if ds.synthetic is not None:
         s = ds.synthetic
@@ -196,9 +263,10 @@ def _check_classes(names: list[str], origin: Path) -> list[str]:
     return names
 
 
-def build_datasets(ds: DatasetSpec, seed: int = 0, augment: bool = True) -> DataBundle:
-    """Train and evaluation splits with the spec's transforms and subsets. Call prepare() first."""
-    root = prepare(ds)
+def build_datasets(ds: DatasetSpec, seed: int = 0, augment: bool = True, endpoint: str | None = None) -> DataBundle:
+    """Train and evaluation splits with the spec's transforms and subsets (prepare() runs first;
+    `endpoint` serves an s3:// root)."""
+    root = prepare(ds, endpoint)
     tr, ev = transforms(ds, train=augment), transforms(ds, train=False)
     try:
         if ds.name in ("cifar10", "cifar100"):

@@ -59,7 +59,7 @@ def ensure_ray(spec: JobSpec) -> None:
 def stage_data(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     from snp_service.data import build_datasets
 
-    data = build_datasets(spec.dataset, seed=spec.train.seed)
+    data = build_datasets(spec.dataset, seed=spec.train.seed, endpoint=spec.storage.endpoint)
     job.write_json("data/classes.json", data.classes)
     progress(f"data: {spec.dataset.name} from {data.root}: {len(data.train)} train ({data.train_split}), "
              f"{len(data.eval)} eval ({data.eval_split}) images, {data.num_classes} classes")
@@ -97,7 +97,7 @@ def stage_evaluate(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     from snp_service.data import build_datasets
     from snp_service.train import autocast_dtype, evaluate
 
-    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
+    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
     model = load_trained_model(spec, job, data.num_classes)
     loader = DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
     dtype = autocast_dtype(spec.train.precision, torch.device("cpu"))
@@ -231,7 +231,7 @@ def _structural(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
     from snp_service.train import evaluate
 
     frac = spec.pruning.structural_fraction
-    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
+    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
     model = load_trained_model(spec, job, data.num_classes)
     loader = DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
 

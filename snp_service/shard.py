@@ -66,7 +66,7 @@ def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int
 
     info = spec.points()
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="snp-features-") as tmp:
-        data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
+        data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
         model = create_model(spec.model, data.num_classes, spec.dataset.image_size)
         model.load_state_dict(weights)
         train = capture(model, data.train, points, Path(tmp) / "train")

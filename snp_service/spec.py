@@ -65,7 +65,8 @@ class DatasetSpec(_Strict):
     root: str = Field(
         ...,
         description="local directory (torchvision layout), or for imagefolder a directory or .tar.gz holding "
-        "train/<class>/ and test/<class>/; relative paths resolve against the working directory",
+        "train/<class>/ and test/<class>/; relative paths resolve against the working directory; or "
+        "s3://bucket/key.tar.gz | s3://bucket/prefix/ fetched once per node from storage.endpoint",
     )
     download: bool = Field(False, description="let torchvision download the dataset into root")
     synthetic: SyntheticSpec | None = Field(None, description="generate synthetic data in the official layout")
@@ -93,6 +94,16 @@ class DatasetSpec(_Strict):
             raise ValueError("train_split: trainval exists only for flowers102")
         if self.name == "imagefolder" and self.download:
             raise ValueError("an imagefolder dataset cannot be downloaded")
+        if self.root.startswith("s3://"):
+            bucket, _, key = self.root[5:].partition("/")
+            if not bucket or not key:
+                raise ValueError(f"dataset root {self.root!r} needs a bucket and a key: s3://bucket/data.tar.gz "
+                                 "or s3://bucket/prefix/")
+            if self.synthetic is not None or self.download:
+                raise ValueError("an s3:// dataset root is fetched from the bucket; synthetic and download do not apply")
+            return self
+        if "://" in self.root:
+            raise ValueError(f"dataset root {self.root!r}: only local paths and s3:// URIs are supported")
         if self.synthetic is None and not self.download:
             path = resolve_path(self.root)
             if not path.exists():

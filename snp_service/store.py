@@ -165,7 +165,7 @@ class JobStore:
             tmp = f"{dest}.tmp-{os.getpid()}"
             try:
                 fs.create_dir(posixpath.dirname(dest), recursive=True)
-                with fs.open_output_stream(tmp) as f:
+                with fs.open_output_stream(tmp, compression=None) as f:
                     f.write(data)
                 os.replace(tmp, dest)
             except OSError as e:
@@ -175,7 +175,7 @@ class JobStore:
             return dest
 
         def put():  # an object PUT is atomic; retried whole
-            with fs.open_output_stream(dest) as f:
+            with fs.open_output_stream(dest, compression=None) as f:
                 f.write(data)
 
         self.store.call(f"writing {rel}", put)
@@ -215,7 +215,7 @@ class JobStore:
 
     def read_bytes(self, rel: str) -> bytes:
         def get():
-            with self.store.fs.open_input_stream(self.path(rel)) as f:
+            with self.store.fs.open_input_stream(self.path(rel), compression=None) as f:
                 return f.read()
 
         try:
@@ -285,7 +285,7 @@ class JobStore:
                 continue
             def digest(path=info.path):
                 h = hashlib.sha256()
-                with self.store.fs.open_input_stream(path) as f:
+                with self.store.fs.open_input_stream(path, compression=None) as f:
                     while chunk := f.read(1 << 20):
                         h.update(chunk)
                 return h

@@ -106,7 +106,7 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("torch_threads"):
         torch.set_num_threads(int(config["torch_threads"]))
 
-    data = build_datasets(spec.dataset, seed=t.seed)
+    data = build_datasets(spec.dataset, seed=t.seed, endpoint=spec.storage.endpoint)
     gen = torch.Generator()
     train_loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=len(data.train) > t.batch_size,
                               num_workers=spec.dataset.num_workers, generator=gen,

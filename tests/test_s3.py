@@ -88,3 +88,48 @@ def test_endpoint_down_for_good_is_a_clear_error(s3_server, monkeypatch):
     with pytest.raises(StoreError) as err:
         st.job("j").write_json("a.json", {})
     assert dead in str(err.value) and "writing a.json" in str(err.value)
+
+
+def _image_tree(root, classes=("cat", "dog"), per_split=3):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(per_split):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
+def test_dataset_from_the_bucket_is_fetched_once_and_checked(s3_server, tmp_path, cache_env):
+    import tarfile
+
+    from snp_service.data import build_datasets
+    from snp_service.errors import DatasetError
+    from snp_service.spec import DatasetSpec
+
+    _image_tree(tmp_path / "tree")
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tmp_path / "tree", arcname="tiny")
+    c = s3_server.client()
+    key = f"datasets/{uuid.uuid4().hex[:6]}"
+    c.upload_file(str(archive), "snp-test", f"{key}/tiny.tar.gz")
+    for f in (tmp_path / "tree").rglob("*.png"):
+        c.upload_file(str(f), "snp-test", f"{key}/tree/{f.relative_to(tmp_path / 'tree')}")
+
+    ds = DatasetSpec(name="imagefolder", root=f"s3://snp-test/{key}/tiny.tar.gz", num_workers=0)
+    data = build_datasets(ds, endpoint=s3_server.endpoint)
+    assert (len(data.train), len(data.eval), data.classes) == (6, 6, ["cat", "dog"])
+    cached = cache_env / "s3" / "snp-test" / key / "tiny.tar.gz"
+    stamp = cached.stat().st_mtime_ns
+    build_datasets(ds, endpoint=s3_server.endpoint)
+    assert cached.stat().st_mtime_ns == stamp  # the second node-local use does not download again
+
+    tree = DatasetSpec(name="imagefolder", root=f"s3://snp-test/{key}/tree/", num_workers=0)
+    assert len(build_datasets(tree, endpoint=s3_server.endpoint).eval) == 6  # a prefix works too
+
+    missing = DatasetSpec(name="imagefolder", root=f"s3://snp-test/{key}/nope.tar.gz")
+    with pytest.raises(DatasetError, match="not found at endpoint"):
+        build_datasets(missing, endpoint=s3_server.endpoint)
