@@ -133,3 +133,39 @@ def test_dataset_from_the_bucket_is_fetched_once_and_checked(s3_server, tmp_path
     missing = DatasetSpec(name="imagefolder", root=f"s3://snp-test/{key}/nope.tar.gz")
     with pytest.raises(DatasetError, match="not found at endpoint"):
         build_datasets(missing, endpoint=s3_server.endpoint)
+
+
+def _s3_job(tmp_path, server_endpoint, **over):
+    from tests.conftest import tiny_job
+
+    job = tiny_job(tmp_path)
+    job["storage"] = {"root": f"s3://snp-test/{uuid.uuid4().hex[:8]}", "endpoint": server_endpoint}
+    return job
+
+
+def test_job_with_wrong_credentials_fails_before_any_stage(s3_server, tmp_path, monkeypatch, capsys):
+    from snp_service.cli import main
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    job = tmp_path / "job.yaml"
+    job.write_text(__import__("yaml").safe_dump(_s3_job(tmp_path, s3_server.endpoint)))
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert s3_server.endpoint in err and "snp-test" in err and "not-the-secret" not in err
+    assert not (tmp_path / "data").exists()  # nothing was computed: not even the synthetic data
+
+
+def test_job_with_endpoint_down_for_good_writes_nothing(tmp_path, monkeypatch, capsys):
+    from snp_service.cli import main
+    from snp_service.localdev import free_ports
+
+    monkeypatch.setattr(store_mod, "RETRY_SECONDS", 1.0)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    job = tmp_path / "job.yaml"
+    job.write_text(__import__("yaml").safe_dump(_s3_job(tmp_path, dead)))
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert dead in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists()

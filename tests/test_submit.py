@@ -50,6 +50,17 @@ def test_submit_tiny_job_end_to_end_into_the_bucket(tmp_path, s3_server, ray_hea
                          capture_output=True, text=True)
     assert cli.returncode == 0 and "SUCCEEDED" in cli.stdout
 
+    # the plain form users type works too, and finds every stage finished (same content-derived job id)
+    import os
+
+    plain = subprocess.run(
+        ["ray", "job", "submit", "--address", ray_head, "--working-dir", str(work), "--submission-id", f"{sid}-plain",
+         "--runtime-env-json", '{"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}', "--",
+         "python", "-m", "snp_service.cli", "run", "job.yaml"],
+        capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "token"}, timeout=600)
+    assert plain.returncode == 0, plain.stdout[-2000:] + plain.stderr[-2000:]
+    assert "train: already finished" in plain.stdout and S3_SECRET not in plain.stdout + plain.stderr
+
 
 def test_submit_refuses_a_bad_job_before_uploading(tmp_path, ray_head):
     bad = tmp_path / "bad.yaml"
