@@ -39,8 +39,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from snp_service import pipeline
     from snp_service.spec import load_spec
 
+    from snp_service.errors import DatasetError, StoreError
+
     spec = load_spec(args.job)
-    outcome = pipeline.run(spec, progress=lambda m: print(f"[snp-service] {m}", flush=True))
+    try:
+        outcome = pipeline.run(spec, progress=lambda m: print(f"[snp-service] {m}", flush=True))
+    except (DatasetError, StoreError) as e:
+        raise type(e)(f"{args.job}: {e}") from None
     print(f"results: {outcome.uri}")
     return 0
 

@@ -376,6 +376,11 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks=()) -> RunOut
 def _run(spec: JobSpec, progress: Progress) -> RunOutcome:
     store = Store.from_spec(spec.storage)
     store.check()  # unreachable store or bad credentials: fail before any compute or write
+    if store.job(spec.job_id()).stage_result("data") is None:
+        from snp_service.data import build_datasets
+
+        build_datasets(spec.dataset, seed=spec.train.seed, endpoint=spec.storage.endpoint)  # a bad dataset
+        # (missing, wrong layout, corrupt archive) fails here, before anything is written
     job = store.job(spec.job_id())
     progress(f"job {job.job_id} -> {job.uri}")
     job.invalidate_manifest()

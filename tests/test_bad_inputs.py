@@ -1,0 +1,42 @@
+"""The bad-input corpus (tests/bad_inputs/*.yaml, first line `# expect: <text>`): every file is
+refused by `snp-service run` with exit code 2, one message naming the file and what was expected,
+no traceback, and nothing computed or written (no results folder, no generated data)."""
+
+from pathlib import Path
+
+import pytest
+
+from snp_service.cli import main
+
+CORPUS = sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
+
+
+def test_corpus_is_large_enough():
+    assert len(CORPUS) >= 40
+
+
+def _materialise(src: Path, tmp: Path) -> tuple[Path, str]:
+    raw = src.read_bytes()
+    first, _, _ = raw.partition(b"\n")
+    expect = first.decode().removeprefix("# expect: ").strip()
+    (tmp / "empty").mkdir()
+    (tmp / "corrupt.tar.gz").write_bytes(b"\x1f\x8b\x08\x00 this is not really a gzip stream" * 10)
+    (tmp / "notes.txt").write_text("not an archive")
+    path = tmp / src.name
+    path.write_bytes(raw.replace(b"@TMP@", str(tmp).encode()))
+    return path, expect
+
+
+@pytest.mark.parametrize("src", CORPUS, ids=lambda p: p.stem)
+def test_bad_input_is_refused_cleanly(src, tmp_path, capsys, cache_env, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    path, expect = _materialise(src, tmp_path)
+    before = {p for p in tmp_path.rglob("*")}
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expect in err, err
+    assert "Traceback" not in err and err.startswith("snp-service: error: ")
+    assert str(path) in err or "dataset" in err  # spec errors name the file; data errors name the dataset
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+    assert {p for p in tmp_path.rglob("*")} == before  # nothing computed or written
