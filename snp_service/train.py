@@ -135,7 +135,7 @@ def train_loop_per_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint(config["resume_from"], filesystem=config.get("resume_filesystem"))
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
+            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -232,7 +232,7 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     return TrainResult(state=state, checkpoint_path=result.checkpoint.path)
 
 

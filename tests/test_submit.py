@@ -45,6 +45,12 @@ def test_submit_tiny_job_end_to_end_into_the_bucket(tmp_path, s3_server, ray_hea
     for rel, a in listed.items():
         data = jb.read_bytes(rel)
         assert len(data) == a["size"] and hashlib.sha256(data).hexdigest() == a["sha256"], rel
+        assert S3_SECRET.encode() not in data, rel  # no artefact (spec, report, checkpoint...) holds the secret
+
+    from ray.job_submission import JobSubmissionClient
+
+    info = JobSubmissionClient(ray_head).get_job_info(sid)  # what the dashboard shows for the job
+    assert S3_SECRET not in repr(info) and S3_SECRET not in str(info.runtime_env)
 
     cli = subprocess.run([sys.executable, "-m", "snp_service.cli", "status", sid, "--address", ray_head],
                          capture_output=True, text=True)
