@@ -64,11 +64,21 @@ def capture(model: nn.Module, dataset: Dataset, points: list[str], directory: Pa
             start += len(y)
             if progress and i % 20 == 0:
                 progress(f"capture: {start}/{n} images")
+        for m in store.values():
+            m.flush()
+    except OSError as e:  # disk full (ENOSPC), file size limit (EFBIG): say so, leave nothing behind
+        need = sum(int(np.prod(m.shape)) * 2 for m in store.values())
+        store.clear()
+        for f in directory.glob("*.npy"):
+            f.unlink(missing_ok=True)
+        from snp_service.errors import SnpError
+
+        raise SnpError(f"capturing features into {directory} failed ({e.strerror or e}); the points need about "
+                       f"{max(need, 1) / 2**20:.0f} MB for {n} images there (set SNP_FEATURES_DIR to a larger disk)"
+                       ) from None
     finally:
         for h in hooks:
             h.remove()
-    for m in store.values():
-        m.flush()
     return Features(store, labels)
 
 

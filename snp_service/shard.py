@@ -14,6 +14,7 @@ see SNPAccumulator.merge, but the readout training would have to be shared first
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,7 +66,7 @@ def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int
     from snp_service.readout import capture
 
     info = spec.points()
-    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="snp-features-") as tmp:
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="snp-features-", dir=os.environ.get("SNP_FEATURES_DIR")) as tmp:
         data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
         model = create_model(spec.model, data.num_classes, spec.dataset.image_size)
         model.load_state_dict(weights)

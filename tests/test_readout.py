@@ -72,3 +72,34 @@ def test_measure_point_row():
     assert r.row["readout"] == "flatten" and r.row["readout_accuracy"] > 0.9
     assert r.snp_matrices.shape == (16, 4, 4) and len(r.nodes["clusters"]) == 16
     assert r.snp_matrices.max() <= 1.0 + 1e-9
+
+
+def test_disk_full_while_capturing_is_a_clear_error_and_leaves_nothing(tmp_path):
+    """A file-size limit (as a full disk would) hits the feature cache: SnpError, no partial files."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import resource, signal, sys, torch
+        from pathlib import Path
+        from torch.utils.data import TensorDataset
+        from snp_service.errors import SnpError
+        from snp_service.models import create_model
+        from snp_service.readout import capture
+        from snp_service.spec import ModelSpec
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        model = create_model(ModelSpec(name="cct_2_3x2_32", embedding_dim=32, num_heads=2, num_layers=1), 4, 32)
+        data = TensorDataset(torch.randn(64, 3, 32, 32), torch.arange(64) % 4)
+        try:
+            capture(model, data, ["tokenizer.0", "blocks.0.out"], Path(r"{tmp_path}") / "feats")
+        except SnpError as e:
+            print("ERR", e)
+            sys.exit(0)
+        sys.exit(1)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "capturing features into" in r.stdout and "MB" in r.stdout
+    assert not list((tmp_path / "feats").glob("*.npy"))
