@@ -66,7 +66,8 @@ def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int
     from snp_service.readout import capture
 
     info = spec.points()
-    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="snp-features-", dir=os.environ.get("SNP_FEATURES_DIR")) as tmp:
+    features_dir = os.environ.get("SNP_FEATURES_DIR")  # default: the system temp dir
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="snp-features-", dir=features_dir) as tmp:
         data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
         model = create_model(spec.model, data.num_classes, spec.dataset.image_size)
         model.load_state_dict(weights)
