@@ -129,3 +129,40 @@ def test_worker_failure_is_recovered_by_failure_config(tmp_path, ray_cluster):
     clean = fit(spec, str(tmp_path / "clean"))
     assert recovered.state["history"][-1]["train_loss"] == pytest.approx(clean.state["history"][-1]["train_loss"],
                                                                           rel=1e-6)
+
+
+def test_driver_killed_mid_job_then_rerun_resumes_and_matches(tmp_path, ray_cluster):
+    """SIGKILL the driver after training, re-run the same job: finished stages are reused and the
+    final tables equal an undisturbed run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    job = tiny_job(tmp_path, **{"analysis.readout_epochs": 3, "analysis.bootstrap": 50, "heads.null_draws": 200})
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    spec = spec_from_dict(job)
+    jb = Store.from_spec(spec.storage).job(spec.job_id())
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "snp_service.cli", "run", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while jb.stage_result("train") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert jb.stage_result("train") is not None and jb.manifest() is None  # killed mid-job: incomplete
+
+    messages = []
+    out = pipeline.run(spec, progress=messages.append)
+    assert any(m.startswith("train: already finished") for m in messages)
+    clean = spec_from_dict({**job, "storage": {"root": str(tmp_path / "clean")}})
+    pipeline.run(clean, progress=lambda m: None)
+    cj = Store.from_spec(clean.storage).job(clean.job_id())
+    drop = ["seconds"]
+    assert jb.read_table("snp/layers.parquet").drop(drop).equals(cj.read_table("snp/layers.parquet").drop(drop))
+    assert out.stages["evaluate"]["accuracy"] == cj.stage_result("evaluate")["accuracy"]
