@@ -16,13 +16,11 @@ every step; the readout's sequence-pooling weights stay fixed, so only pruned co
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
-from torch import nn
 
-from snp_service.readout import Readout, batches, load_rows, readout_accuracy
+from snp_service.readout import Readout, fit_on_features, readout_accuracy
 from snp_service.snp import clusters as node_clusters
 
 
@@ -85,20 +83,13 @@ def finetune(readout: Readout, mask: torch.Tensor, train: np.ndarray, labels: np
     m = mask[:, :, None].to(tuned.weight.dtype)
     for p in tuned.parameters():
         p.requires_grad_(p is tuned.weight)
-    opt = torch.optim.Adam([tuned.weight], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * math.ceil(len(labels) / batch_size)))
-    y_all = torch.from_numpy(labels)
-    rng = np.random.default_rng(seed)
+
+    def remask():
+        with torch.no_grad():
+            tuned.weight.mul_(m)
+
     tuned.train()
-    for _ in range(epochs):
-        for idx in batches(len(labels), batch_size, rng):
-            loss = nn.functional.cross_entropy(tuned(load_rows(train, idx)), y_all[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                tuned.weight.mul_(m)
+    fit_on_features(tuned, [tuned.weight], train, labels, epochs, lr, 0.0, seed, batch_size, remask)
     for p in tuned.parameters():
         p.requires_grad_(True)
     return tuned.eval()

@@ -128,19 +128,28 @@ def train_readout(train: np.memmap, labels: np.ndarray, num_labels: int, kind: s
     torch.manual_seed(seed)
     _, nodes, positions = train.shape
     readout = Readout(nodes, positions, num_labels, kind)
-    opt = torch.optim.Adam(readout.parameters(), lr=lr, weight_decay=1e-4)
+    fit_on_features(readout, list(readout.parameters()), train, labels, epochs, lr, 1e-4, seed, batch_size)
+    return readout.eval()
+
+
+def fit_on_features(module: nn.Module, params: list, train: np.memmap, labels: np.ndarray, epochs: int, lr: float,
+                    weight_decay: float, seed: int, batch_size: int = 256, after_step=None) -> None:
+    """Cross-entropy training of `params` of `module` on captured features: Adam, cosine decay over
+    all steps, seeded shuffling; `after_step()` runs after every optimiser step (e.g. re-masking)."""
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(labels) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     y_all = torch.from_numpy(labels)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         for idx in batches(len(labels), batch_size, rng):
-            loss = nn.functional.cross_entropy(readout(load_rows(train, idx)), y_all[idx])
+            loss = nn.functional.cross_entropy(module(load_rows(train, idx)), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return readout.eval()
+            if after_step is not None:
+                after_step()
 
 
 @torch.no_grad()

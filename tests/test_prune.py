@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from snp_service.prune import andc_mask, andc_mask_at, baseline_masks, finetune, magnitude_mask, masked, prune_point, random_mask
-from snp_service.readout import Readout, readout_accuracy
+from snp_service.prune import andc_mask, andc_mask_at, baseline_masks, finetune, magnitude_mask, masked, prune_point, random_mask  # noqa: E501
+from snp_service.readout import readout_accuracy
 
 
 def test_andc_mask_from_hand_built_clusters():

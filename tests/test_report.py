@@ -1,7 +1,6 @@
 """The report, as a person sees it: every figure present and loaded in a real headless Chromium."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
