@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from snp_service.prune import andc_mask, andc_mask_at, baseline_masks, finetune, magnitude_mask, masked, prune_point, random_mask  # noqa: E501
+from snp_service.prune import (andc_mask, andc_mask_at, baseline_masks, finetune, magnitude_mask, masked,
+                               prune_point, random_mask)
 from snp_service.readout import readout_accuracy
 
 
