@@ -86,3 +86,18 @@ def inspect_page(url: str, screenshot: Path, timeout: float = 60.0) -> dict:
     failed = [e["params"] for e in events if e.get("method") == "Network.loadingFailed"]
     return {"images": images["result"]["value"], "console_errors": console + logs, "exceptions": exceptions,
             "failed_requests": failed}
+
+
+if __name__ == "__main__":  # python -m tests.browser REPORT.html OUT.png [HEIGHT]: a screenshot for the docs
+    import sys
+
+    from PIL import Image
+
+    out = Path(sys.argv[2])
+    result = inspect_page(Path(sys.argv[1]).resolve().as_uri(), out)
+    height = int(sys.argv[3]) if len(sys.argv) > 3 else 2600
+    img = Image.open(out)
+    img.crop((0, 0, img.width, min(height, img.height))).save(out, optimize=True)
+    broken = [i for i in result["images"] if not (i["complete"] and i["width"] > 0)]
+    print(f"{out}: {len(result['images'])} images, {len(broken)} broken, "
+          f"{len(result['console_errors']) + len(result['exceptions'])} console errors")
