@@ -108,8 +108,11 @@ def build(job: JobStore, progress=lambda _m: None) -> str:
                                        spec["analysis"]["threshold"], classes)
             heat.append(f"<img src='{_fig_to(job, 'snp_' + p.replace('.', '_'), fig)}' alt='SNP matrices {p}'>")
         hist = _fig_to(job, "cluster_sizes", figures.cluster_histograms(sizes, len(classes)))
+        readouts = ", ".join(f"{r} at {'/'.join(k)} points" for r, k in (
+            (r, layers.filter(pl.col("readout") == r)["kind"].unique(maintain_order=True).to_list())
+            for r in layers["readout"].unique(maintain_order=True)))
         sections.append(("Single-nodal performance along the network",
-                         f"<p>Readout: {html.escape(layers['readout'][0])}; threshold {spec['analysis']['threshold']}; "
+                         f"<p>Readouts: {html.escape(readouts)}; threshold {spec['analysis']['threshold']}; "
                          f"normalisation {html.escape(spec['analysis']['normalise'])}.</p>{table}"
                          f"<img src='{img}' alt='per-layer curves'><img src='{hist}' alt='cluster sizes'>"))
         sections.append(("SNP matrices (4 nodes with the largest signal per point)", "".join(heat)))
@@ -140,7 +143,9 @@ def build(job: JobStore, progress=lambda _m: None) -> str:
     if job.exists("eval/per_class.parquet"):
         sections.append(("Per-class accuracy of the trained network", html_table(job.read_table("eval/per_class.parquet"))))
 
-    prov = {"job id": job.job_id, "code version": code_version(), "model": spec["model"]["name"],
+    manifest = job.manifest()  # a rebuilt report names the code that ran the job, not the code drawing it
+    prov = {"job id": job.job_id, "code version": (manifest or {}).get("code_version") or code_version(),
+            "model": spec["model"]["name"],
             "dataset": f"{spec['dataset']['name']} ({spec['dataset']['root']})",
             "train / eval split": f"{(stages['data'] or {}).get('train_split')} "
                                   f"{(stages['data'] or {}).get('train_size')} / "
