@@ -91,7 +91,6 @@ def _trainable(config: dict) -> None:
 
 
 def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.DataFrame:
-    import ray
     from ray import tune
     from ray.tune import RunConfig, TuneConfig, Tuner
 
@@ -108,8 +107,7 @@ def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.Data
     progress(f"sweep {name}: {len(trials)} trials ({', '.join(trials[0])}) -> {study.uri}")
     param = tune.grid_search([s.model_dump(mode="json") for s in specs])
     trainable = tune.with_resources(_trainable, {"CPU": 0.01})  # its TorchTrainer and actors take the CPUs
-    storage = study.path("tune") if store.remote else study.path("tune")
-    fs = store.fs if store.remote else None
+    storage, fs = study.path("tune"), (store.fs if store.remote else None)
     path = f"{storage}/{name}"
     scheduler = None
     if spec.sweep.asha:
@@ -142,5 +140,4 @@ def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.Data
 
     _fig_to(study, "sweep", figures.sweep_figure(table, [k for k in trials[0]]))
     progress(f"sweep {name}: {len(rows)} trials, {len(errors)} failed; table at {study.uri}/sweep.parquet")
-    del ray
     return table
