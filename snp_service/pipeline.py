@@ -11,6 +11,7 @@ the trained network and the SNP stage of an earlier job.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -56,10 +57,15 @@ def ensure_ray(spec: JobSpec) -> None:
         ray.init(log_to_driver=True)
 
 
-def stage_data(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+def prepare_data(spec: JobSpec):
     from snp_service.data import build_datasets
 
-    data = build_datasets(spec.dataset, seed=spec.train.seed, endpoint=spec.storage.endpoint)
+    return build_datasets(spec.dataset, seed=spec.train.seed, endpoint=spec.storage.endpoint)
+
+
+def stage_data(spec: JobSpec, job: JobStore, progress: Progress, data=None) -> dict:
+    """Record the dataset (`data`: the bundle the run's preflight already built, if any)."""
+    data = data or prepare_data(spec)
     job.write_json("data/classes.json", data.classes)
     progress(f"data: {spec.dataset.name} from {data.root}: {len(data.train)} train ({data.train_split}), "
              f"{len(data.eval)} eval ({data.eval_split}) images, {data.num_classes} classes")
@@ -376,19 +382,19 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks=()) -> RunOut
 def _run(spec: JobSpec, progress: Progress) -> RunOutcome:
     store = Store.from_spec(spec.storage)
     store.check()  # unreachable store or bad credentials: fail before any compute or write
-    if store.job(spec.job_id()).stage_result("data") is None:
-        from snp_service.data import build_datasets
-
-        build_datasets(spec.dataset, seed=spec.train.seed, endpoint=spec.storage.endpoint)  # a bad dataset
-        # (missing, wrong layout, corrupt archive) fails here, before anything is written
     job = store.job(spec.job_id())
+    # a bad dataset (missing, wrong layout, corrupt archive) fails here, before anything is written;
+    # the data stage then records this bundle instead of building it again
+    prepared = prepare_data(spec) if job.stage_result("data") is None else None
     progress(f"job {job.job_id} -> {job.uri}")
     job.invalidate_manifest()
-    job.write_json("spec.json", spec.model_dump(mode="json"))
-    job.write_text("spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    summaries = {}
     spec_json = spec.model_dump(mode="json")
+    job.write_json("spec.json", spec_json)
+    job.write_text("spec.yaml", yaml.safe_dump(spec_json, sort_keys=False))
+    summaries = {}
     for name, fn in STAGES:
+        if name == "data" and prepared is not None:
+            fn = functools.partial(stage_data, data=prepared)
         key = stage_key(spec_json, name)
         done = job.stage_result(name)
         if done is not None and done.get("key", key) == key:
