@@ -8,6 +8,8 @@ TorchTrainer whose checkpoints live in the job's results folder.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -151,7 +153,8 @@ def train_loop_per_worker(config: dict) -> None:
             train_loader.sampler.set_epoch(epoch)
         model.train()
         t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-        for x, y in train_loader:
+        for step, (x, y) in enumerate(train_loader):
+            _maybe_kill_mid_epoch(config.get("kill_mid_epoch"), epoch, step, steps_per_epoch)
             x, y = x.to(device), y.to(device)
             target = y
             if mixer is not None:
@@ -191,6 +194,19 @@ def train_loop_per_worker(config: dict) -> None:
             raise RuntimeError(f"injected failure after epoch {epoch}")
 
 
+def _maybe_kill_mid_epoch(kill: dict | None, epoch: int, step: int, steps: int) -> None:
+    """Fault injection for the reliability tests: SIGKILL this worker process halfway through
+    epoch `kill["epoch"]`, once (a marker file records that it happened, so the restarted worker
+    runs on)."""
+    if not kill or epoch != kill["epoch"] or step != steps // 2:
+        return
+    marker = Path(kill["marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"killed at epoch {epoch} step {step}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -202,7 +218,8 @@ class TrainResult:
 
 
 def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: str | None = None,
-        max_failures: int | None = None, fail_after_epoch: int | None = None, callbacks=()) -> TrainResult:
+        max_failures: int | None = None, fail_after_epoch: int | None = None, callbacks=(),
+        kill_mid_epoch: dict | None = None) -> TrainResult:
     """Run training on the connected Ray cluster. A run with the same name and storage resumes
     from its latest checkpoint (Ray Train V2); `resume_from` starts from a given checkpoint."""
     import ray
@@ -216,7 +233,8 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "torch_threads": threads,
-                           "fail_after_epoch": fail_after_epoch, "resume_from": resume_from,
+                           "fail_after_epoch": fail_after_epoch, "kill_mid_epoch": kill_mid_epoch,
+                           "resume_from": resume_from,
                            "resume_filesystem": storage_filesystem},
         scaling_config=ScalingConfig(num_workers=spec.compute.num_workers, use_gpu=bool(use_gpu),
                                      resources_per_worker={"CPU": spec.compute.cpus_per_worker}),

@@ -120,11 +120,14 @@ def test_heads_study_runs_each_head_count_and_tabulates(tmp_path, ray_cluster):
         heads_study(spec, [3])  # 3 does not divide the width 32
 
 
-def test_worker_failure_is_recovered_by_failure_config(tmp_path, ray_cluster):
-    """A training worker dying mid-run: Ray Train restarts it from the last checkpoint (compute.max_failures)."""
+def test_worker_killed_mid_epoch_is_recovered_by_failure_config(tmp_path, ray_cluster):
+    """A training worker process SIGKILLed halfway through epoch 1: Ray Train restarts the worker
+    group from the last checkpoint (after epoch 0, compute.max_failures) and redoes epoch 1."""
     spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 3}))
     assert spec.compute.max_failures >= 1
-    recovered = fit(spec, str(tmp_path / "train"), fail_after_epoch=1)
+    marker = tmp_path / "killed"
+    recovered = fit(spec, str(tmp_path / "train"), kill_mid_epoch={"epoch": 1, "marker": str(marker)})
+    assert marker.read_text().startswith("killed at epoch 1 step")  # the worker really died mid-epoch
     assert [h["epoch"] for h in recovered.state["history"]] == [0, 1, 2]  # no epoch lost or repeated
     clean = fit(spec, str(tmp_path / "clean"))
     assert recovered.state["history"][-1]["train_loss"] == pytest.approx(clean.state["history"][-1]["train_loss"],
