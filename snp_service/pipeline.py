@@ -24,8 +24,9 @@ import polars as pl
 import torch
 import yaml
 
+from snp_service.errors import SnpError, StoreError
 from snp_service.spec import JobSpec
-from snp_service.store import JobStore, Store
+from snp_service.store import JobStore, Store, _clean
 
 Progress = Callable[[str], None]
 TRAIN_CALLBACKS: list = []  # Ray Train callbacks of the current run (a Tune trial sets TuneReportCallback)
@@ -370,6 +371,23 @@ class RunOutcome:
     manifest: dict
 
 
+def _run_stage(fn, spec: JobSpec, job, progress, name: str) -> dict:
+    """Run one stage. A failure inside it (e.g. Ray Train's, whose checkpoints go to the store) is
+    checked against the store: when the store has become unreachable, that is what the user is told,
+    naming the endpoint, instead of a library traceback."""
+    try:
+        return fn(spec, job, progress)
+    except (SnpError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        try:
+            job.store.check()
+        except StoreError as down:
+            raise StoreError(f"stage {name} failed because the results store became unreachable: {down} "
+                             f"(the stage's own error: {_clean(e, -1)[:300]})") from None
+        raise
+
+
 def run(spec: JobSpec, progress: Progress = print, train_callbacks=()) -> RunOutcome:
     """Run every stage not yet finished for this job id, then write the manifest (last)."""
     TRAIN_CALLBACKS[:] = list(train_callbacks)
@@ -410,7 +428,7 @@ def _run(spec: JobSpec, progress: Progress) -> RunOutcome:
                        "reused_from": source.job_id}
             progress(f"{name}: same inputs as job {source.job_id}; copied its {n} result file(s)")
         else:
-            summary = fn(spec, job, progress)
+            summary = _run_stage(fn, spec, job, progress, name)
         job.finish_stage(name, {**summary, "key": key}, time.perf_counter() - t0)
         summaries[name] = job.stage_result(name)
     manifest = job.write_manifest({"name": spec.name, "model": spec.model.name, "dataset": spec.dataset.name,

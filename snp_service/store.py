@@ -301,9 +301,11 @@ class JobStore:
         return self.path("train"), self.store.fs
 
 
-def _clean(e: Exception) -> str:
-    """An error message without secrets (pyarrow/AWS messages do not carry the secret key, but be sure)."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+def _clean(e: Exception, line: int = 0) -> str:
+    """One line of an error message (the first, or e.g. -1 for the last), without secrets
+    (pyarrow/AWS messages do not carry the secret key, but be sure)."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    text = lines[line].strip() if lines else type(e).__name__
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
     return text.replace(secret, "***") if secret and len(secret) >= 6 else text
 

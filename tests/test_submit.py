@@ -101,3 +101,48 @@ def test_tune_sweep_lands_its_table_in_the_bucket(tmp_path, s3_server, ray_clust
     assert second.stage_result("train")["reused_from"] == table["job_id"][0]  # the threshold trial did not retrain
     studies = [f.path for f in st.job("_studies").files()]
     assert any(p.endswith("sweep.parquet") for p in studies) and any(p.endswith("sweep.png") for p in studies)
+
+
+def test_s3_down_for_good_mid_job_fails_clearly_and_writes_no_manifest(tmp_path, s3_server, ray_head):
+    """The object store goes away while a submitted job trains and stays away: the job fails (Ray
+    status FAILED, which `snp-service status` reports) with a message naming the endpoint, and the
+    job never gets a manifest, so nothing marks it complete."""
+    import os
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    job = tiny_job(work, **{"train.epochs": 8, "analysis.readout_epochs": 2, "analysis.bootstrap": 50})
+    job["dataset"]["root"] = "data"
+    job["storage"] = {"root": f"s3://snp-test/{uuid.uuid4().hex[:8]}", "endpoint": s3_server.endpoint}
+    (work / "job.yaml").write_text(yaml.safe_dump(job))
+    spec = load_spec(work / "job.yaml")
+    sid = f"{spec.job_id()}-outage"
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    runtime_env = '{"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "SNP_STORE_RETRY_SECONDS": "5"}}'
+    r = subprocess.run(["ray", "job", "submit", "--address", ray_head, "--working-dir", str(work), "--no-wait",
+                        "--submission-id", sid, "--runtime-env-json", runtime_env, "--",
+                        "python", "-m", "snp_service.cli", "run", "job.yaml"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    try:
+        deadline = time.time() + 300
+        while "epoch 1/8" not in submit.logs(sid, ray_head):  # training has started and checkpointed once
+            assert submit.status(sid, ray_head)["status"] not in submit.TERMINAL, submit.logs(sid, ray_head)[-3000:]
+            assert time.time() < deadline, "training did not start"
+            time.sleep(0.5)
+        s3_server.stop()
+        final = submit.wait(sid, ray_head, timeout=600)
+        log = submit.logs(sid, ray_head)
+        assert final == "FAILED", log[-3000:]
+        assert s3_server.endpoint in log and S3_SECRET not in log, log[-3000:]
+        last = log.strip().splitlines()[-1]  # Ray's own controller logs a traceback above; ours is one paragraph
+        assert last.startswith("snp-service: error: job.yaml: stage train failed because the results store "
+                               "became unreachable"), log[-3000:]
+        cli = subprocess.run([sys.executable, "-m", "snp_service.cli", "status", sid, "--address", ray_head],
+                             capture_output=True, text=True, env=env)
+        assert "FAILED" in cli.stdout, cli.stdout + cli.stderr
+    finally:
+        s3_server.start()  # the session's other tests use it
+    jb = Store.from_spec(spec.storage).job(spec.job_id())
+    assert not jb.exists("manifest.json")
