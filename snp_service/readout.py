@@ -116,7 +116,9 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None):
 
 
 def load_rows(arr: np.memmap, idx: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(arr[idx], dtype=np.float32))
+    """Rows `idx` as float32. The float16 -> float32 conversion runs in torch (vectorised; 3.5x
+    faster than numpy's and exact either way): it was 30% of readout training (bench/RESULTS.md)."""
+    return torch.from_numpy(np.ascontiguousarray(arr[idx])).float()
 
 
 def train_readout(train: np.memmap, labels: np.ndarray, num_labels: int, kind: str, epochs: int, lr: float,
