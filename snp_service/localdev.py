@@ -44,6 +44,63 @@ def free_ports(n: int, start: int = 20000, stop: int = 29000, exclude: tuple[int
 
 
 @dataclass
+class RayHead:
+    """`ray start --head --block` as a user runs it: a fresh temp dir, loopback only, every port its
+    own (so it can run beside another Ray on the machine), stopped by signalling its process group,
+    never `ray stop` (which stops every Ray on the machine). `address` is the job API."""
+
+    num_cpus: int = 2
+    process: subprocess.Popen | None = None
+    temp: str = ""
+    address: str = ""
+
+    def start(self, timeout: float = 120.0) -> RayHead:
+        import tempfile
+        import urllib.error
+        import urllib.request
+
+        self.temp = tempfile.mkdtemp(prefix="ray-head-", dir="/tmp")
+        gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = free_ports(9)
+        self.process = subprocess.Popen(
+            ["ray", "start", "--head", "--block", f"--temp-dir={self.temp}", "--node-ip-address=127.0.0.1",
+             f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+             f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_mgr}",
+             f"--object-manager-port={obj_mgr}", f"--num-cpus={self.num_cpus}", "--disable-usage-stats"],
+            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.address = f"http://127.0.0.1:{dash}"
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.address}/api/version", timeout=2)
+                return self
+            except urllib.error.HTTPError:  # 401 under Ray's token auth: the API is up
+                return self
+            except OSError:
+                if time.time() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("the Ray head did not start")
+                time.sleep(1)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever of the group is left (gcs, raylet)
+        except ProcessLookupError:
+            pass
+        self.process = None
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+@dataclass
 class S3Server:
     directory: Path
     port: int

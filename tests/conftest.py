@@ -99,51 +99,10 @@ def s3_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_head(s3_server):
-    """`ray start --head` as a user runs it (fresh temp dir, loopback, its own ports), with the S3
-    credentials in its environment; stopped by signalling its process group, not `ray stop`
-    (which would stop every Ray on the machine). Yields the job API address."""
-    import signal
-    import subprocess
-    import urllib.error
-    import urllib.request
+    """`ray start --head` as a user runs it (snp_service.localdev.RayHead: fresh temp dir, loopback,
+    its own ports), with the S3 credentials in its environment. Yields the job API address."""
+    from snp_service.localdev import RayHead
 
-    from snp_service.localdev import free_ports
-
-    temp = tempfile.mkdtemp(prefix="ray-head-", dir="/tmp")
-    # every port of its own: another Ray on the machine (the session's ray_cluster) holds the defaults
-    gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = free_ports(9)
-    proc = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--temp-dir={temp}", "--node-ip-address=127.0.0.1",
-         f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-         f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_mgr}",
-         f"--object-manager-port={obj_mgr}", "--num-cpus=2", "--disable-usage-stats"],
-        env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"http://127.0.0.1:{dash}"
-    import time
-
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except urllib.error.HTTPError:  # 401 under Ray's token auth: the API is up
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise RuntimeError("the Ray head did not start")
-            time.sleep(1)
-    yield address
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left (gcs, monitor, raylet)
-    except ProcessLookupError:
-        pass
-    shutil.rmtree(temp, ignore_errors=True)
+    head = RayHead(num_cpus=2).start()
+    yield head.address
+    head.stop()

@@ -1,0 +1,139 @@
+"""Analysis cost: (a) readout training on captured features vs re-running the frozen network every
+readout epoch; (b) the whole analysis (capture, readouts, SNP, heads, ANDC) of cct_2_3x2_32 through
+the real pipeline vs one training epoch of the same job.
+
+    python -m bench.analysis [--quick]
+
+(b) keeps the target's proportions (readouts on 5x as many training images as SNP test images) at a
+size this 2-core machine runs in minutes; every part of the analysis is linear in both counts, as is
+the epoch, so the ratio carries over to 50,000 / 10,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bench.common import CIFAR10, stamp, table, timed, verdict, write_section
+from snp_service.readout import Readout, as_nodes_positions, capture, train_readout
+
+TITLE = "2. Analysis cost"
+POINT = "blocks.1.out"
+
+
+def rerun_readout(model, dataset, point: str, num_labels: int, kind: str, epochs: int, lr: float,
+                  seed: int = 0, batch_size: int = 256) -> Readout:
+    """The naive way: every readout epoch runs the frozen network over the images again and trains
+    the readout on the activations it hooks (same optimiser, schedule and batch as train_readout)."""
+    model.eval()
+    got: dict[str, torch.Tensor] = {}
+    hook = model.point_modules()[point].register_forward_hook(lambda _m, _i, out: got.__setitem__("a", out))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    readout = None
+    try:
+        for _ in range(epochs):
+            for x, y in loader:
+                with torch.no_grad():
+                    model(x)
+                a = as_nodes_positions(got["a"]).to(torch.float16).float()  # as stored by capture
+                if readout is None:
+                    torch.manual_seed(seed)
+                    readout = Readout(a.shape[1], a.shape[2], num_labels, kind)
+                    opt = torch.optim.Adam(readout.parameters(), lr=lr, weight_decay=1e-4)
+                    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                        opt, T_max=epochs * math.ceil(len(dataset) / batch_size))
+                loss = nn.functional.cross_entropy(readout(a), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+    finally:
+        hook.remove()
+    return readout
+
+
+def features_vs_rerun(per_class: int, epochs: int) -> list:
+    from snp_service.data import build_datasets
+    from snp_service.models import create_model
+    from snp_service.spec import DatasetSpec, ModelSpec
+
+    data = build_datasets(DatasetSpec(name="imagefolder", root=str(CIFAR10), max_per_class=per_class,
+                                      eval_max_per_class=10), augment=False)
+    torch.manual_seed(0)
+    model = create_model(ModelSpec(name="cct_2_3x2_32"), data.num_classes, 32)
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
+        def on_features():
+            feats = capture(model, data.train, [POINT], Path(tmp))
+            train_readout(feats.points[POINT], feats.labels, data.num_classes, "seqpool", epochs, 1e-2)
+
+        fast = timed(on_features)
+    slow = timed(lambda: rerun_readout(model, data.train, POINT, data.num_classes, "seqpool", epochs, 1e-2))
+    return [f"{POINT} (seqpool), {len(data.train)} images, {epochs} readout epochs", f"{slow:.1f}",
+            f"{fast:.1f}", f"{slow / fast:.1f}x", f">= 5x: {verdict(slow / fast, 5.0)}"]
+
+
+def whole_analysis(train_per_class: int, eval_per_class: int, tmp: Path) -> tuple[dict, float, int, int]:
+    """The real pipeline on a 1-epoch job; stage seconds and the epoch's seconds from the job's own records."""
+    import ray
+
+    from snp_service import pipeline
+    from snp_service.spec import spec_from_dict
+    from snp_service.store import Store
+
+    spec = spec_from_dict({
+        "name": "bench-analysis",
+        "dataset": {"name": "imagefolder", "root": str(CIFAR10), "max_per_class": train_per_class,
+                    "eval_max_per_class": eval_per_class, "num_workers": 1},
+        "model": {"name": "cct_2_3x2_32"},
+        "train": {"epochs": 1, "batch_size": 128},
+        "pruning": {"enabled": True},
+        "storage": {"root": str(tmp / "results")},
+        "compute": {"num_workers": 1, "cpus_per_worker": 2},
+    })
+    with tempfile.TemporaryDirectory(prefix="ray-bench-", dir="/tmp") as rt:
+        ray.init(num_cpus=2, _temp_dir=rt, include_dashboard=False, log_to_driver=False)
+        try:
+            pipeline.run(spec, progress=lambda m: print(f"  [analysis] {m}", flush=True))
+        finally:
+            ray.shutdown()
+    job = Store.from_spec(spec.storage).job(spec.job_id())
+    epoch = float(job.read_table("train/metrics.parquet")["train_seconds"][-1])
+    seconds = {s: job.stage_result(s)["seconds"] for s in ("snp", "heads", "prune")}
+    return seconds, epoch, train_per_class * 10, eval_per_class * 10
+
+
+def run(quick: bool = False) -> None:
+    rows = [features_vs_rerun(100 if quick else 200, 10)]
+    print(rows, flush=True)
+    body = stamp("python -m bench.analysis" + (" --quick" if quick else ""))
+    body += ("\n(a) Readout training on features captured once (float16 memmaps; capture time included) vs "
+             "re-running the frozen cct_2_3x2_32 over the images every readout epoch (same optimiser and batches); "
+             "real CIFAR-10 images, 1 process, all cores.\n\n")
+    body += table(["readout", "re-run network s", "on captured features s", "ratio", "target"], rows)
+    tr, ev = (200, 40) if quick else (600, 120)
+    with tempfile.TemporaryDirectory(prefix="bench-analysis-") as tmp:
+        seconds, epoch, n_train, n_eval = whole_analysis(tr, ev, Path(tmp))
+    total = sum(seconds.values())
+    body += (f"\n(b) The whole analysis of cct_2_3x2_32 through the pipeline (`snp-service run` stages snp: capture, "
+             f"readouts at 8 points ({20} readout epochs, the default), SNP matrices, clusters, bootstrap; heads; "
+             f"prune: ANDC + random + magnitude masks with 3-epoch fine-tunes and the accuracy curve) with readouts "
+             f"on {n_train} real CIFAR-10 training images and SNP on {n_eval} test images (the target's 5:1), vs the "
+             f"same job's one training epoch on those {n_train} images (Ray Train worker, 2 threads).\n\n")
+    rows = [[s, f"{v:.1f}", f"{v / epoch:.2f}"] for s, v in seconds.items()]
+    rows.append(["**whole analysis**", f"{total:.1f}", f"**{total / epoch:.2f}**"])
+    rows.append(["one training epoch", f"{epoch:.1f}", "1.00"])
+    body += table(["stage", "seconds", "training epochs"], rows)
+    body += f"\nTarget: whole analysis <= 2 training epochs: {verdict(2.0, total / epoch)}.\n"
+    write_section(TITLE, body)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    run(ap.parse_args().quick)
