@@ -1,20 +1,17 @@
 """Benchmark: one-pass fields (one einsum for all nodes) vs the literal silencing loop
 (METHOD.md 2.4), at points of the sizes cct_2_3x2_32 has, on the same inputs in one run.
 
-    python bench/bench_fields.py            # appends a dated section to bench/RESULTS.md
+    python -m bench.bench_fields            # rewrites its section of bench/RESULTS.md
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 
-from snp_service.pipeline import hardware
 from snp_service.snp import fields, fields_literal
 
 # (label, inputs, nodes, positions, labels)
@@ -34,11 +31,13 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
-def main() -> None:
+TITLE = "Fields: one pass vs literal silencing loop"
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.manual_seed(0)
     rows = []
     for label, X, N, P, L in CASES:
@@ -49,20 +48,13 @@ def main() -> None:
         rows.append((label, X, fast, slow, slow / fast, err))
         print(f"{label}: one-pass {fast * 1e3:.2f} ms, literal {slow * 1e3:.1f} ms, ratio {slow / fast:.0f}x, "
               f"rel. err {err:.1e}")
-    hw = hardware()
-    lines = [f"\n## Fields: one pass vs literal silencing loop ({date.today().isoformat()})\n",
-             f"Machine: {hw['cpu']}, {hw['cpu_count']} cores, torch {hw['torch']}, {platform.python_version()}; "
-             f"float64, best of {args.repeat}. Command: `python bench/bench_fields.py`. Target: >= 50x at a point "
-             "with 128 or more nodes.\n",
-             "| point | inputs | one-pass ms | literal ms | ratio | max rel. error |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r[0]} | {r[1]} | {r[2] * 1e3:.2f} | {r[3] * 1e3:.1f} | {r[4]:.0f}x | {r[5]:.1e} |" for r in rows]
-    out = Path(args.out)
-    if not out.exists():
-        out.write_text("# Benchmark results\n\nEach section is written by the command it names; "
-                       "ratios compare two implementations measured side by side in one run.\n")
-    with open(out, "a") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"appended to {out}")
+    from bench.common import stamp, table, write_section
+
+    body = stamp(f"python -m bench.bench_fields --repeat {args.repeat}")
+    body += f"\nfloat64, best of {args.repeat}. Target: >= 50x at a point with 128 or more nodes.\n\n"
+    body += table(["point", "inputs", "one-pass ms", "literal ms", "ratio", "max rel. error"],
+                  [[r[0], r[1], f"{r[2] * 1e3:.2f}", f"{r[3] * 1e3:.1f}", f"{r[4]:.0f}x", f"{r[5]:.1e}"] for r in rows])
+    write_section(TITLE, body)
 
 
 if __name__ == "__main__":
