@@ -69,7 +69,7 @@ def run(quick: bool = False) -> None:
     body = stamp("python -m bench.memory")
     body += (f"\ncct_2_3x2_32, points {', '.join(POINTS)}, readouts on 1,000 training images (2 epochs), "
              "synthetic 32x32 images in the CIFAR-100 file layout (20 classes); `snp_service.shard.measure_points` "
-             "in a fresh process per size, peak RSS from getrusage (includes the memory-mapped feature pages "
+             "in a fresh process per size, peak RSS from /proc/self/status VmHWM (includes the memory-mapped feature pages "
              "the process touched).\n\n")
     body += table(["evaluation images", "peak RSS MB", "RSS before the stage MB", "seconds"],
                   [[f"{n:,}", f"{m['peak_rss_mb']:.0f}", f"{m['before_mb']:.0f}", f"{m['seconds']:.1f}"]
