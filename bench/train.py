@@ -176,11 +176,13 @@ def run(quick: bool = False) -> None:
             "(row above), so `precision: auto` keeps float32 and the remaining levers are small: in float32 the "
             "reference and sdpa formulations do the same arithmetic, and at these sequence lengths (64 and 256 "
             "tokens) attention is a small part of the step. The profile of the candidate's cct_7_3x1_32 step "
-            "shows the time in the linear layers' matrix multiplies (`addmm`/`mm` and their backward), "
-            "which no formulation change removes on float32 AVX2; the model is compute-bound. "
+            "(below) shows about 60% of the time in matrix multiplies (`mm`, `bmm`, `addmm`: the linear layers "
+            "and attention, forward and backward), which no formulation change removes on float32 AVX2, and about "
+            "14% in `bernoulli_`, the dropout and stochastic-depth masks of the CCT recipe; the model is "
+            "compute-bound. "
             "`torch.compile` of the training step did not finish compiling within 10 minutes on these 2 cores "
-            "(tried while writing this benchmark), so it is not used. The same table on a CPU with AMX, or on a "
-            "GPU (no device machine was lent to this session), is what would show the bf16 gain.")
+            "(tried while writing this benchmark), so it is not used. The bf16 gain shows on a GPU: section 1b, "
+            "measured on an H200 lent to this session.")
     body += "\n" + "\n\n".join(notes) + "\n\nProfile of the candidate's cct_7_3x1_32 training step (batch 32):\n\n" + prof
     write_section(TITLE, body)
 
