@@ -23,6 +23,8 @@ from datetime import date
 import torch
 from torch import nn
 
+from bench.steps import model_step
+
 DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 CASES = [("cct_2_3x2_32", 128), ("cct_7_3x1_32", 32), ("cct_7_3x1_32", 256)]
 
@@ -43,19 +45,8 @@ def make_step(name, batch, attention, dtype, channels_last, compile_):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     fwd = torch.compile(model) if compile_ else model
     x = torch.randn(batch, 3, 32, 32, device=dev)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=dev)
-    model.train()
-
-    def step():
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = fwd(x)
-        loss = nn.functional.cross_entropy(out.float(), y, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = model_step(model, opt, x, y, dtype, channels_last, forward=fwd)
     return step
 
 

@@ -16,12 +16,12 @@ import argparse
 import time
 
 import torch
-from torch import nn
 
 from bench.common import CIFAR10, median, stamp, table, verdict, write_section
+from bench.steps import model_step
 from snp_service.models import create_model
 from snp_service.spec import ModelSpec, TrainSpec
-from snp_service.train import autocast_dtype, cpu_supports_bf16, lr_factor, make_optimizer
+from snp_service.train import autocast_dtype, cpu_supports_bf16, lr_factor, make_optimizer, train_epochs
 
 TITLE = "1. Training throughput vs the published formulation"
 MODELS = [("cct_2_3x2_32", 128, 1.5), ("cct_7_3x1_32", 32, 2.5)]  # name, batch, target ratio
@@ -33,19 +33,8 @@ def make_step(name: str, batch: int, attention: str, dtype=None, channels_last: 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    model.train()
-
-    def step():
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = model(x)
-        loss = nn.functional.cross_entropy(out.float(), y, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = model_step(model, opt, torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,)), dtype,
+                      channels_last)
     step()  # warm-up (allocations, oneDNN primitives)
     return step
 
@@ -87,15 +76,7 @@ def short_run_accuracy(attention: str, seed: int, per_class: int, epochs: int) -
                         generator=torch.Generator().manual_seed(seed))
     total = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, t.warmup_epochs * len(loader), t.min_lr / t.lr))
-    for _ in range(epochs):
-        model.train()
-        for x, y in loader:
-            loss = nn.functional.cross_entropy(model(x), y, label_smoothing=t.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
+    train_epochs(model, loader, opt, sched, epochs, t.label_smoothing)
     correct = n = 0
     with torch.no_grad():
         for x, y in DataLoader(data.eval, batch_size=256, num_workers=1):

@@ -265,10 +265,17 @@ def finetune_network(model: nn.Module, dataset, spec: JobSpec, epochs: int) -> n
                         generator=torch.Generator().manual_seed(t.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr / 10, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(loader)))
+    return train_epochs(model, loader, opt, sched, epochs, t.label_smoothing)
+
+
+def train_epochs(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched, epochs: int,
+                 label_smoothing: float) -> nn.Module:
+    """A plain in-process training loop (CPU, fp32): cross-entropy, a scheduler step per batch.
+    Returns the model in eval mode."""
     model.train()
     for _ in range(epochs):
         for x, y in loader:
-            loss = nn.functional.cross_entropy(model(x), y, label_smoothing=t.label_smoothing)
+            loss = nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
