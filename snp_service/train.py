@@ -118,8 +118,8 @@ def train_loop_per_worker(config: dict) -> None:
     train_loader = ray.train.torch.prepare_data_loader(train_loader)
     eval_loader = ray.train.torch.prepare_data_loader(eval_loader)
 
-    # channels_last: the conv tokenizer / VGG convs run faster on it (1.16x train img/s for
-    # cct_2_3x2_32 on CPU, bench/RESULTS.md); the values computed are the same
+    # channels_last: the conv tokenizer / VGG convs run faster on it (cct_2_3x2_32 on CPU: 1.2x train
+    # img/s, bench/RESULTS.md section 1); the same arithmetic up to float rounding
     model = create_model(spec.model, data.num_classes, spec.dataset.image_size).to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
