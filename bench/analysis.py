@@ -174,8 +174,8 @@ def run(quick: bool = False) -> None:
                  "again and fine-tunes three masked readouts per point (ANDC, random, magnitude) plus the accuracy "
                  "curve. The readout steps are small, memory-bound matrix products over float16 features read back "
                  "from disk, so the machine's arithmetic is poorly used; the profile below shows where the SNP "
-                 "stage's time goes. Done in this issue: readout forward as one matmul (flatten readouts 3x faster "
-                 "to train), float16 rows converted in torch (3.5x faster reads). Not done: fewer readout epochs "
+                 "stage's time goes. Done in this issue: the readout forward as one matmul, float16 rows converted "
+                 "to float32 in torch instead of numpy. Not done: fewer readout epochs "
                  "(`analysis.readout_epochs`, a science setting the user owns: 10 instead of 20 halves the readout "
                  "share), sharing the snp stage's captured features with the prune stage, and larger readout batches.\n\n"
                  + profile_snp_stage(50 if quick else 100))

@@ -96,10 +96,30 @@ def profile_summary(name: str, batch: int, top: int = 8) -> str:
     total = sum(e.self_cpu_time_total for e in events)
     rows = [[e.key, f"{e.self_cpu_time_total / 1e3 / 2:.0f}", f"{100 * e.self_cpu_time_total / total:.0f}%"]
             for e in events[:top]]
-    return table(["op (torch.profiler, self CPU)", "ms per step", "share"], rows)
+    share = {e.key: e.self_cpu_time_total / total for e in events}
+    matmul = sum(share.get(k, 0.0) for k in ("aten::mm", "aten::bmm", "aten::addmm"))
+    return table(["op (torch.profiler, self CPU)", "ms per step", "share"], rows), matmul, share.get("aten::bernoulli_", 0.0)
 
 
-def run(quick: bool = False) -> None:
+def try_compile(minutes: float) -> str:
+    """Whether torch.compile of cct_2_3x2_32's training step finishes compiling within `minutes`
+    (in a subprocess, killed at the limit)."""
+    import subprocess
+    import sys
+
+    code = ("import time, torch; from snp_service.models import create_model; from snp_service.spec import ModelSpec; "
+            "torch.manual_seed(0); m = create_model(ModelSpec(name='cct_2_3x2_32'), 10, 32); c = torch.compile(m); "
+            "x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,)); t = time.perf_counter(); "
+            "torch.nn.functional.cross_entropy(c(x), y).backward(); "
+            "print(f'compiled and ran one step in {time.perf_counter() - t:.0f} s')")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=minutes * 60)
+    except subprocess.TimeoutExpired:
+        return f"did not finish compiling within {minutes:g} minutes"
+    return r.stdout.strip().splitlines()[-1] if r.returncode == 0 else f"failed: {r.stderr.strip().splitlines()[-1]}"
+
+
+def run(quick: bool = False, compile_minutes: float = 0.0) -> None:
     torch.set_num_threads(torch.get_num_threads())
     bf16_fast = cpu_supports_bf16()
     candidate_dtype = autocast_dtype("auto", torch.device("cpu"))  # what `precision: auto` picks here
@@ -131,7 +151,7 @@ def run(quick: bool = False) -> None:
     per_class, epochs = (100, 1) if quick else (150, 2)
     acc = {(a, s): short_run_accuracy(a, s, per_class, epochs) for a in ("reference", "sdpa") for s in (0, 1)}
     print("accuracy", acc, flush=True)
-    prof = profile_summary("cct_7_3x1_32", 32)
+    prof, matmul_share, bernoulli_share = profile_summary("cct_7_3x1_32", 32)
 
     body = stamp("python -m bench.train" + (" --quick" if quick else ""))
     body += ("\nBaseline: the authors' formulation (explicit `softmax(q @ k^T * scale) @ v`, fused qkv, float32; "
@@ -149,21 +169,28 @@ def run(quick: bool = False) -> None:
              f"sdpa {acc[('sdpa', 0)]:.3f} / {acc[('sdpa', 1)]:.3f}; the formulations differ by {gap:.3f} on "
              f"average, the seeds by up to {spread:.3f}: "
              f"{'within seed noise' if gap <= max(spread, 0.01) else 'NOT within seed noise'}.\n")
+    compiled = try_compile(compile_minutes) if compile_minutes else None
     if not bf16_fast:
+        bf16 = next(r for r in rows if r[2] == "sdpa + bf16 autocast")
         notes.append(
             "**Why the throughput targets are missed here.** The targets assume a CPU with AMX / AVX-512 bf16 "
             "(where bf16 autocast alone gave 1.5-2x). This machine's CPU has neither (see the machine line: "
-            "/proc/cpuinfo lists no `amx_bf16` or `avx512_bf16`), and bf16 autocast on it is about 10x *slower* "
-            "(row above), so `precision: auto` keeps float32 and the remaining levers are small: in float32 the "
-            "reference and sdpa formulations do the same arithmetic, and at these sequence lengths (64 and 256 "
-            "tokens) attention is a small part of the step. The profile of the candidate's cct_7_3x1_32 step "
-            "(below) shows about 60% of the time in matrix multiplies (`mm`, `bmm`, `addmm`: the linear layers "
-            "and attention, forward and backward), which no formulation change removes on float32 AVX2, and about "
-            "14% in `bernoulli_`, the dropout and stochastic-depth masks of the CCT recipe; the model is "
-            "compute-bound. "
-            "`torch.compile` of the training step did not finish compiling within 10 minutes on these 2 cores "
-            "(tried while writing this benchmark), so it is not used. The bf16 gain shows on a GPU: section 1b, "
-            "measured on an H200 lent to this session.")
+            "/proc/cpuinfo lists no `amx_bf16` or `avx512_bf16`), and bf16 autocast on it runs at "
+            f"{bf16[4]} of the baseline (row above), so `precision: auto` keeps float32 and the remaining levers "
+            "are small: in float32 the reference and sdpa formulations do the same arithmetic, and at these "
+            "sequence lengths (64 and 256 tokens) attention is a small part of the step. The profile of the "
+            f"candidate's cct_7_3x1_32 step (below) has {100 * matmul_share:.0f}% of the time in matrix multiplies "
+            "(`mm`, `bmm`, `addmm`: the linear layers and attention, forward and backward), which no formulation "
+            f"change removes on float32 AVX2, and {100 * bernoulli_share:.0f}% in `bernoulli_`, the dropout and "
+            "stochastic-depth masks of the CCT recipe; the model is compute-bound. The bf16 gain shows on a GPU: "
+            "section 1b.")
+    if compiled:
+        notes.append(f"`torch.compile` of cct_2_3x2_32's training step on this machine: {compiled} "
+                     f"(`python -m bench.train --try-compile {compile_minutes:g}`).")
+    else:
+        notes.append("`torch.compile` is not used on CPU here: an attempt to compile cct_2_3x2_32's training step "
+                     "ran for over 10 minutes on these 2 cores without finishing; `python -m bench.train "
+                     "--try-compile 10` repeats it (not part of `python -m bench`, for its length).")
     body += "\n" + "\n\n".join(notes) + "\n\nProfile of the candidate's cct_7_3x1_32 training step (batch 32):\n\n" + prof
     write_section(TITLE, body)
 
@@ -171,4 +198,7 @@ def run(quick: bool = False) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and a shorter accuracy run")
-    run(ap.parse_args().quick)
+    ap.add_argument("--try-compile", type=float, default=0.0, metavar="MINUTES",
+                    help="also try torch.compile of the training step, for at most this long")
+    a = ap.parse_args()
+    run(a.quick, a.try_compile)

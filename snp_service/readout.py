@@ -108,8 +108,8 @@ class Readout(nn.Module):
         return feats @ w  # (B, N, 1)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        # sum over n, p of activations x W[k, n, p] as one matmul ((B, N*P) @ (N*P, K)): 3x faster to
-        # train than the einsum for flatten readouts (its backward went through a batched path)
+        # sum over n, p of activations x W[k, n, p] as one matmul ((B, N*P) @ (N*P, K)): flatten readouts
+        # trained several times faster than with einsum("bnp,knp->bk"), whose backward took a batched path
         return self.node_activations(feats).flatten(1) @ self.weight.flatten(1).T
 
 
@@ -130,8 +130,9 @@ def release(arr: np.ndarray) -> None:
 
 
 def load_rows(arr: np.memmap, idx: np.ndarray) -> torch.Tensor:
-    """Rows `idx` as float32. The float16 -> float32 conversion runs in torch (vectorised; 3.5x
-    faster than numpy's and exact either way): it was 30% of readout training (bench/RESULTS.md)."""
+    """Rows `idx` as float32. The float16 -> float32 conversion runs in torch (vectorised, several
+    times faster than numpy's, exact either way): reading rows is a large part of readout training
+    (bench/RESULTS.md, the SNP-stage profile)."""
     rows = torch.from_numpy(np.ascontiguousarray(arr[idx])).float()
     release(arr)
     return rows
