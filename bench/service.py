@@ -59,15 +59,17 @@ def run_direct(w: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_submitted(w: Path, address: str) -> float:
+def run_submitted(w: Path, address: str, *entrypoint: str, expect: str = "done:") -> float:
+    """Wall time of `ray job submit --working-dir w -- ENTRYPOINT` to the head (the tiny job by default;
+    `expect` must appear in its output)."""
+    entrypoint = entrypoint or ("python", "-m", "snp_service.cli", "run", "job.yaml")
     t0 = time.perf_counter()
     r = subprocess.run(
         ["ray", "job", "submit", "--address", address, "--working-dir", str(w),
          "--submission-id", f"bench-{uuid.uuid4().hex[:8]}",
-         "--runtime-env-json", '{"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}', "--",
-         "python", "-m", "snp_service.cli", "run", "job.yaml"],
+         "--runtime-env-json", '{"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}', "--", *entrypoint],
         capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "token"})
-    if r.returncode != 0 or "done:" not in r.stdout:
+    if r.returncode != 0 or expect not in r.stdout:
         raise RuntimeError(r.stdout[-3000:] + r.stderr[-3000:])
     return time.perf_counter() - t0
 
@@ -75,16 +77,7 @@ def run_submitted(w: Path, address: str) -> float:
 def run_trivial(w: Path, address: str) -> float:
     """The job API's fixed cost alone: upload the same working directory, set up the runtime env,
     start a driver that imports the package and exits."""
-    t0 = time.perf_counter()
-    r = subprocess.run(
-        ["ray", "job", "submit", "--address", address, "--working-dir", str(w),
-         "--submission-id", f"bench-trivial-{uuid.uuid4().hex[:8]}",
-         "--runtime-env-json", '{"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}', "--",
-         "python", "-c", "import snp_service.pipeline"],
-        capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "token"})
-    if r.returncode != 0:
-        raise RuntimeError(r.stdout[-3000:] + r.stderr[-3000:])
-    return time.perf_counter() - t0
+    return run_submitted(w, address, "python", "-c", "import snp_service.pipeline", expect="")
 
 
 def run(quick: bool = False) -> None:
