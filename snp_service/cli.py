@@ -1,4 +1,4 @@
-"""`snp-service`: validate, schema, run, sweep, submit, status, logs, report, results, heads-study, models, synth.
+"""`snp-service`: validate, schema, run, sweep, submit, status, logs, report, results, compare, heads-study, models, synth.
 
 User errors (a bad job file, a missing dataset, an unreachable store) print one paragraph and
 exit with code 2, never a traceback.
@@ -42,11 +42,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     from snp_service.errors import DatasetError, StoreError
 
     spec = load_spec(args.job)
+    progress = lambda m: print(f"[snp-service] {m}", flush=True)  # noqa: E731
+    if spec.compare is not None:
+        from snp_service.compare import run_study
+
+        try:
+            study = run_study(spec, progress)
+        except (DatasetError, StoreError) as e:
+            raise type(e)(f"{args.job}: {e}") from None
+        _print_study(study.tables)
+        print(f"comparison: {study.uri}/report/report.html")
+        return 0
     try:
-        outcome = pipeline.run(spec, progress=lambda m: print(f"[snp-service] {m}", flush=True))
+        outcome = pipeline.run(spec, progress=progress)
     except (DatasetError, StoreError) as e:
         raise type(e)(f"{args.job}: {e}") from None
     print(f"results: {outcome.uri}")
+    return 0
+
+
+def _print_study(tables) -> None:
+    import polars as pl
+
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
+        print(tables["accuracy_summary"])
+        print(tables["layers"].select("model", "point", "kind", "relative_depth", "seeds", "readout_accuracy",
+                                      "mean_cluster_size", "mean_noise", "snr", "snr_sd", "frac_no_cluster"))
+        print(tables["trends"])
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from snp_service.compare import runs_from_store, write_study
+
+    store = _store(args.store)
+    runs = runs_from_store(store, args.job_ids)
+    study = write_study(store, args.name, runs, progress=print)
+    _print_study(study.tables)
     return 0
 
 
@@ -242,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job")
     s.add_argument("--heads", type=int, nargs="+", default=[1, 2, 4, 8])
     s.set_defaults(fn=cmd_heads_study)
+    s = sub.add_parser("compare", help="compare finished jobs (e.g. a CNN and a CCT, several seeds) along "
+                       "relative depth: one table, one figure, one report")
+    s.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
+    s.add_argument("--name", default="jobs", help="name of the comparison (its results go to _studies/NAME-compare-*)")
+    s.set_defaults(fn=cmd_compare)
     s = sub.add_parser("models", help="list registered models and their measurement points")
     s.add_argument("--points", action="store_true")
     s.set_defaults(fn=cmd_models)

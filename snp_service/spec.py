@@ -282,6 +282,42 @@ class ComputeSpec(_Strict):
                               "(restarting from the last checkpoint)")
 
 
+class CompareModel(_Strict):
+    """One model of a comparison: overrides of the base job (sections merged field by field;
+    `model` replaces the base model whole when given)."""
+
+    label: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,23}$", description="short name in tables and job names")
+    model: dict[str, Any] | None = Field(None, description="a whole model section (default: the base job's model)")
+    train: dict[str, Any] = Field(default_factory=dict, description="train fields to override, e.g. optimizer, lr, epochs")
+    measure: dict[str, Any] = Field(default_factory=dict)
+    analysis: dict[str, Any] = Field(default_factory=dict, description="not threshold: the comparison shares it")
+    pruning: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("analysis")
+    @classmethod
+    def _shared_threshold(cls, v: dict) -> dict:
+        if "threshold" in v:
+            raise ValueError("analysis.threshold is shared by every model of a comparison; set it in the base job")
+        return v
+
+
+class CompareSpec(_Strict):
+    """Several models on the same dataset, evaluation split and threshold, each trained with every
+    seed: every (model, seed) is a full job of its own, then one comparison along relative depth."""
+
+    models: list[CompareModel] = Field(..., min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="train.seed of each run")
+
+    @model_validator(mode="after")
+    def _unique(self) -> CompareSpec:
+        labels = [m.label for m in self.models]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"compare.models: labels must be unique, got {labels}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"compare.seeds: seeds must be unique, got {self.seeds}")
+        return self
+
+
 class JobSpec(_Strict):
     """A job: train a network, then measure it. Results go to `<storage.root>/<job_id>/`."""
 
@@ -295,6 +331,8 @@ class JobSpec(_Strict):
     heads: HeadsSpec = HeadsSpec()
     pruning: PruningSpec = PruningSpec()
     sweep: SweepSpec | None = None
+    compare: CompareSpec | None = Field(None, description="run several models x seeds as jobs and compare them "
+                                        "(snp_service.compare); the job's own id ignores this section")
     storage: StorageSpec = StorageSpec()
     compute: ComputeSpec = ComputeSpec()
 
@@ -342,6 +380,15 @@ class JobSpec(_Strict):
                 if round(frac * count) >= count:
                     raise ValueError(f"pruning.structural_fraction: {frac} would remove all {count} {what} of "
                                      f"every block; use a fraction below {(count - 0.5) / count:.3f}")
+        if self.compare is not None:
+            if self.sweep is not None:
+                raise ValueError("compare and sweep exclude each other; run the sweep on one model's job")
+            from snp_service.compare import variants
+
+            try:
+                variants(self)  # every (model, seed) must be a valid job
+            except SpecError as e:
+                raise ValueError(str(e)) from None
         return self
 
     def head_points(self) -> list[str]:
@@ -372,7 +419,7 @@ class JobSpec(_Strict):
 
     def job_id(self) -> str:
         """`<name>-<hash>`: the hash covers everything that changes results (not storage or compute)."""
-        content = self.model_dump(mode="json", exclude={"storage", "compute", "description"})
+        content = self.model_dump(mode="json", exclude={"storage", "compute", "description", "compare"})
         # a dataset inside the working directory counts by its relative path, so a job submitted to a
         # cluster (which runs in an uploaded copy of the working directory) keeps its id
         root = Path(content["dataset"]["root"])

@@ -1,0 +1,353 @@
+"""The unified study (the paper's title claim): several networks, CNN and CCT, measured the same way on
+the same data, compared point by point along their relative depth.
+
+A job with a `compare:` section expands into one ordinary job per (model, seed) (`variants`), each
+with its own content-derived id, so finished runs are reused and every run has its own report. The
+comparison itself is drawn only from what those jobs stored (`collect`), by pure functions
+(`depth_table`, `aggregate`, `trends`, `andc_summary`, `heads_summary`) that the tests check on
+small tables. `snp-service compare JOB_ID ...` draws the same comparison from jobs already in a store.
+
+Relative depth of a point: its index among all measurement points of its model, in forward order,
+divided by (number of points - 1), so 0 is the first point and 1 the last, whichever points a job
+selected. Runs of one model that differ only in train.seed are aggregated: every statistic is
+reported as the mean over seeds with its standard deviation (spread), never the best run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from snp_service.errors import SpecError, StoreError
+from snp_service.spec import JobSpec, spec_from_dict
+
+STUDIES = "_studies"  # job names start with a letter or digit, so this never collides with a job
+MEASURES = ["readout_accuracy", "mean_cluster_size", "mean_noise", "noise_per_label", "snr", "frac_no_cluster"]
+# spec fields that may differ between the runs of one comparison (everything else must agree)
+SHARED = (("dataset", None), ("analysis", ("threshold", "normalise")))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def variants(spec: JobSpec) -> list[tuple[str, int, JobSpec]]:
+    """(label, seed, job spec) of every run of the comparison, seeds outer, models inner (so a run
+    cut short has every model at the first seed)."""
+    if spec.compare is None:
+        raise SpecError(f"job {spec.name} has no compare section")
+    base = spec.model_dump(mode="json", exclude={"compare"})
+    out = []
+    for seed in spec.compare.seeds:
+        for m in spec.compare.models:
+            d = dict(base)
+            d["name"] = f"{spec.name}-{m.label}-s{seed}"[:64]
+            d["model"] = m.model if m.model is not None else base["model"]
+            for section in ("train", "measure", "analysis", "pruning"):
+                d[section] = _merge(base[section], getattr(m, section))
+            d["train"] = {**d["train"], "seed": seed}
+            try:
+                out.append((m.label, seed, spec_from_dict(d, f"compare model {m.label!r} (seed {seed})")))
+            except SpecError as e:
+                raise SpecError(f"compare: {e}") from None
+    return out
+
+
+# ---------------------------------------------------------------- pure core: tables from stored results
+
+
+def relative_depth(all_points: list[str]) -> dict[str, float]:
+    n = len(all_points)
+    return {p: (i / (n - 1) if n > 1 else 0.0) for i, p in enumerate(all_points)}
+
+
+def depth_table(model: str, seed: int, layers: pl.DataFrame, all_points: list[str], family: str) -> pl.DataFrame:
+    """One run's per-layer table with model, family, seed and relative depth added."""
+    depth = relative_depth(all_points)
+    missing = [p for p in layers["point"].to_list() if p not in depth]
+    if missing:
+        raise StoreError(f"{model} seed {seed}: stored points {missing} are not points of the model")
+    return layers.select(
+        pl.lit(model).alias("model"), pl.lit(family).alias("family"), pl.lit(seed).alias("seed"),
+        pl.col("point"), pl.col("kind"),
+        pl.col("point").replace_strict(depth, return_dtype=pl.Float64).alias("relative_depth"),
+        *[pl.col(c) for c in MEASURES], pl.col("snr_lo"), pl.col("snr_hi"))
+
+
+def aggregate(runs: pl.DataFrame) -> pl.DataFrame:
+    """Mean and spread over seeds of every measure, per (model, point); the SNR's node-bootstrap
+    interval is averaged over seeds (snr_lo, snr_hi)."""
+    aggs = [pl.len().alias("seeds")]
+    for c in MEASURES:
+        aggs += [pl.col(c).mean().alias(c), pl.col(c).std(ddof=1).alias(f"{c}_sd")]
+    aggs += [pl.col("snr_lo").mean(), pl.col("snr_hi").mean()]
+    return (runs.group_by("model", "family", "point", "kind", "relative_depth", maintain_order=True).agg(aggs)
+            .sort("model", "relative_depth", maintain_order=True))
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or np.all(y == y[0]):
+        return float("nan")
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def trends(runs: pl.DataFrame) -> pl.DataFrame:
+    """Does SNR rise along the network? Per model, for all its points and for each point kind with
+    at least two points: first vs last point. `rises` only when, in every seed, the last point's
+    bootstrap interval lies wholly above the first's (METHOD.md: state trends only where the
+    intervals separate); `falls` the mirror; otherwise `no clear trend`. Spearman's rho of the
+    seed-mean SNR against depth is given alongside."""
+    rows = []
+    for model in runs["model"].unique(maintain_order=True):
+        r = runs.filter(pl.col("model") == model)
+        groups = [("all", r)] + [(k, r.filter(pl.col("kind") == k)) for k in r["kind"].unique(maintain_order=True)]
+        for kind, g in groups:
+            pts = g.group_by("point", maintain_order=True).agg(pl.col("relative_depth").first(),
+                                                               pl.col("snr").mean()).sort("relative_depth")
+            if len(pts) < 2:
+                continue
+            first, last = pts["point"][0], pts["point"][-1]
+            up = down = True
+            for _, s in g.group_by("seed", maintain_order=True):
+                a = s.filter(pl.col("point") == first).row(0, named=True)
+                b = s.filter(pl.col("point") == last).row(0, named=True)
+                up &= b["snr_lo"] > a["snr_hi"]
+                down &= b["snr_hi"] < a["snr_lo"]
+            snr = pts["snr"].to_numpy()
+            rows.append({"model": model, "kind": kind, "points": len(pts), "first": first, "last": last,
+                         "snr_first": float(snr[0]), "snr_last": float(snr[-1]),
+                         "spearman_rho": _spearman(pts["relative_depth"].to_numpy(), snr),
+                         "verdict": "rises" if up else "falls" if down else "no clear trend"})
+    return pl.DataFrame(rows)
+
+
+def andc_summary(andc: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, point, method): mean and spread over seeds of the kept fraction and the accuracy
+    change (pruned and fine-tuned, in points of percentage) against the full readout."""
+    d = andc.with_columns(((pl.col("accuracy_pruned") - pl.col("accuracy_full")) * 100).alias("change_pruned"),
+                          ((pl.col("accuracy_finetuned") - pl.col("accuracy_full")) * 100).alias("change_finetuned"))
+    aggs = [pl.len().alias("seeds")]
+    for c in ("kept_fraction", "accuracy_full", "change_pruned", "change_finetuned"):
+        aggs += [pl.col(c).mean().alias(c), pl.col(c).std(ddof=1).alias(f"{c}_sd")]
+    return d.group_by("model", "point", "method", maintain_order=True).agg(aggs)
+
+
+def heads_summary(heads: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, MHA point): over seeds, how many overlap tests were defined, mean observed Jaccard,
+    mean null Jaccard and mean z; `fewer than chance` counts seeds with z > 0 and p < 0.05."""
+    d = heads.with_columns((pl.col("status") == "ok").alias("_ok"))
+    ok = pl.col("_ok")
+    return d.group_by("model", "point", maintain_order=True).agg(
+        pl.len().alias("seeds"), ok.sum().alias("defined"),
+        pl.col("mean_labels_per_head").mean(), pl.col("mean_heads_per_label").mean(),
+        pl.col("observed_jaccard").filter(ok).mean(), pl.col("null_mean").filter(ok).mean(),
+        pl.col("z").filter(ok).mean().alias("z_mean"), pl.col("z").filter(ok).std(ddof=1).alias("z_sd"),
+        (ok & (pl.col("z") > 0) & (pl.col("p_value") < 0.05)).sum().alias("specialised_seeds"))
+
+
+# ---------------------------------------------------------------- reading finished jobs
+
+
+@dataclass
+class Run:
+    model: str  # the comparison's label of the model
+    seed: int
+    job_id: str
+    job: object  # JobStore
+    spec: dict
+
+
+def _family(spec: dict) -> str:
+    return "CNN" if spec["model"]["name"].startswith("vgg") else "CCT"
+
+
+def check_comparable(runs: list[Run]) -> None:
+    """Every run must share the dataset, evaluation split and threshold (else the comparison is void)."""
+    ref = runs[0]
+    for r in runs[1:]:
+        for section, fields in SHARED:
+            a, b = ref.spec.get(section) or {}, r.spec.get(section) or {}
+            keys = fields or sorted(set(a) | set(b))
+            diff = [k for k in keys if a.get(k) != b.get(k)]
+            if diff:
+                raise StoreError(f"jobs {ref.job_id} and {r.job_id} differ in {section}."
+                                 f"{', '.join(diff)} ({', '.join(f'{a.get(k)!r} vs {b.get(k)!r}' for k in diff)}); "
+                                 "a comparison needs the same dataset, evaluation split and threshold")
+
+
+def collect(runs: list[Run]) -> dict[str, pl.DataFrame]:
+    """All comparison tables from the runs' stored results."""
+    from snp_service.models.registry import measurement_points, model_config
+
+    check_comparable(runs)
+    layers, andc, heads, acc = [], [], [], []
+    for r in runs:
+        job = r.job
+        ev = job.stage_result("evaluate")
+        if ev is None or not job.exists("snp/layers.parquet"):
+            raise StoreError(f"job {r.job_id} has not finished its evaluate and snp stages; run it first")
+        m = r.spec["model"]
+        cfg = model_config(m["name"], **{k: m.get(k) for k in ("num_heads", "num_layers", "embedding_dim", "mlp_ratio")})
+        all_points = list(measurement_points(cfg, r.spec["dataset"]["image_size"]))
+        layers.append(depth_table(r.model, r.seed, job.read_table("snp/layers.parquet"), all_points, _family(r.spec)))
+        train = job.stage_result("train") or {}
+        acc.append({"model": r.model, "family": _family(r.spec), "network": m["name"], "seed": r.seed,
+                    "job_id": r.job_id, "epochs": r.spec["train"]["epochs"], "accuracy": ev["accuracy"],
+                    "eval_images": ev.get("images"), "train_seconds": train.get("seconds")})
+        if job.exists("prune/andc.parquet"):
+            andc.append(job.read_table("prune/andc.parquet").select(
+                pl.lit(r.model).alias("model"), pl.lit(r.seed).alias("seed"), "point", "method", "kept_fraction",
+                "accuracy_full", "accuracy_pruned", "accuracy_finetuned"))
+        if job.exists("heads/summary.parquet"):
+            heads.append(job.read_table("heads/summary.parquet").select(
+                pl.lit(r.model).alias("model"), pl.lit(r.seed).alias("seed"), "point", "mean_labels_per_head",
+                "mean_heads_per_label", "observed_jaccard", "null_mean", "z", "p_value", "status"))
+    runs_t = pl.concat(layers, how="vertical_relaxed")
+    acc_t = pl.DataFrame(acc)
+    out = {"runs": runs_t, "layers": aggregate(runs_t), "trends": trends(runs_t), "accuracy": acc_t,
+           "accuracy_summary": acc_t.group_by("model", "family", "network", maintain_order=True).agg(
+               pl.len().alias("seeds"), pl.col("epochs").first(), pl.col("accuracy").mean().alias("accuracy"),
+               pl.col("accuracy").std(ddof=1).alias("accuracy_sd"), pl.col("accuracy").min().alias("accuracy_min"),
+               pl.col("accuracy").max().alias("accuracy_max"))}
+    if andc:
+        out["andc"] = andc_summary(pl.concat(andc, how="vertical_relaxed"))
+    if heads:
+        out["heads"] = heads_summary(pl.concat(heads, how="vertical_relaxed"))
+    return out
+
+
+def runs_from_store(store, job_ids: list[str]) -> list[Run]:
+    """Runs for `snp-service compare JOB_ID ...`: the label is the model name, extended with the job
+    name where one model was trained with different settings (other than the seed)."""
+    known = set(store.job_ids())
+    runs, groups = [], {}
+    for jid in job_ids:
+        if jid not in known:
+            raise StoreError(f"no job {jid!r} in {store.uri}; `snp-service results --store {store.uri}` lists them")
+        job = store.job(jid)
+        spec = job.read_json("spec.json")
+        setting = {k: v for k, v in spec.items() if k not in ("name", "description", "storage", "compute", "compare")}
+        setting["train"] = {k: v for k, v in setting["train"].items() if k != "seed"}
+        key = json.dumps(setting, sort_keys=True)
+        groups.setdefault(spec["model"]["name"], {}).setdefault(key, len(groups.get(spec["model"]["name"], {})))
+        runs.append((jid, job, spec, key))
+    out = []
+    for jid, job, spec, key in runs:
+        name = spec["model"]["name"]
+        label = name if len(groups[name]) == 1 else f"{name}#{groups[name][key] + 1}"
+        out.append(Run(label, spec["train"]["seed"], jid, job, spec))
+    seen = {}
+    for r in out:
+        if (r.model, r.seed) in seen:
+            raise StoreError(f"jobs {seen[(r.model, r.seed)]} and {r.job_id} are the same model, settings and seed")
+        seen[(r.model, r.seed)] = r.job_id
+    return out
+
+
+# ---------------------------------------------------------------- running and writing
+
+
+@dataclass
+class StudyOutcome:
+    uri: str
+    tables: dict[str, pl.DataFrame]
+    runs: list[Run]
+
+
+def run_study(spec: JobSpec, progress: Callable[[str], None] = print) -> StudyOutcome:
+    """Run every (model, seed) job of the comparison (finished ones are reused), then compare."""
+    from snp_service import pipeline
+    from snp_service.store import Store
+
+    store = Store.from_spec(spec.storage)
+    store.check()
+    plan = variants(spec)
+    progress(f"compare: {len(plan)} runs ({len(spec.compare.models)} model(s) x {len(spec.compare.seeds)} seed(s))")
+    runs = []
+    for i, (label, seed, v) in enumerate(plan, 1):
+        progress(f"compare: run {i}/{len(plan)}: {label} seed {seed} -> job {v.job_id()}")
+        outcome = pipeline.run(v, progress)
+        job = store.job(outcome.job_id)
+        runs.append(Run(label, seed, outcome.job_id, job, job.read_json("spec.json")))
+    return write_study(store, spec.name, runs, progress, spec.model_dump(mode="json"))
+
+
+def write_study(store, name: str, runs: list[Run], progress: Callable[[str], None] = print,
+                spec_json: dict | None = None) -> StudyOutcome:
+    tables = collect(runs)
+    digest = hashlib.sha256(",".join(r.job_id for r in runs).encode()).hexdigest()[:12]
+    study = store.job(f"{STUDIES}/{name}-compare-{digest}")
+    for k, t in tables.items():
+        study.write_table(f"compare/{k}.parquet", t)
+    study.write_json("compare/runs.json", [{"model": r.model, "seed": r.seed, "job_id": r.job_id} for r in runs])
+    if spec_json is not None:
+        study.write_json("spec.json", spec_json)
+    report_path = write_report(study, tables, runs, spec_json)
+    progress(f"compare: tables, figure and report in {study.uri}/ ({report_path})")
+    return StudyOutcome(study.uri, tables, runs)
+
+
+def write_report(study, tables: dict[str, pl.DataFrame], runs: list[Run], spec_json: dict | None) -> str:
+    import yaml
+
+    from snp_service import figures
+    from snp_service.report import _PAGE, _fig_to, _fmt, html_table
+    from snp_service.store import code_version
+
+    fig = _fig_to(study, "compare_depth", figures.compare_depth(tables["layers"]))
+    spec0 = runs[0].spec
+    sections = []
+    acc = tables["accuracy_summary"]
+    sections.append(("Networks and accuracy (mean over seeds, sd = spread)", html_table(acc) +
+                     html_table(tables["accuracy"].drop("family"))))
+    sections.append(("Per-layer measures along relative depth",
+                     f"<img src='{fig}' alt='per-layer measures against relative depth'>" + html_table(
+                         tables["layers"], ["model", "point", "kind", "relative_depth", "seeds", "readout_accuracy",
+                                            "readout_accuracy_sd", "mean_cluster_size", "mean_cluster_size_sd",
+                                            "mean_noise", "noise_per_label", "snr", "snr_sd", "snr_lo", "snr_hi",
+                                            "frac_no_cluster"])))
+    sections.append(("Does SNR rise along the network?",
+                     "<p>First vs last point of each model (all points, then each point kind): <b>rises</b> only "
+                     "when in every seed the last point's 95% node-bootstrap interval lies wholly above the "
+                     "first's; <b>falls</b> the mirror; otherwise no clear trend. Spearman's rho: seed-mean SNR "
+                     "against depth.</p>" + html_table(tables["trends"])))
+    if "andc" in tables:
+        sections.append(("ANDC pruning of the readouts (changes in points of accuracy)", html_table(tables["andc"])))
+    if "heads" in tables:
+        sections.append(("Attention heads: label split vs the random null", html_table(tables["heads"])))
+    links = "".join(f"<li>{html.escape(r.model)} seed {r.seed}: <code>{html.escape(r.job.uri)}/report/report.html</code>"
+                    f"</li>" for r in runs)
+    sections.append(("Runs (each has its own full report)", f"<ul>{links}</ul>"))
+    prov = {"study": study.job_id, "code version": code_version(),
+            "dataset": f"{spec0['dataset']['name']} ({spec0['dataset']['root']})",
+            "evaluation subset per class": spec0["dataset"].get("eval_max_per_class") or "all",
+            "training subset per class": spec0["dataset"].get("max_per_class") or "all",
+            "threshold": spec0["analysis"]["threshold"], "seeds": sorted({r.seed for r in runs})}
+    prov_html = "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in prov.items()) \
+        + "</table>"
+    definitions = ("<p>Relative depth: a point's index among all measurement points of its model in forward order "
+                   "/ (points - 1). Per-point definitions as in each run's report (METHOD.md section 2).</p>")
+    page = _PAGE.format(
+        title=html.escape(f"snp-service comparison: {study.job_id}"),
+        toc="".join(f"<li><a href='#s{i}'>{html.escape(t)}</a></li>" for i, (t, _) in enumerate(sections)),
+        body="".join(f"<h2 id='s{i}'>{html.escape(t)}</h2>{b}" for i, (t, b) in enumerate(sections)),
+        prov=prov_html, definitions=definitions,
+        spec=f"<pre>{html.escape(yaml.safe_dump(spec_json, sort_keys=False))}</pre>" if spec_json else "<p>n/a</p>")
+    return study.write_text("report/report.html", page)
+
+
+def fmt_mean_sd(mean: float, sd: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    if sd is None or (isinstance(sd, float) and math.isnan(sd)):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
