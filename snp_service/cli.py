@@ -24,6 +24,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.job)
     print(f"# {args.job}: valid; job id {spec.job_id()}; measurement points: {', '.join(spec.selected_points())}")
+    if spec.compare is not None:
+        from snp_service.compare import variants
+
+        for label, seed, v in variants(spec):
+            print(f"# compare run: {label} seed {seed}: {v.model.name}, job id {v.job_id()}")
     print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
     return 0
 
@@ -74,6 +79,12 @@ def _print_study(tables) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from snp_service.compare import runs_from_store, write_study
 
+    import re
+
+    from snp_service.errors import SpecError
+
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", args.name) or ".." in args.name:
+        raise SpecError(f"--name {args.name!r}: use letters, digits, _ . - (no path separators)")
     store = _store(args.store)
     runs = runs_from_store(store, args.job_ids)
     study = write_study(store, args.name, runs, progress=print)

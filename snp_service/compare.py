@@ -294,6 +294,7 @@ def write_study(store, name: str, runs: list[Run], progress: Callable[[str], Non
     if spec_json is not None:
         study.write_json("spec.json", spec_json)
     report_path = write_report(study, tables, runs, spec_json)
+    study.write_text("report/summary.md", summary_markdown(tables, runs, study.uri))
     progress(f"compare: tables, figure and report in {study.uri}/ ({report_path})")
     return StudyOutcome(study.uri, tables, runs)
 
@@ -347,7 +348,69 @@ def write_report(study, tables: dict[str, pl.DataFrame], runs: list[Run], spec_j
     return study.write_text("report/report.html", page)
 
 
-def fmt_mean_sd(mean: float, sd: float | None, scale: float = 1.0, digits: int = 2) -> str:
+def fmt_mean_sd(mean, sd=None, scale: float = 1.0, digits: int = 2) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
     if sd is None or (isinstance(sd, float) and math.isnan(sd)):
         return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
+
+
+def _md(rows: list[list[str]], head: list[str]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def summary_markdown(tables: dict[str, pl.DataFrame], runs: list[Run], where: str) -> str:
+    """The comparison as Markdown (tables and the verdicts the numbers support), for docs; every
+    figure in it is read from `tables`."""
+    spec0 = runs[0].spec
+    ds = spec0["dataset"]
+    out = [f"Results in `{where}`; dataset {ds['name']} (`{ds['root']}`), training subset "
+           f"{ds.get('max_per_class') or 'all'} per class, evaluation subset {ds.get('eval_max_per_class') or 'all'} "
+           f"per class of the test split, threshold {spec0['analysis']['threshold']}, seeds "
+           f"{', '.join(str(s) for s in sorted({r.seed for r in runs}))}. Values: mean ± sd over seeds.", ""]
+    acc = tables["accuracy_summary"]
+    out += ["**Accuracy of the trained networks** (evaluation subset)", "", _md(
+        [[r["model"], r["network"], r["family"], str(r["epochs"]), str(r["seeds"]),
+          fmt_mean_sd(r["accuracy"], r["accuracy_sd"], 100, 1) + " %",
+          f"{r['accuracy_min'] * 100:.1f} to {r['accuracy_max'] * 100:.1f} %"] for r in acc.iter_rows(named=True)],
+        ["model", "network", "family", "epochs", "seeds", "accuracy", "range"]), ""]
+    lay = tables["layers"]
+    out += ["**Per-layer measures along relative depth**", "", _md(
+        [[r["model"], r["point"], r["kind"], f"{r['relative_depth']:.2f}",
+          fmt_mean_sd(r["readout_accuracy"], r["readout_accuracy_sd"], 100, 1),
+          fmt_mean_sd(r["mean_cluster_size"], r["mean_cluster_size_sd"]),
+          fmt_mean_sd(r["mean_noise"], r["mean_noise_sd"]),
+          fmt_mean_sd(r["snr"], r["snr_sd"]) + f" [{r['snr_lo']:.2f}, {r['snr_hi']:.2f}]",
+          fmt_mean_sd(r["frac_no_cluster"], r["frac_no_cluster_sd"])] for r in lay.iter_rows(named=True)],
+        ["model", "point", "kind", "depth", "readout acc. %", "cluster size", "noise", "SNR [node-bootstrap 95%]",
+         "no cluster"]), ""]
+    tr = tables["trends"]
+    out += ["**Does SNR rise along the network?** (first vs last point; `rises` only where the node-bootstrap "
+            "intervals separate in every seed)", "", _md(
+                [[r["model"], r["kind"], str(r["points"]), f"{r['first']} → {r['last']}",
+                  f"{r['snr_first']:.2f} → {r['snr_last']:.2f}",
+                  "n/a" if math.isnan(r["spearman_rho"]) else f"{r['spearman_rho']:.2f}", r["verdict"]]
+                 for r in tr.iter_rows(named=True)],
+                ["model", "points", "n", "from → to", "SNR", "Spearman rho", "verdict"]), ""]
+    if "andc" in tables:
+        a = tables["andc"]
+        out += ["**ANDC pruning of the readouts** (accuracy change in points; baselines keep as many labels per "
+                "node)", "", _md(
+                    [[r["model"], r["point"], r["method"], fmt_mean_sd(r["kept_fraction"], r["kept_fraction_sd"]),
+                      fmt_mean_sd(r["accuracy_full"], r["accuracy_full_sd"], 100, 1),
+                      fmt_mean_sd(r["change_pruned"], r["change_pruned_sd"], 1, 1),
+                      fmt_mean_sd(r["change_finetuned"], r["change_finetuned_sd"], 1, 1)] for r in a.iter_rows(named=True)],
+                    ["model", "point", "method", "kept fraction", "full readout acc. %", "change pruned",
+                     "change fine-tuned"]), ""]
+    if "heads" in tables:
+        h = tables["heads"]
+        out += ["**Attention heads vs the random null** (z > 0: heads overlap less than random label sets)", "", _md(
+            [[r["model"], r["point"], f"{r['mean_labels_per_head']:.1f}", f"{r['mean_heads_per_label']:.2f}",
+              f"{r['defined']}/{r['seeds']}", fmt_mean_sd(r["observed_jaccard"]), fmt_mean_sd(r["null_mean"]),
+              fmt_mean_sd(r["z_mean"], r["z_sd"]), f"{r['specialised_seeds']}/{r['seeds']}"]
+             for r in h.iter_rows(named=True)],
+            ["model", "point", "labels/head", "heads/label", "test defined", "Jaccard", "null Jaccard", "z",
+             "seeds with p < 0.05, z > 0"]), ""]
+    return "\n".join(out) + "\n"

@@ -206,3 +206,43 @@ def sweep_figure(table: pl.DataFrame, dims: list[str]) -> plt.Figure:
             if others and i == 0 and j == 0:
                 ax.legend(fontsize=6)
     return fig
+
+
+def compare_depth(layers: pl.DataFrame) -> plt.Figure:
+    """The unified view: each measure against relative depth, one colour per model, one marker per
+    point kind (CNN filters and CCT FF / MHA / block points on the same axes); bars: spread over
+    seeds (sd), and for SNR also the seed-mean 95% node-bootstrap interval (thin)."""
+    panels = [("readout_accuracy", "readout accuracy"), ("mean_cluster_size", "mean cluster size"),
+              ("mean_noise", "mean noise"), ("snr", "SNR (mean signal / mean noise)"),
+              ("frac_no_cluster", "fraction of nodes without cluster"), ("noise_per_label", "noise per covered label")]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
+    models = layers["model"].unique(maintain_order=True).to_list()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (col, title) in zip(axes.flat, panels):
+        for i, model in enumerate(models):
+            t = layers.filter(pl.col("model") == model).sort("relative_depth")
+            color = colors[i % len(colors)]
+            x, y = t["relative_depth"].to_numpy(), t[col].to_numpy().astype(float)
+            ax.plot(x, y, color=color, lw=1.2, alpha=0.7, label=f"{model} ({t['family'][0]})")
+            sd = t[f"{col}_sd"].to_numpy().astype(float) if f"{col}_sd" in t.columns else np.zeros_like(y)
+            sd = np.where(np.isfinite(sd), sd, 0.0)
+            if col == "snr":
+                lo, hi = t["snr_lo"].to_numpy().astype(float), t["snr_hi"].to_numpy().astype(float)
+                ax.vlines(x, lo, hi, color=color, lw=0.8, alpha=0.5)
+            for kind in t["kind"].unique(maintain_order=True):
+                sel = (t["kind"] == kind).to_numpy()
+                marker = KIND_STYLE.get(kind, ("k", "o"))[1]
+                ax.errorbar(x[sel], y[sel], yerr=sd[sel], color=color, marker=marker, ls="none", capsize=3,
+                            mfc="white" if kind in ("mha", "block") else color)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("relative depth (0: first point, 1: last)")
+        ax.set_xlim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color="k", marker=KIND_STYLE[k][1], ls="none",
+                          mfc="white" if k in ("mha", "block") else "k", label=name)
+               for k, name in (("conv", "conv (CNN filters, CCT tokenizer)"), ("mha", "MHA"), ("ff", "FF hidden"),
+                               ("block", "block output"))]
+    axes.flat[0].legend(fontsize=8, loc="lower right")
+    axes.flat[3].legend(handles=handles, fontsize=7, loc="best")
+    fig.suptitle("Per-layer SNP measures along relative depth (mean over seeds; bars: sd over seeds)")
+    return fig

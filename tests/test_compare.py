@@ -1,0 +1,170 @@
+"""The unified study (snp_service.compare): the spec's compare section, the pure tables, and one
+small end-to-end comparison of a CNN and a CCT with two seeds through the real pipeline."""
+
+import math
+
+import polars as pl
+import pytest
+import yaml
+
+from snp_service import compare
+from snp_service.errors import SpecError, StoreError
+from snp_service.spec import load_spec, spec_from_dict
+from tests.conftest import REPO, tiny_job
+
+VGG = {"label": "vgg", "model": {"name": "vgg11_bn"}, "train": {"optimizer": "sgd", "lr": 0.05},
+       "measure": {"points": ["features.2", "features.13", "features.27"]}}
+
+
+def _compare_job(tmp, seeds=(0, 1), **extra) -> dict:
+    job = tiny_job(tmp, **{"analysis.readout_epochs": 3, "analysis.bootstrap": 50, "heads.null_draws": 200,
+                           "train.epochs": 2, **extra})
+    job["compare"] = {"seeds": list(seeds), "models": [VGG, {"label": "cct"}]}
+    return job
+
+
+def test_compare_section_expands_into_one_job_per_model_and_seed(tmp_path):
+    spec = spec_from_dict(_compare_job(tmp_path, seeds=(3, 5)))
+    runs = compare.variants(spec)
+    assert [(label, seed) for label, seed, _ in runs] == [("vgg", 3), ("cct", 3), ("vgg", 5), ("cct", 5)]
+    vgg, cct = runs[0][2], runs[1][2]
+    assert vgg.name == "tiny-vgg-s3" and vgg.model.name == "vgg11_bn" and vgg.train.optimizer == "sgd"
+    assert vgg.train.seed == 3 and vgg.train.epochs == 2  # merged field by field: the rest is the base's
+    assert vgg.selected_points() == ["features.2", "features.13", "features.27"]
+    assert cct.model == spec.model and cct.compare is None
+    assert len({v.job_id() for _, _, v in runs}) == 4
+    # the comparison does not change the base job's own id
+    plain = _compare_job(tmp_path)
+    plain.pop("compare")
+    assert spec_from_dict(plain).job_id() == spec.job_id()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda j: j["compare"]["models"].append({"label": "vgg"}), "labels must be unique"),
+    (lambda j: j["compare"].update(seeds=[1, 1]), "seeds must be unique"),
+    (lambda j: j["compare"]["models"][1].update(analysis={"threshold": 0.5}), "shared by every model"),
+    (lambda j: j["compare"]["models"][0].update(pruning={"structural_fraction": 0.5}),
+     "compare model 'vgg' (seed 0)"),
+    (lambda j: j["compare"]["models"][0].update(model={"name": "resnet50"}), "unknown model 'resnet50'"),
+    (lambda j: j.update(sweep={"threshold": [0.2, 0.4]}), "compare and sweep exclude each other"),
+])
+def test_bad_compare_sections_are_refused_naming_the_problem(tmp_path, change, message):
+    job = _compare_job(tmp_path)
+    change(job)
+    with pytest.raises(SpecError, match="compare") as e:
+        spec_from_dict(job, "job.yaml")
+    assert message in str(e.value)
+
+
+def test_the_shipped_unified_job_is_valid_and_pairs_a_cnn_with_a_cct():
+    spec = load_spec(REPO / "jobs" / "unified_cifar10.yaml")
+    runs = compare.variants(spec)
+    assert {v.model.name for _, _, v in runs} == {"vgg11_bn", "cct_2_3x2_32"}
+    assert spec.compare.seeds == [0, 1, 2] and len(runs) == 6
+    assert len({(v.dataset, v.analysis.threshold) for _, _, v in runs}) == 1
+
+
+def _layers(snr, lo, hi, points=("a", "b", "c"), kind="conv"):
+    n = len(points)
+    return pl.DataFrame({"point": list(points), "kind": [kind] * n, "readout_accuracy": [0.5] * n,
+                         "mean_cluster_size": [2.0] * n, "mean_noise": [1.0] * n, "noise_per_label": [0.5] * n,
+                         "snr": snr, "frac_no_cluster": [0.1] * n, "snr_lo": lo, "snr_hi": hi})
+
+
+def test_depth_table_places_points_between_0_and_1_in_forward_order():
+    t = compare.depth_table("m", 0, _layers([1, 2], [0, 1], [2, 3], points=("b", "d")), ["a", "b", "c", "d", "e"], "CNN")
+    assert t["relative_depth"].to_list() == [0.25, 0.75]
+    assert t["family"].to_list() == ["CNN", "CNN"] and t["seed"].to_list() == [0, 0]
+    with pytest.raises(StoreError, match="not points of the model"):
+        compare.depth_table("m", 0, _layers([1], [0], [2], points=("z",)), ["a", "b"], "CNN")
+
+
+def test_aggregate_gives_mean_and_spread_over_seeds():
+    pts = ["a", "b", "c"]
+    runs = pl.concat([compare.depth_table("m", 0, _layers([1.0, 2.0, 3.0], [0.9, 1.9, 2.9], [1.1, 2.1, 3.1]), pts, "CCT"),
+                      compare.depth_table("m", 1, _layers([2.0, 2.0, 5.0], [1.9, 1.9, 4.9], [2.1, 2.1, 5.1]), pts, "CCT")])
+    agg = compare.aggregate(runs)
+    assert agg["seeds"].to_list() == [2, 2, 2]
+    assert agg["snr"].to_list() == [1.5, 2.0, 4.0]
+    assert agg["snr_sd"].to_list() == pytest.approx([math.sqrt(0.5), 0.0, math.sqrt(2.0)])
+    assert agg["snr_lo"].to_list() == pytest.approx([1.4, 1.9, 3.9])
+
+
+def _runs(per_seed):
+    return pl.concat([compare.depth_table("m", s, _layers(*args), ["a", "b", "c"], "CNN")
+                      for s, args in enumerate(per_seed)])
+
+
+def test_trend_rises_only_when_the_intervals_separate_in_every_seed():
+    up = ([1.0, 1.5, 2.0], [0.8, 1.2, 1.8], [1.2, 1.8, 2.2])
+    assert compare.trends(_runs([up, up]))["verdict"].to_list() == ["rises", "rises"]  # all points, then conv
+    overlapping = ([1.0, 1.5, 1.3], [0.8, 1.2, 1.1], [1.2, 1.8, 1.5])
+    t = compare.trends(_runs([up, overlapping])).row(0, named=True)
+    assert t["verdict"] == "no clear trend" and (t["first"], t["last"]) == ("a", "c")
+    down = ([2.0, 1.5, 1.0], [1.8, 1.2, 0.8], [2.2, 1.8, 1.2])
+    t = compare.trends(_runs([down, down])).row(0, named=True)
+    assert t["verdict"] == "falls" and t["spearman_rho"] == pytest.approx(-1.0)
+
+
+def test_andc_and_heads_summaries_average_over_seeds():
+    andc = pl.DataFrame({"model": ["m", "m"], "seed": [0, 1], "point": ["p", "p"], "method": ["andc", "andc"],
+                         "kept_fraction": [0.2, 0.4], "accuracy_full": [0.8, 0.6], "accuracy_pruned": [0.7, 0.6],
+                         "accuracy_finetuned": [0.8, 0.62]})
+    s = compare.andc_summary(andc).row(0, named=True)
+    assert s["kept_fraction"] == pytest.approx(0.3) and s["change_pruned"] == pytest.approx(-5.0)
+    assert s["change_finetuned"] == pytest.approx(1.0) and s["seeds"] == 2
+    heads = pl.DataFrame({"model": ["m"] * 3, "seed": [0, 1, 2], "point": ["p"] * 3, "mean_labels_per_head": [3.0] * 3,
+                          "mean_heads_per_label": [1.5] * 3, "observed_jaccard": [0.1, 0.2, None],
+                          "null_mean": [0.3, 0.3, None], "z": [3.0, 1.0, None], "p_value": [0.01, 0.2, None],
+                          "status": ["ok", "ok", "undefined"]})
+    h = compare.heads_summary(heads).row(0, named=True)
+    assert (h["seeds"], h["defined"], h["specialised_seeds"]) == (3, 2, 1)
+    assert h["z_mean"] == pytest.approx(2.0) and h["observed_jaccard"] == pytest.approx(0.15)
+
+
+@pytest.mark.slow
+def test_unified_study_end_to_end_and_compare_command(tmp_path, ray_cluster, capsys):
+    """A VGG and a tiny CCT, two seeds each, through `snp-service run`; then `snp-service compare` on
+    the stored job ids gives the same per-layer table."""
+    from snp_service import cli
+
+    job = _compare_job(tmp_path, **{"pruning.enabled": True, "pruning.finetune_epochs": 1,
+                                    "pruning.curve_thresholds": [0.3]})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert cli.main(["run", str(tmp_path / "job.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "compare: run 4/4: cct seed 1" in out and "comparison: " in out
+    study_dirs = list((tmp_path / "results" / compare.STUDIES).iterdir())
+    assert len(study_dirs) == 1
+    d = study_dirs[0]
+    layers = pl.read_parquet(d / "compare" / "layers.parquet")
+    assert set(layers["model"]) == {"vgg", "cct"} and set(layers["seeds"]) == {2}
+    assert layers.filter(pl.col("model") == "vgg")["point"].to_list() == ["features.2", "features.13", "features.27"]
+    assert layers["relative_depth"].min() >= 0 and layers["relative_depth"].max() <= 1
+    assert set(layers.filter(pl.col("model") == "cct")["kind"]) == {"conv", "mha", "ff", "block"}
+    acc = pl.read_parquet(d / "compare" / "accuracy_summary.parquet")
+    assert acc["seeds"].to_list() == [2, 2] and acc["family"].to_list() == ["CNN", "CCT"]
+    assert (d / "report" / "figures" / "compare_depth.png").stat().st_size > 10_000
+    page = (d / "report" / "report.html").read_text()
+    for heading in ("Per-layer measures along relative depth", "Does SNR rise", "ANDC pruning", "Attention heads"):
+        assert heading in page
+    runs = pl.read_parquet(d / "compare" / "accuracy.parquet")["job_id"].to_list()
+    # the same comparison from the stored jobs (labels become the model names)
+    assert cli.main(["compare", *runs, "--store", str(tmp_path / "results"), "--name", "again"]) == 0
+    again = sorted((tmp_path / "results" / compare.STUDIES).glob("again-compare-*"))
+    t = pl.read_parquet(again[0] / "compare" / "layers.parquet")
+    assert t["snr"].to_list() == layers["snr"].to_list()
+    assert set(t["model"]) == {"vgg11_bn", "cct_2_3x2_32"}
+    # jobs on different data are refused: a comparison needs the same evaluation split
+    other = tiny_job(tmp_path / "other", name="other", **{"train.epochs": 1, "analysis.readout_epochs": 1,
+                                                         "analysis.bootstrap": 10, "heads.null_draws": 100})
+    other["storage"] = job["storage"]
+    assert cli.main(["run", _write(tmp_path / "other.yaml", other)]) == 0
+    other_id = spec_from_dict(other).job_id()
+    assert cli.main(["compare", runs[0], other_id, "--store", str(tmp_path / "results")]) == 2
+    assert "differ in dataset" in capsys.readouterr().err
+
+
+def _write(path, job) -> str:
+    path.write_text(yaml.safe_dump(job))
+    return str(path)
