@@ -393,16 +393,17 @@ def summary_markdown(tables: dict[str, pl.DataFrame], runs: list[Run], where: st
                   f"{r['snr_first']:.2f} → {r['snr_last']:.2f}",
                   "n/a" if math.isnan(r["spearman_rho"]) else f"{r['spearman_rho']:.2f}", r["verdict"]]
                  for r in tr.iter_rows(named=True)],
-                ["model", "points", "n", "from → to", "SNR", "Spearman rho", "verdict"]), ""]
+                ["model", "kind", "points", "from → to", "SNR", "Spearman rho", "verdict"]), ""]
     if "andc" in tables:
         a = tables["andc"]
         out += ["**ANDC pruning of the readouts** (accuracy change in points; baselines keep as many labels per "
                 "node)", "", _md(
                     [[r["model"], r["point"], r["method"], fmt_mean_sd(r["kept_fraction"], r["kept_fraction_sd"]),
+                      f"{1 - r['kept_fraction']:.2f}",
                       fmt_mean_sd(r["accuracy_full"], r["accuracy_full_sd"], 100, 1),
                       fmt_mean_sd(r["change_pruned"], r["change_pruned_sd"], 1, 1),
                       fmt_mean_sd(r["change_finetuned"], r["change_finetuned_sd"], 1, 1)] for r in a.iter_rows(named=True)],
-                    ["model", "point", "method", "kept fraction", "full readout acc. %", "change pruned",
+                    ["model", "point", "method", "kept fraction", "pruned", "full readout acc. %", "change pruned",
                      "change fine-tuned"]), ""]
     if "heads" in tables:
         h = tables["heads"]

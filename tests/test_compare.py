@@ -155,16 +155,15 @@ def test_unified_study_end_to_end_and_compare_command(tmp_path, ray_cluster, cap
     t = pl.read_parquet(again[0] / "compare" / "layers.parquet")
     assert t["snr"].to_list() == layers["snr"].to_list()
     assert set(t["model"]) == {"vgg11_bn", "cct_2_3x2_32"}
-    # jobs on different data are refused: a comparison needs the same evaluation split
-    other = tiny_job(tmp_path / "other", name="other", **{"train.epochs": 1, "analysis.readout_epochs": 1,
-                                                         "analysis.bootstrap": 10, "heads.null_draws": 100})
-    other["storage"] = job["storage"]
-    assert cli.main(["run", _write(tmp_path / "other.yaml", other)]) == 0
-    other_id = spec_from_dict(other).job_id()
-    assert cli.main(["compare", runs[0], other_id, "--store", str(tmp_path / "results")]) == 2
-    assert "differ in dataset" in capsys.readouterr().err
 
 
-def _write(path, job) -> str:
-    path.write_text(yaml.safe_dump(job))
-    return str(path)
+def test_jobs_on_different_data_or_thresholds_are_refused(tmp_path):
+    a = spec_from_dict(tiny_job(tmp_path)).model_dump(mode="json")
+    b = spec_from_dict(tiny_job(tmp_path / "other")).model_dump(mode="json")
+    c = spec_from_dict(tiny_job(tmp_path, **{"analysis.threshold": 0.5})).model_dump(mode="json")
+    run = lambda spec, jid: compare.Run("m", 0, jid, None, spec)  # noqa: E731
+    compare.check_comparable([run(a, "a"), run(a, "a2")])
+    with pytest.raises(StoreError, match="differ in dataset.root"):
+        compare.check_comparable([run(a, "a"), run(b, "b")])
+    with pytest.raises(StoreError, match="differ in analysis.threshold"):
+        compare.check_comparable([run(a, "a"), run(c, "c")])
