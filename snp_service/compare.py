@@ -27,8 +27,7 @@ import polars as pl
 
 from snp_service.errors import SpecError, StoreError
 from snp_service.spec import JobSpec, spec_from_dict
-
-STUDIES = "_studies"  # job names start with a letter or digit, so this never collides with a job
+from snp_service.study import STUDIES  # noqa: F401 (where comparisons are written, beside the other studies)
 MEASURES = ["readout_accuracy", "mean_cluster_size", "mean_noise", "noise_per_label", "snr", "frac_no_cluster"]
 # spec fields that may differ between the runs of one comparison (everything else must agree)
 SHARED = (("dataset", None), ("analysis", ("threshold", "normalise")))
