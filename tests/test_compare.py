@@ -10,7 +10,7 @@ import yaml
 from snp_service import compare
 from snp_service.errors import SpecError, StoreError
 from snp_service.spec import load_spec, spec_from_dict
-from tests.conftest import REPO, tiny_job
+from tests.conftest import REPO, SHARED_CIFAR10, tiny_job
 
 VGG = {"label": "vgg", "model": {"name": "vgg11_bn"}, "train": {"optimizer": "sgd", "lr": 0.05},
        "measure": {"points": ["features.2", "features.13", "features.27"]}}
@@ -56,6 +56,7 @@ def test_bad_compare_sections_are_refused_naming_the_problem(tmp_path, change, m
     assert message in str(e.value)
 
 
+@pytest.mark.skipif(not SHARED_CIFAR10.exists(), reason="needs the real CIFAR-10 archive in ../shared/datasets")
 def test_the_shipped_unified_job_is_valid_and_pairs_a_cnn_with_a_cct():
     spec = load_spec(REPO / "jobs" / "unified_cifar10.yaml")
     runs = compare.variants(spec)
