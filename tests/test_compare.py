@@ -1,6 +1,7 @@
 """The unified study (snp_service.compare): the spec's compare section, the pure tables, and one
 small end-to-end comparison of a CNN and a CCT with two seeds through the real pipeline."""
 
+import copy
 import math
 
 import polars as pl
@@ -19,7 +20,7 @@ VGG = {"label": "vgg", "model": {"name": "vgg11_bn"}, "train": {"optimizer": "sg
 def _compare_job(tmp, seeds=(0, 1), **extra) -> dict:
     job = tiny_job(tmp, **{"analysis.readout_epochs": 3, "analysis.bootstrap": 50, "heads.null_draws": 200,
                            "train.epochs": 2, **extra})
-    job["compare"] = {"seeds": list(seeds), "models": [VGG, {"label": "cct"}]}
+    job["compare"] = {"seeds": list(seeds), "models": [copy.deepcopy(VGG), {"label": "cct"}]}  # tests edit it
     return job
 
 
