@@ -77,13 +77,13 @@ def _print_study(tables) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from snp_service.compare import runs_from_store, write_study
-
     import re
 
+    from snp_service.compare import runs_from_store, write_study
     from snp_service.errors import SpecError
+    from snp_service.spec import _NAME_RX
 
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", args.name) or ".." in args.name:
+    if not re.match(_NAME_RX, args.name) or ".." in args.name:  # the rule for job names: it names a folder
         raise SpecError(f"--name {args.name!r}: use letters, digits, _ . - (no path separators)")
     store = _store(args.store)
     runs = runs_from_store(store, args.job_ids)

@@ -27,9 +27,10 @@ import polars as pl
 
 from snp_service.errors import SpecError, StoreError
 from snp_service.spec import JobSpec, spec_from_dict
-from snp_service.study import STUDIES  # noqa: F401 (where comparisons are written, beside the other studies)
+from snp_service.study import STUDIES  # comparisons are written beside the other studies
+
 MEASURES = ["readout_accuracy", "mean_cluster_size", "mean_noise", "noise_per_label", "snr", "frac_no_cluster"]
-# spec fields that may differ between the runs of one comparison (everything else must agree)
+# spec fields every run of one comparison must share (None: the whole section)
 SHARED = (("dataset", None), ("analysis", ("threshold", "normalise")))
 
 
@@ -144,7 +145,7 @@ def andc_summary(andc: pl.DataFrame) -> pl.DataFrame:
 
 def heads_summary(heads: pl.DataFrame) -> pl.DataFrame:
     """Per (model, MHA point): over seeds, how many overlap tests were defined, mean observed Jaccard,
-    mean null Jaccard and mean z; `fewer than chance` counts seeds with z > 0 and p < 0.05."""
+    mean null Jaccard and mean z; `specialised_seeds` counts seeds with z > 0 and p < 0.05."""
     d = heads.with_columns((pl.col("status") == "ok").alias("_ok"))
     ok = pl.col("_ok")
     return d.group_by("model", "point", maintain_order=True).agg(
@@ -167,10 +168,6 @@ class Run:
     spec: dict
 
 
-def _family(spec: dict) -> str:
-    return "CNN" if spec["model"]["name"].startswith("vgg") else "CCT"
-
-
 def check_comparable(runs: list[Run]) -> None:
     """Every run must share the dataset, evaluation split and threshold (else the comparison is void)."""
     ref = runs[0]
@@ -187,7 +184,8 @@ def check_comparable(runs: list[Run]) -> None:
 
 def collect(runs: list[Run]) -> dict[str, pl.DataFrame]:
     """All comparison tables from the runs' stored results."""
-    from snp_service.models.registry import measurement_points, model_config
+    from snp_service.models.registry import measurement_points
+    from snp_service.spec import ModelSpec
 
     check_comparable(runs)
     layers, andc, heads, acc = [], [], [], []
@@ -197,11 +195,12 @@ def collect(runs: list[Run]) -> dict[str, pl.DataFrame]:
         if ev is None or not job.exists("snp/layers.parquet"):
             raise StoreError(f"job {r.job_id} has not finished its evaluate and snp stages; run it first")
         m = r.spec["model"]
-        cfg = model_config(m["name"], **{k: m.get(k) for k in ("num_heads", "num_layers", "embedding_dim", "mlp_ratio")})
+        cfg = ModelSpec.model_validate(m).config()
+        family = "CNN" if cfg.family == "vgg" else "CCT"
         all_points = list(measurement_points(cfg, r.spec["dataset"]["image_size"]))
-        layers.append(depth_table(r.model, r.seed, job.read_table("snp/layers.parquet"), all_points, _family(r.spec)))
+        layers.append(depth_table(r.model, r.seed, job.read_table("snp/layers.parquet"), all_points, family))
         train = job.stage_result("train") or {}
-        acc.append({"model": r.model, "family": _family(r.spec), "network": m["name"], "seed": r.seed,
+        acc.append({"model": r.model, "family": family, "network": m["name"], "seed": r.seed,
                     "job_id": r.job_id, "epochs": r.spec["train"]["epochs"], "accuracy": ev["accuracy"],
                     "eval_images": ev.get("images"), "train_seconds": train.get("seconds")})
         if job.exists("prune/andc.parquet"):
@@ -230,7 +229,7 @@ def runs_from_store(store, job_ids: list[str]) -> list[Run]:
     """Runs for `snp-service compare JOB_ID ...`: the label is the model name, extended with the job
     name where one model was trained with different settings (other than the seed)."""
     known = set(store.job_ids())
-    runs, groups = [], {}
+    runs, settings = [], {}  # settings: model name -> its distinct settings, in order of appearance
     for jid in job_ids:
         if jid not in known:
             raise StoreError(f"no job {jid!r} in {store.uri}; `snp-service results --store {store.uri}` lists them")
@@ -239,12 +238,14 @@ def runs_from_store(store, job_ids: list[str]) -> list[Run]:
         setting = {k: v for k, v in spec.items() if k not in ("name", "description", "storage", "compute", "compare")}
         setting["train"] = {k: v for k, v in setting["train"].items() if k != "seed"}
         key = json.dumps(setting, sort_keys=True)
-        groups.setdefault(spec["model"]["name"], {}).setdefault(key, len(groups.get(spec["model"]["name"], {})))
+        seen_keys = settings.setdefault(spec["model"]["name"], [])
+        if key not in seen_keys:
+            seen_keys.append(key)
         runs.append((jid, job, spec, key))
     out = []
     for jid, job, spec, key in runs:
         name = spec["model"]["name"]
-        label = name if len(groups[name]) == 1 else f"{name}#{groups[name][key] + 1}"
+        label = name if len(settings[name]) == 1 else f"{name}#{settings[name].index(key) + 1}"
         out.append(Run(label, spec["train"]["seed"], jid, job, spec))
     seen = {}
     for r in out:
@@ -277,8 +278,7 @@ def run_study(spec: JobSpec, progress: Callable[[str], None] = print) -> StudyOu
     for i, (label, seed, v) in enumerate(plan, 1):
         progress(f"compare: run {i}/{len(plan)}: {label} seed {seed} -> job {v.job_id()}")
         outcome = pipeline.run(v, progress)
-        job = store.job(outcome.job_id)
-        runs.append(Run(label, seed, outcome.job_id, job, job.read_json("spec.json")))
+        runs.append(Run(label, seed, outcome.job_id, store.job(outcome.job_id), v.model_dump(mode="json")))
     return write_study(store, spec.name, runs, progress, spec.model_dump(mode="json"))
 
 
@@ -299,10 +299,8 @@ def write_study(store, name: str, runs: list[Run], progress: Callable[[str], Non
 
 
 def write_report(study, tables: dict[str, pl.DataFrame], runs: list[Run], spec_json: dict | None) -> str:
-    import yaml
-
     from snp_service import figures
-    from snp_service.report import _PAGE, _fig_to, _fmt, html_table
+    from snp_service.report import _fig_to, html_table, page
     from snp_service.store import code_version
 
     fig = _fig_to(study, "compare_depth", figures.compare_depth(tables["layers"]))
@@ -334,17 +332,10 @@ def write_report(study, tables: dict[str, pl.DataFrame], runs: list[Run], spec_j
             "evaluation subset per class": spec0["dataset"].get("eval_max_per_class") or "all",
             "training subset per class": spec0["dataset"].get("max_per_class") or "all",
             "threshold": spec0["analysis"]["threshold"], "seeds": sorted({r.seed for r in runs})}
-    prov_html = "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in prov.items()) \
-        + "</table>"
     definitions = ("<p>Relative depth: a point's index among all measurement points of its model in forward order "
                    "/ (points - 1). Per-point definitions as in each run's report (METHOD.md section 2).</p>")
-    page = _PAGE.format(
-        title=html.escape(f"snp-service comparison: {study.job_id}"),
-        toc="".join(f"<li><a href='#s{i}'>{html.escape(t)}</a></li>" for i, (t, _) in enumerate(sections)),
-        body="".join(f"<h2 id='s{i}'>{html.escape(t)}</h2>{b}" for i, (t, b) in enumerate(sections)),
-        prov=prov_html, definitions=definitions,
-        spec=f"<pre>{html.escape(yaml.safe_dump(spec_json, sort_keys=False))}</pre>" if spec_json else "<p>n/a</p>")
-    return study.write_text("report/report.html", page)
+    return study.write_text("report/report.html", page(f"snp-service comparison: {study.job_id}", sections, prov,
+                                                       definitions, spec_json))
 
 
 def fmt_mean_sd(mean, sd=None, scale: float = 1.0, digits: int = 2) -> str:

@@ -215,6 +215,7 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
     panels = [("readout_accuracy", "readout accuracy"), ("mean_cluster_size", "mean cluster size"),
               ("mean_noise", "mean noise"), ("snr", "SNR (mean signal / mean noise)"),
               ("frac_no_cluster", "fraction of nodes without cluster"), ("noise_per_label", "noise per covered label")]
+    hollow = ("mha", "block")  # transformer points drawn with open markers
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
     models = layers["model"].unique(maintain_order=True).to_list()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -233,13 +234,13 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
                 sel = (t["kind"] == kind).to_numpy()
                 marker = KIND_STYLE.get(kind, ("k", "o"))[1]
                 ax.errorbar(x[sel], y[sel], yerr=sd[sel], color=color, marker=marker, ls="none", capsize=3,
-                            mfc="white" if kind in ("mha", "block") else color)
+                            mfc="white" if kind in hollow else color)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("relative depth (0: first point, 1: last)")
         ax.set_xlim(-0.05, 1.05)
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color="k", marker=KIND_STYLE[k][1], ls="none",
-                          mfc="white" if k in ("mha", "block") else "k", label=name)
+                          mfc="white" if k in hollow else "k", label=name)
                for k, name in (("conv", "conv (CNN filters, CCT tokenizer)"), ("mha", "MHA"), ("ff", "FF hidden"),
                                ("block", "block output"))]
     axes.flat[0].legend(fontsize=8, loc="lower right")

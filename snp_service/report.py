@@ -155,19 +155,25 @@ def build(job: JobStore, progress=lambda _m: None) -> str:
             "device / precision": f"{(stages['train'] or {}).get('device')} / {(stages['train'] or {}).get('precision')}",
             "hardware": _hardware(),
             "durations (s)": ", ".join(f"{k} {v['seconds']:.0f}" for k, v in stages.items() if v)}
-    prov_html = "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in prov.items()) \
-        + "</table>"
-    import yaml
-
-    spec_html = f"<pre>{html.escape(yaml.safe_dump(spec, sort_keys=False))}</pre>"
-    page = _PAGE.format(
-        title=html.escape(f"snp-service report: {job.job_id}"),
-        toc="".join(f"<li><a href='#s{i}'>{html.escape(t)}</a></li>" for i, (t, _) in enumerate(sections)),
-        body="".join(f"<h2 id='s{i}'>{html.escape(t)}</h2>{b}" for i, (t, b) in enumerate(sections)),
-        prov=prov_html, spec=spec_html, definitions=DEFINITIONS)
-    path = job.write_text("report/report.html", page)
+    path = job.write_text("report/report.html", page(f"snp-service report: {job.job_id}", sections, prov,
+                                                     DEFINITIONS, spec))
     progress(f"report: {job.uri}/report/report.html ({len(sections)} sections)")
     return path
+
+
+def page(title: str, sections: list[tuple[str, str]], prov: dict, definitions: str, spec: dict | None) -> str:
+    """A self-contained report page: provenance table, table of contents, sections (title, HTML),
+    definitions and the spec as YAML."""
+    import yaml
+
+    prov_html = "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in prov.items()) \
+        + "</table>"
+    return _PAGE.format(
+        title=html.escape(title),
+        toc="".join(f"<li><a href='#s{i}'>{html.escape(t)}</a></li>" for i, (t, _) in enumerate(sections)),
+        body="".join(f"<h2 id='s{i}'>{html.escape(t)}</h2>{b}" for i, (t, b) in enumerate(sections)),
+        prov=prov_html, definitions=definitions,
+        spec=f"<pre>{html.escape(yaml.safe_dump(spec, sort_keys=False))}</pre>" if spec else "<p>n/a</p>")
 
 
 def _hardware() -> str:
