@@ -68,7 +68,7 @@ def main() -> None:
              f"Machine: {hw['cpu']}, {hw['cpu_count']} cores, torch {hw['torch']}, {torch.get_num_threads()} threads. "
              f"Command: `python bench/bench_prune.py --job {args.job} --repeats {args.repeats}` on job "
              f"`{job.job_id}` ({spec.model.name}, {spec.train.epochs} epochs, seed {spec.train.seed}); readout "
-             f"{spec.analysis.readout}, threshold {spec.pruning.threshold or spec.analysis.threshold}, fine-tune "
+             f"{spec.analysis.readout}, threshold {spec.analysis.threshold if spec.pruning.threshold is None else spec.pruning.threshold}, fine-tune "
              f"{spec.pruning.finetune_epochs} epochs. Accuracies are the job's own (prune stage), on the "
              f"{len(classes)}-class test split.\n",
              "### ANDC vs baselines at equal kept connections per node (readout accuracy)\n",

@@ -41,11 +41,15 @@ def layer_curves(layers: pl.DataFrame) -> plt.Figure:
                 ax.errorbar(x[sel], y, yerr=err, color=color, marker=marker, ls="-", capsize=3, label=kind)
             else:
                 ax.plot(x[sel], y, color=color, marker=marker, label=kind)
+        if col == "snr" and "null_snr" in layers.columns:
+            ax.plot(x, layers["null_snr"].to_numpy().astype(float), color="k", ls=":", marker="x", lw=1,
+                    label="chance level (labels permuted)")
+            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.set_xticks(x, layers["point"].to_list(), rotation=60, ha="right", fontsize=7)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Per-layer SNP statistics along the network (bars: 95% node-bootstrap intervals)")
+    fig.suptitle("Per-layer SNP statistics along the network (bars: 95% BCa node-bootstrap intervals)")
     return fig
 
 
@@ -117,8 +121,11 @@ def heads_figure(point: str, heads_labels: np.ndarray, null: np.ndarray | None, 
         b.axvline(summary["observed_jaccard"], color="red", label="observed")
         b.legend(fontsize=7)
     b.set_xlabel("mean pairwise Jaccard overlap", fontsize=8)
-    verdict = (f"z = {summary['z']:.2f}, p = {summary['p_value']:.4f}" if summary["status"] == "ok"
-               else "undefined: " + summary["reason"][:60])
+    if summary["status"] == "undefined":
+        verdict = "undefined: " + summary["reason"][:60]
+    else:
+        verdict = (f"p = {summary['p_value']:.4f} (smallest attainable {summary['p_min']:.4f})"
+                   + (": uninformative" if summary["status"] == "uninformative" else ""))
     b.set_title(verdict, fontsize=9)
     return fig
 
@@ -170,7 +177,8 @@ def training_curves(metrics: pl.DataFrame) -> plt.Figure:
 def heads_study(table: pl.DataFrame) -> plt.Figure:
     """Measures vs number of heads (width fixed), one line per MHA point."""
     panels = [("accuracy", "network accuracy"), ("snr", "SNR at the point"),
-              ("mean_labels_per_head", "labels per head"), ("z", "overlap z vs null (undefined: gap)")]
+              ("mean_labels_per_head", "labels per head"),
+              ("overlap_deficit", "overlap deficit vs null (undefined: gap)")]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), constrained_layout=True)
     for ax, (col, title) in zip(axes, panels):
         for p in table["point"].unique(maintain_order=True):
@@ -187,7 +195,7 @@ def heads_study(table: pl.DataFrame) -> plt.Figure:
 
 def sweep_figure(table: pl.DataFrame, dims: list[str]) -> plt.Figure:
     """Each measure against each swept dimension (other dimensions as separate lines)."""
-    measures = [c for c in ("accuracy", "mean_snr", "heads_z", "andc_drop") if c in table.columns]
+    measures = [c for c in ("accuracy", "mean_snr", "heads_p", "andc_drop") if c in table.columns]
     fig, axes = plt.subplots(len(dims), max(1, len(measures)), figsize=(3.6 * max(1, len(measures)), 3 * len(dims)),
                              squeeze=False, constrained_layout=True)
     for i, d in enumerate(dims):
@@ -211,7 +219,8 @@ def sweep_figure(table: pl.DataFrame, dims: list[str]) -> plt.Figure:
 def compare_depth(layers: pl.DataFrame) -> plt.Figure:
     """The unified view: each measure against relative depth, one colour per model, one marker per
     point kind (CNN filters and CCT FF / MHA / block points on the same axes); bars: spread over
-    seeds (sd), and for SNR also the seed-mean 95% node-bootstrap interval (thin)."""
+    seeds (sd), and for SNR also the 95% t-interval of the mean over seeds (thin) and the chance-level
+    (null) SNR of each point (dotted)."""
     panels = [("readout_accuracy", "readout accuracy"), ("mean_cluster_size", "mean cluster size"),
               ("mean_noise", "mean noise"), ("snr", "SNR (mean signal / mean noise)"),
               ("frac_no_cluster", "fraction of nodes without cluster"), ("noise_per_label", "noise per covered label")]
@@ -228,8 +237,10 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
             sd = t[f"{col}_sd"].to_numpy().astype(float) if f"{col}_sd" in t.columns else np.zeros_like(y)
             sd = np.where(np.isfinite(sd), sd, 0.0)
             if col == "snr":
-                lo, hi = t["snr_lo"].to_numpy().astype(float), t["snr_hi"].to_numpy().astype(float)
+                lo, hi = t["snr_seed_lo"].to_numpy().astype(float), t["snr_seed_hi"].to_numpy().astype(float)
                 ax.vlines(x, lo, hi, color=color, lw=0.8, alpha=0.5)
+                if "null_snr" in t.columns:
+                    ax.plot(x, t["null_snr"].to_numpy().astype(float), color=color, ls=":", lw=1.2)
             for kind in t["kind"].unique(maintain_order=True):
                 sel = (t["kind"] == kind).to_numpy()
                 marker = KIND_STYLE.get(kind, ("k", "o"))[1]
@@ -245,5 +256,6 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
                                ("block", "block output"))]
     axes.flat[0].legend(fontsize=8, loc="lower right")
     axes.flat[3].legend(handles=handles, fontsize=7, loc="best")
-    fig.suptitle("Per-layer SNP measures along relative depth (mean over seeds; bars: sd over seeds)")
+    fig.suptitle("Per-layer SNP measures along relative depth (mean over seeds; bars: sd over seeds; "
+                 "SNR: thin lines 95% t-interval over seeds, dotted: chance-level SNR)")
     return fig

@@ -13,11 +13,20 @@ Pure numpy/torch, no I/O. Definitions (the report repeats them):
   are left out); the observed overlap is the mean over pairs.
 - Null model: every head keeps its number of labels, but the labels are drawn uniformly at random
   without replacement, independently per head; `draws` draws (seeded) give the null distribution
-  of the mean pairwise Jaccard. Reported: its mean and standard deviation, the z-score
-  (null mean - observed) / null sd (positive: heads overlap less than chance, i.e. they split the
-  labels), and the one-sided p-value P(null <= observed) with the +1 correction.
-- Degenerate cases give status "undefined" and a reason instead of numbers: fewer than two heads
-  with a non-empty label set, or a null with zero spread (e.g. every head covers all labels).
+  of the mean pairwise Jaccard. What it holds fixed: the number of heads, the number of labels and
+  each head's label-set size. What it tests: whether the heads avoid each other's labels (overlap
+  less than sets of those sizes would by chance). What it cannot show: which labels a head prefers
+  or why, how strongly a head recognises a label (the sets are thresholded), or specialisation when
+  the sizes leave no room (sets near L labels must overlap).
+- Reported: the null's mean and sd, the overlap deficit (null mean - observed: positive when heads
+  overlap less than chance), the one-sided p-value P(null <= observed) with the +1 correction, and
+  beside it `p_min`, the smallest p-value the test can give at these sizes (every draw at the
+  null's minimum counts). The null is discrete (it takes few values at small L), so no z-score is
+  given: a z on a handful of support points has no normal reference.
+- Status: "ok"; "uninformative" when p_min >= level (the sizes alone make rejection impossible, so
+  "not significant" says nothing); "undefined" with a reason when fewer than two heads have a
+  non-empty label set, or the null takes a single value (checked on its distinct values, e.g. sizes
+  [10, 9] of 10 labels always overlap 0.9).
 """
 
 from __future__ import annotations
@@ -87,7 +96,7 @@ class HeadAnalysis:
 
 
 def analyse_heads(point: str, raw: torch.Tensor, num_heads: int, threshold: float, draws: int = 10_000,
-                  seed: int = 0) -> HeadAnalysis:
+                  seed: int = 0, level: float = 0.05) -> HeadAnalysis:
     """Everything of METHOD.md section 3 at one MHA point, from its raw node SNP matrices."""
     m = normalise(head_matrices(raw.to(torch.float64), num_heads))
     ns = node_statistics(m, threshold)
@@ -99,23 +108,28 @@ def analyse_heads(point: str, raw: torch.Tensor, num_heads: int, threshold: floa
     summary = {"point": point, "heads": num_heads, "labels": L, "threshold": threshold,
                "mean_labels_per_head": float(sizes.mean()), "mean_heads_per_label": float(per_label.mean()),
                "labels_without_head": int((per_label == 0).sum()), "observed_jaccard": observed,
-               "null_draws": draws, "null_mean": np.nan, "null_sd": np.nan, "z": np.nan, "p_value": np.nan,
-               "status": "ok", "reason": ""}
+               "null_draws": draws, "null_mean": np.nan, "null_sd": np.nan, "overlap_deficit": np.nan,
+               "p_value": np.nan, "p_min": np.nan, "level": level, "status": "ok", "reason": ""}
     null = None
     if (sizes > 0).sum() < 2:
         summary.update(status="undefined", reason=f"{int((sizes > 0).sum())} head(s) with a non-empty label set; "
                        "overlap needs at least two")
     else:
         null = null_overlap(sizes, L, draws, seed)
-        sd = float(null.std())
-        summary.update(null_mean=float(null.mean()), null_sd=sd)
-        if sd == 0.0:
-            summary.update(status="undefined", reason=f"the null model has no spread (label-set sizes "
-                           f"{sizes.tolist()} of {L} labels admit a single overlap value); use more labels, "
+        distinct = np.unique(np.round(null, 9))
+        summary.update(null_mean=float(null.mean()), null_sd=float(null.std()))
+        if len(distinct) == 1:
+            summary.update(status="undefined", reason=f"the null model takes a single value ({distinct[0]:.3f}): "
+                           f"label-set sizes {sizes.tolist()} of {L} labels admit one overlap; use more labels, "
                            "more heads or a higher threshold")
         else:
-            summary.update(z=(float(null.mean()) - observed) / sd,
-                           p_value=float((1 + (null <= observed + 1e-12).sum()) / (1 + draws)))
+            tol = 1e-9
+            p = float((1 + (null <= observed + tol).sum()) / (1 + draws))
+            p_min = float((1 + (null <= null.min() + tol).sum()) / (1 + draws))
+            summary.update(overlap_deficit=float(null.mean()) - observed, p_value=p, p_min=p_min)
+            if p_min >= level:
+                summary.update(status="uninformative", reason=f"at label-set sizes {sizes.tolist()} of {L} labels "
+                               f"the smallest attainable p is {p_min:.3f} >= {level}: the test cannot reject")
     head_stats = {"head": list(range(num_heads)), "labels": sizes.tolist(),
                   "n_clusters": ns.n_clusters.tolist(), "signal": ns.signal.tolist(), "noise": ns.noise.tolist(),
                   "label_set": [",".join(map(str, np.flatnonzero(row))) for row in a]}

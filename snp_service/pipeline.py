@@ -184,7 +184,8 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     info, rows = spec.points(), []
     for p in points:
         raw = torch.from_numpy(job.read_array(f"snp/{p}/snp_raw.npy")).double()
-        r = analyse_heads(p, raw, info[p].heads, spec.analysis.threshold, spec.heads.null_draws, spec.analysis.seed)
+        r = analyse_heads(p, raw, info[p].heads, spec.analysis.threshold, spec.heads.null_draws, spec.analysis.seed,
+                          spec.heads.level)
         job.write_array(f"heads/{p}/heads_labels.npy", r.heads_labels)
         job.write_array(f"heads/{p}/head_matrices.npy", r.head_matrices.numpy().astype(np.float32))
         job.write_table(f"heads/{p}/heads.parquet", pl.DataFrame(r.head_stats))
@@ -193,12 +194,13 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
         rows.append(r.summary)
         s = r.summary
         verdict = (f"observed Jaccard {s['observed_jaccard']:.3f} vs null {s['null_mean']:.3f} +- {s['null_sd']:.3f} "
-                   f"(z {s['z']:.2f}, p {s['p_value']:.4f})" if s["status"] == "ok"
-                   else f"overlap test undefined: {s['reason']}")
+                   f"(p {s['p_value']:.4f}, smallest attainable {s['p_min']:.4f})" if s["status"] == "ok"
+                   else f"overlap test {s['status']}: {s['reason']}")
         progress(f"heads: {p}: {s['mean_labels_per_head']:.1f} labels per head, "
                  f"{s['mean_heads_per_label']:.2f} heads per label; {verdict}")
     job.write_table("heads/summary.parquet", pl.DataFrame(rows))
-    return {"points": len(rows), "undefined": sum(r["status"] != "ok" for r in rows)}
+    return {"points": len(rows), "undefined": sum(r["status"] == "undefined" for r in rows),
+            "uninformative": sum(r["status"] == "uninformative" for r in rows)}
 
 
 def structural_plans(spec: JobSpec, job: JobStore, model: torch.nn.Module) -> dict[str, tuple[dict, dict]]:
@@ -206,22 +208,28 @@ def structural_plans(spec: JobSpec, job: JobStore, model: torch.nn.Module) -> di
     pruning.structural_fraction, from the SNP stage's stored statistics. Blocks whose FF / MHA point
     was not measured keep all their units, under both methods."""
     from snp_service.heads import head_matrices
-    from snp_service.snp import node_statistics, normalise
-    from snp_service.structural import plan, snp_score
+    from snp_service.snp import label_specificity, node_statistics, normalise
+    from snp_service.structural import plan
 
     frac, th = spec.pruning.structural_fraction, spec.analysis.threshold
     measured, info = set(spec.selected_points()), spec.points()
     ff, hs = {}, {}
+
+    def selection_raw(p: str) -> torch.Tensor:  # the images that choose units (pruning.selection_split)
+        path = f"prune/{p}/selection_raw.npy" if spec.pruning.selection_split == "heldout" else f"snp/{p}/snp_raw.npy"
+        return torch.from_numpy(job.read_array(path)).double()
+
     for m in range(len(model.blocks)):
         p = f"blocks.{m}.mlp.hidden"
         if p in measured:
-            t = job.read_table(f"snp/{p}/nodes.parquet")
-            ff[m] = snp_score(t["signal"].to_numpy(), t["noise"].to_numpy())
+            raw = selection_raw(p)
+            ns = node_statistics(normalise(raw), th)
+            ff[m] = label_specificity(ns.cluster_size, ns.noise, raw.shape[-1])
         p = f"blocks.{m}.attn.heads"
         if p in measured:
-            raw = torch.from_numpy(job.read_array(f"snp/{p}/snp_raw.npy")).double()
+            raw = selection_raw(p)
             ns = node_statistics(normalise(head_matrices(raw, info[p].heads)), th)
-            hs[m] = snp_score(ns.signal, ns.noise)
+            hs[m] = label_specificity(ns.cluster_size, ns.noise, raw.shape[-1])
     plans = {}
     for method in ("snp", "magnitude"):
         keep_ff, keep_heads = plan(model, frac, method, ff, hs)
@@ -278,9 +286,16 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
         progress("prune: skipped (pruning.enabled is false)")
         return {"points": 0, "skipped": "pruning.enabled is false"}
     points = spec.prune_points()
-    inputs = {p: {"readout": job.read_torch(f"snp/{p}/readout.pt"), "raw": job.read_array(f"snp/{p}/snp_raw.npy")}
-              for p in points}
-    results, _ = _on_actors(spec, job, points, "prune", inputs, progress)
+    task_points = list(points)
+    if spec.pruning.structural_fraction > 0:  # units are chosen on the selection images too
+        task_points += [p for p in spec.selected_points() if p not in points and spec.points()[p].kind in ("ff", "mha")]
+    inputs = {p: {"readout": job.read_torch(f"snp/{p}/readout.pt"), "raw": job.read_array(f"snp/{p}/snp_raw.npy"),
+                  "andc": p in points} for p in task_points}
+    results, _ = _on_actors(spec, job, task_points, "prune", inputs, progress)
+    for p in task_points:
+        job.write_array(f"prune/{p}/selection_raw.npy", results[p]["selection_raw"])
+    progress(f"prune: masks and units chosen on {results[task_points[0]]['selection']}" if task_points else
+             "prune: no point to prune")
     rows = [r for p in points for r in results[p]["rows"]]
     curve = [c for p in points for c in results[p]["curve"]]
     for p in points:
@@ -291,7 +306,8 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
                  + " (pruned/fine-tuned)")
     job.write_table("prune/andc.parquet", pl.DataFrame(rows))
     job.write_table("prune/curve.parquet", pl.DataFrame(curve))
-    summary = {"points": len(points), "threshold": spec.pruning.threshold or spec.analysis.threshold}
+    summary = {"points": len(points), "selection": spec.pruning.selection_split,
+               "threshold": spec.analysis.threshold if spec.pruning.threshold is None else spec.pruning.threshold}
     if spec.pruning.structural_fraction > 0:
         structural = _structural(spec, job, progress)
         job.write_table("prune/structural.parquet", pl.DataFrame(structural))
@@ -320,7 +336,8 @@ STAGES: list[tuple[str, Callable[[JobSpec, JobStore, Progress], dict]]] = [
 # Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all).
 _TRAINED = (("dataset", None), ("model", None), ("train", None))
 _MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_epochs", "readout_lr", "threshold",
-                                                          "normalise", "bootstrap", "confidence", "seed")))
+                                                          "normalise", "bootstrap", "confidence", "null_permutations",
+                                                          "seed")))
 STAGE_INPUTS: dict[str, tuple] = {
     "data": (("dataset", None), ("train", ("seed",))),
     "train": _TRAINED,

@@ -11,11 +11,18 @@ the same counted either way).
   positions; ties: lower label first).
 Fine-tune: the surviving weights of W are trained (Adam, cosine) with the mask re-applied after
 every step; the readout's sequence-pooling weights stay fixed, so only pruned connections differ.
+
+Selection vs scoring: the SNP matrices that choose a mask come from the selection images, the
+accuracies that score it from the evaluation split. By default (`heldout`) the selection images are
+a seeded part of the training split (`selection_rows`), so no mask is scored on the images that
+chose it; the paper's protocol (`eval`: matrices of the evaluation split itself) stays available and
+every table row says which was used.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -36,6 +43,12 @@ def andc_mask(clusters: list[list[list[int]]], num_labels: int) -> torch.Tensor:
 def andc_mask_at(m_normalised: torch.Tensor, threshold: float) -> torch.Tensor:
     """ANDC mask from normalised node SNP matrices (N, L, L) at a threshold."""
     return andc_mask([node_clusters(m, threshold) for m in m_normalised], m_normalised.shape[-1])
+
+
+def selection_rows(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The seeded held-out part of the training split whose SNP matrices select masks (sorted)."""
+    k = min(n, max(1, math.floor(fraction * n + 0.5)))
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
 def random_mask(counts: torch.Tensor, num_labels: int, seed: int) -> torch.Tensor:
@@ -97,9 +110,12 @@ def finetune(readout: Readout, mask: torch.Tensor, train: np.ndarray, labels: np
 
 def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train: np.ndarray, train_labels: np.ndarray,
                 evaluation: np.ndarray, eval_labels: np.ndarray, threshold: float, curve_thresholds: list[float],
-                methods: list[str], finetune_epochs: int, finetune_lr: float, seed: int = 0
-                ) -> tuple[list[dict], list[dict]]:
-    """(table rows: method x kept fraction x accuracy before/after fine-tune, curve rows)."""
+                methods: list[str], finetune_epochs: int, finetune_lr: float, seed: int = 0,
+                selection: str = "eval") -> tuple[list[dict], list[dict]]:
+    """(table rows: method x kept fraction x accuracy before/after fine-tune, curve rows).
+
+    m_normalised: the normalised SNP matrices of the selection images (they choose the masks);
+    evaluation / eval_labels score them; `selection` names the selection images in every row."""
     L = m_normalised.shape[-1]
     full = readout_accuracy(readout, evaluation, eval_labels)
     andc = andc_mask_at(m_normalised, threshold)
@@ -108,13 +124,14 @@ def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train:
         before = readout_accuracy(masked(readout, mask), evaluation, eval_labels)
         tuned = finetune(readout, mask, train, train_labels, finetune_epochs, finetune_lr, seed)
         after = readout_accuracy(tuned, evaluation, eval_labels) if finetune_epochs else float("nan")
-        rows.append({"point": point, "method": method, "threshold": threshold, "kept_fraction": float(mask.float().mean()),
+        rows.append({"point": point, "method": method, "selection": selection, "threshold": threshold,
+                     "kept_fraction": float(mask.float().mean()),
                      "nodes_without_connection": int((mask.sum(0) == 0).sum()), "accuracy_full": full,
                      "accuracy_pruned": before, "accuracy_finetuned": after, "finetune_epochs": finetune_epochs})
     curve = []
     for th in curve_thresholds:
         mask = andc_mask_at(m_normalised, th)
-        curve.append({"point": point, "threshold": th, "kept_fraction": float(mask.float().mean()),
+        curve.append({"point": point, "threshold": th, "selection": selection, "kept_fraction": float(mask.float().mean()),
                       "accuracy_pruned": readout_accuracy(masked(readout, mask), evaluation, eval_labels),
                       "accuracy_full": full, "labels": L})
     return rows, curve

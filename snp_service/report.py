@@ -25,13 +25,27 @@ decreasing M_n[j, j] (ties: lower label); each opens a cluster that later candid
 their cross entries are 1 (an all-ones diagonal block).</li>
 <li><b>Cluster size</b>: labels covered; <b>signal</b>: sum of |S|&sup2;; <b>noise</b>: ones of B_n outside
 the blocks; <b>noise per covered label</b>: noise / cluster size. Means are over nodes with a cluster;
-<b>SNR</b> = mean signal / mean noise over those nodes. Intervals: 95% percentile bootstrap over nodes.</li>
+<b>SNR</b> = mean signal / mean noise over those nodes. Intervals: 95% BCa bootstrap over nodes (n/a
+when some resample has no node with a cluster). <b>Clusters</b> are the partition of the candidate labels
+into all-ones blocks with the largest signal (exact up to 10 labels per linked component, greedy above).</li>
+<li><b>Null SNR</b> (chance level): the same nodes, readout and fields, with the evaluation labels permuted
+among the inputs (seeded), clustered the same way; mean over permutations. <b>snr_excess</b> = SNR - null SNR.
+A point whose SNR does not clear its null level says nothing about label clusters.</li>
+<li><b>Node accuracy</b>: a node's own accuracy (argmax over outputs of its field alone; a node whose field
+is equal on every output, e.g. a dead one, predicts nothing); chance is 1 / labels.</li>
 <li><b>Head matrix</b>: sum of its dimensions' raw matrices, then normalised and clustered like a node.
-<b>Overlap</b>: mean pairwise Jaccard of heads' label sets; <b>null</b>: random label sets of the same
-sizes; <b>z</b> = (null mean - observed) / null sd, positive when heads overlap less than chance;
-"undefined" when the null has no spread or fewer than two heads have labels.</li>
+<b>Overlap</b>: mean pairwise Jaccard of heads' label sets; <b>null</b>: each head keeps its number of
+labels, the labels are drawn at random (independently per head). The test asks whether heads avoid
+each other's labels; it cannot say which labels a head prefers or how strongly (sets are
+thresholded). <b>Overlap deficit</b> = null mean - observed (positive: less overlap than chance);
+<b>p</b> = P(null &le; observed); <b>p_min</b> = the smallest p these set sizes allow. The null is
+discrete, so no z-score is given. Status <b>uninformative</b> when p_min &ge; the level (the sizes
+forbid rejection, so "not significant" means nothing); <b>undefined</b> when the null takes a single
+value or fewer than two heads have labels.</li>
 <li><b>ANDC</b>: keep readout connection (k, n) only where label k is in a cluster of node n. Baselines
-keep the same number of labels per node: random labels, or the largest |W|.</li>
+keep the same number of labels per node: random labels, or the largest |W|. <b>Selection</b>: which images'
+SNP matrices chose the masks: <code>heldout</code>, a seeded part of the training split, disjoint from the
+evaluation images that score them; <code>eval</code>, the paper's protocol (masks chosen on the scoring images).</li>
 </ul>
 """
 
@@ -97,7 +111,8 @@ def build(job: JobStore, progress=lambda _m: None) -> str:
         layers = job.read_table("snp/layers.parquet")
         img = _fig_to(job, "layers", figures.layer_curves(layers))
         table = html_table(layers, ["point", "kind", "nodes", "readout", "readout_accuracy", "mean_cluster_size",
-                                    "mean_n_clusters", "mean_noise", "noise_per_label", "snr", "frac_no_cluster"],
+                                    "mean_n_clusters", "mean_noise", "noise_per_label", "snr", "null_snr",
+                                    "snr_excess", "mean_node_accuracy", "frac_no_cluster"],
                            intervals=True)
         sizes, heat = {}, []
         for p in layers["point"]:
@@ -120,7 +135,8 @@ def build(job: JobStore, progress=lambda _m: None) -> str:
     if job.exists("heads/summary.parquet"):
         summary = job.read_table("heads/summary.parquet")
         parts = [html_table(summary, ["point", "heads", "labels", "mean_labels_per_head", "mean_heads_per_label",
-                                      "labels_without_head", "observed_jaccard", "null_mean", "null_sd", "z", "p_value",
+                                      "labels_without_head", "observed_jaccard", "null_mean", "null_sd", "overlap_deficit",
+                                      "p_value", "p_min",
                                       "status", "reason"])]
         for r in summary.iter_rows(named=True):
             p = r["point"]
@@ -132,7 +148,7 @@ def build(job: JobStore, progress=lambda _m: None) -> str:
     if job.exists("prune/andc.parquet"):
         andc, curve = job.read_table("prune/andc.parquet"), job.read_table("prune/curve.parquet")
         img = _fig_to(job, "pruning", figures.pruning_figure(curve, andc))
-        body = html_table(andc, ["point", "method", "threshold", "kept_fraction", "nodes_without_connection",
+        body = html_table(andc, ["point", "method", "selection", "threshold", "kept_fraction", "nodes_without_connection",
                                  "accuracy_full", "accuracy_pruned", "accuracy_finetuned", "finetune_epochs"])
         body += f"<img src='{img}' alt='pruning curves'>"
         if job.exists("prune/structural.parquet"):

@@ -40,20 +40,34 @@ def torch_threads(n: int):
 
 
 def prune_readout(spec: JobSpec, info, inputs: dict, train, evaluation, num_labels: int) -> dict:
-    """The prune task of one point: rebuild its stored readout and run ANDC and the baselines."""
-    from snp_service.analysis import readout_kind
-    from snp_service.prune import prune_point
+    """The prune task of one point: rebuild its stored readout, compute the SNP matrices of the
+    selection images (pruning.selection_split), then run ANDC and the baselines when inputs["andc"]
+    (a point measured only for structural pruning needs the selection matrices alone)."""
+    from snp_service.analysis import readout_kind, snp_accumulate
+    from snp_service.prune import prune_point, selection_rows
     from snp_service.readout import Readout
     from snp_service.snp import normalise
 
     pr = spec.pruning
     readout = Readout(info.nodes, info.positions, num_labels, readout_kind(info, spec.analysis))
     readout.load_state_dict(inputs["readout"])
-    m = normalise(torch.as_tensor(inputs["raw"], dtype=torch.float64))
-    rows, curve = prune_point(info.name, readout.eval(), m, train.points[info.name], train.labels,
-                              evaluation.points[info.name], evaluation.labels, pr.threshold or spec.analysis.threshold,
-                              pr.curve_thresholds, pr.baselines, pr.finetune_epochs, pr.finetune_lr, pr.seed)
-    return {"rows": rows, "curve": curve}
+    readout.eval()
+    if pr.selection_split == "heldout":
+        rows_idx = selection_rows(len(train.labels), pr.selection_fraction, pr.seed)
+        acc, _ = snp_accumulate(readout, train.points[info.name], train.labels, num_labels, rows=rows_idx)
+        raw = acc.snp_matrices(centred=spec.analysis.normalise == "centred")
+        selection = f"heldout: {len(rows_idx)} training images"
+    else:
+        raw = torch.as_tensor(inputs["raw"], dtype=torch.float64)
+        selection = "eval: the scoring images (paper protocol)"
+    out = {"rows": [], "curve": [], "selection_raw": raw.numpy().astype("float32"), "selection": selection}
+    if inputs.get("andc", True):
+        threshold = spec.analysis.threshold if pr.threshold is None else pr.threshold
+        out["rows"], out["curve"] = prune_point(
+            info.name, readout, normalise(raw), train.points[info.name], train.labels, evaluation.points[info.name],
+            evaluation.labels, threshold, pr.curve_thresholds, pr.baselines, pr.finetune_epochs, pr.finetune_lr,
+            pr.seed, selection)
+    return out
 
 
 def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int = 1, task: str = "snp",

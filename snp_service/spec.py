@@ -24,6 +24,7 @@ from snp_service.models.registry import (
     measurement_points,
     model_config,
 )
+from snp_service.units import units_removed
 
 MAX_YAML_BYTES = 1_000_000
 MAX_YAML_NODES = 100_000  # bounds alias expansion ("billion laughs") before validation
@@ -192,8 +193,12 @@ class AnalysisSpec(_Strict):
     readout_lr: float = Field(1e-2, gt=0.0, le=10.0, description="Adam learning rate of the readouts (cosine decay)")
     threshold: Fraction01 = Field(0.3, description="Boolean SNP threshold th (METHOD.md 2.6)")
     normalise: Literal["max", "centred"] = "max"
-    bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples over nodes for intervals")
+    bootstrap: int = Field(1000, ge=0, le=100_000,
+                           description="bootstrap resamples over nodes for the BCa intervals of every point statistic")
     confidence: Fraction01 = 0.95
+    null_permutations: int = Field(
+        3, ge=0, le=100, description="label permutations of the evaluation inputs for each point's chance-level "
+        "(null) SNR: same nodes, readout and fields, labels shuffled (0: no null level)")
     seed: int = 0
 
 
@@ -205,6 +210,8 @@ class HeadsSpec(_Strict):
                               description="MHA points (attn.heads) to analyse; all: every selected MHA point")
     null_draws: int = Field(10_000, ge=100, le=1_000_000,
                             description="random label-set draws of the null model for the overlap test")
+    level: Fraction01 = Field(0.05, description="significance level of the overlap test; a test whose smallest "
+                              "attainable p-value is not below it is reported `uninformative`")
 
 
 class PruningSpec(_Strict):
@@ -220,6 +227,11 @@ class PruningSpec(_Strict):
     finetune_epochs: int = Field(3, ge=0, le=1000, description="fine-tune of the surviving readout weights (mask fixed)")
     finetune_lr: float = Field(1e-3, gt=0.0, le=10.0)
     baselines: list[Literal["random", "magnitude"]] = Field(default_factory=lambda: ["random", "magnitude"])
+    selection_split: Literal["heldout", "eval"] = Field(
+        "heldout", description="images whose SNP matrices choose the ANDC masks and the structurally pruned units: "
+        "heldout = a seeded part of the training split (disjoint from the evaluation split that scores them); "
+        "eval = the evaluation split itself (the paper's protocol: masks chosen on the images that score them)")
+    selection_fraction: Fraction01 = Field(0.1, description="part of the training split used for selection (heldout)")
     structural_fraction: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="fraction of FF hidden units and of heads removed from every block of the network (0: off)")
@@ -377,7 +389,7 @@ class JobSpec(_Strict):
                 raise ValueError("pruning.structural_fraction: structural pruning removes CCT FF units and heads; "
                                  f"{self.model.name} is not a CCT")
             for what, count in (("FF hidden units", cfg.mlp_hidden), ("heads", cfg.num_heads)):
-                if round(frac * count) >= count:
+                if units_removed(frac, count) >= count:
                     raise ValueError(f"pruning.structural_fraction: {frac} would remove all {count} {what} of "
                                      f"every block; use a fraction below {(count - 0.5) / count:.3f}")
         if self.compare is not None:

@@ -8,8 +8,10 @@ builds the same network with those weights zeroed instead (GELU(0) = 0; a zero v
 output), and a test checks the two give the same logits.
 
 Which units go (lowest score first, ties: lower index first):
-- snp: FF unit score = signal / (noise + 1) of its SNP statistics at blocks.<m>.mlp.hidden, 0 for a
-  unit without a cluster; head score = the same from the head's SNP matrix (snp_service.heads).
+- snp: the label-specificity score of snp.label_specificity, c (1 - c / L) / (1 + noise / c) for a
+  unit covering c labels (0 for an all-ones or a dead unit; METHOD.md 4 gives the rationale), from
+  the unit's SNP statistics at blocks.<m>.mlp.hidden; head score = the same from the head's SNP
+  matrix (snp_service.heads). The statistics come from the selection split (pruning.selection_split).
 - magnitude: FF unit score = |linear1 row| * |linear2 column|; head score = |v rows| * |proj columns|.
 """
 
@@ -23,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from snp_service.units import units_removed
 
-def snp_score(signal, noise) -> np.ndarray:
-    return np.asarray(signal, dtype=np.float64) / (np.asarray(noise, dtype=np.float64) + 1.0)
+
 
 
 def ff_magnitude(block) -> np.ndarray:
@@ -110,9 +112,9 @@ def plan(model: nn.Module, fraction: float, method: str, ff_scores: dict[int, np
         else:
             fs, hs = (ff_scores or {}).get(m), (head_scores or {}).get(m)
         if fs is not None:
-            keep_ff[m] = keep_indices(fs, round(fraction * units))
+            keep_ff[m] = keep_indices(fs, units_removed(fraction, units))
         if hs is not None:
-            keep_heads[m] = keep_indices(hs, round(fraction * heads))
+            keep_heads[m] = keep_indices(hs, units_removed(fraction, heads))
     return keep_ff, keep_heads
 
 

@@ -53,7 +53,8 @@ def heads_study(spec: JobSpec, heads: list[int], progress: Callable[[str], None]
                          "readout_accuracy": layer["readout_accuracy"], "snr": layer["snr"],
                          "snr_lo": layer["snr_lo"], "snr_hi": layer["snr_hi"],
                          **{k: head.get(k) for k in ("mean_labels_per_head", "mean_heads_per_label",
-                                                     "observed_jaccard", "null_mean", "null_sd", "z", "p_value",
+                                                     "observed_jaccard", "null_mean", "null_sd", "overlap_deficit", "p_value",
+                                                     "p_min",
                                                      "status", "reason")}})
     table = pl.DataFrame(rows)
     digest = hashlib.sha256(",".join(v.job_id() for v in jobs).encode()).hexdigest()[:12]

@@ -65,7 +65,7 @@ def summarise(job, spec: JobSpec) -> dict:
     if job.exists("heads/summary.parquet"):
         h = job.read_table("heads/summary.parquet")
         last = h.row(len(h) - 1, named=True)
-        out.update(heads_point=last["point"], heads_z=last["z"], heads_status=last["status"],
+        out.update(heads_point=last["point"], heads_p=last["p_value"], heads_p_min=last["p_min"], heads_status=last["status"],
                    labels_per_head=last["mean_labels_per_head"])
     if job.exists("prune/andc.parquet"):
         a = job.read_table("prune/andc.parquet").filter(pl.col("method") == "andc")

@@ -66,11 +66,16 @@ def test_the_shipped_unified_job_is_valid_and_pairs_a_cnn_with_a_cct():
     assert len({(v.dataset, v.analysis.threshold) for _, _, v in runs}) == 1
 
 
-def _layers(snr, lo, hi, points=("a", "b", "c"), kind="conv"):
+def _layers(snr, lo, hi, points=("a", "b", "c"), kind="conv", readout="flatten", null=None):
     n = len(points)
-    return pl.DataFrame({"point": list(points), "kind": [kind] * n, "readout_accuracy": [0.5] * n,
+    kinds = kind if isinstance(kind, list) else [kind] * n
+    readouts = readout if isinstance(readout, list) else [readout] * n
+    null = null if null is not None else [0.0] * n
+    return pl.DataFrame({"point": list(points), "kind": kinds, "readout": readouts, "readout_accuracy": [0.5] * n,
                          "mean_cluster_size": [2.0] * n, "mean_noise": [1.0] * n, "noise_per_label": [0.5] * n,
-                         "snr": snr, "frac_no_cluster": [0.1] * n, "snr_lo": lo, "snr_hi": hi})
+                         "snr": snr, "frac_no_cluster": [0.1] * n, "snr_lo": lo, "snr_hi": hi,
+                         "null_snr": [float(v) for v in null], "snr_excess": [s - v for s, v in zip(snr, null)],
+                         "mean_node_accuracy": [0.2] * n})
 
 
 def test_depth_table_places_points_between_0_and_1_in_forward_order():
@@ -89,7 +94,12 @@ def test_aggregate_gives_mean_and_spread_over_seeds():
     assert agg["seeds"].to_list() == [2, 2, 2]
     assert agg["snr"].to_list() == [1.5, 2.0, 4.0]
     assert agg["snr_sd"].to_list() == pytest.approx([math.sqrt(0.5), 0.0, math.sqrt(2.0)])
-    assert agg["snr_lo"].to_list() == pytest.approx([1.4, 1.9, 3.9])
+    # the interval is for the mean over seeds (t, 1 degree of freedom), never averaged bootstrap endpoints
+    assert "snr_lo" not in agg.columns
+    half = 12.706204736174707 * math.sqrt(0.5) / math.sqrt(2)
+    assert agg["snr_seed_lo"][0] == pytest.approx(1.5 - half) and agg["snr_seed_hi"][0] == pytest.approx(1.5 + half)
+    one = compare.aggregate(runs.filter(pl.col("seed") == 0))
+    assert all(math.isnan(v) for v in one["snr_seed_lo"].to_list())  # one seed: no interval is invented
 
 
 def _runs(per_seed):
@@ -99,7 +109,7 @@ def _runs(per_seed):
 
 def test_trend_rises_only_when_the_intervals_separate_in_every_seed():
     up = ([1.0, 1.5, 2.0], [0.8, 1.2, 1.8], [1.2, 1.8, 2.2])
-    assert compare.trends(_runs([up, up]))["verdict"].to_list() == ["rises", "rises"]  # all points, then conv
+    assert compare.trends(_runs([up, up]))["verdict"].to_list() == ["rises"]  # one kind: no separate "all" row
     overlapping = ([1.0, 1.5, 1.3], [0.8, 1.2, 1.1], [1.2, 1.8, 1.5])
     t = compare.trends(_runs([up, overlapping])).row(0, named=True)
     assert t["verdict"] == "no clear trend" and (t["first"], t["last"]) == ("a", "c")
@@ -110,6 +120,7 @@ def test_trend_rises_only_when_the_intervals_separate_in_every_seed():
 
 def test_andc_and_heads_summaries_average_over_seeds():
     andc = pl.DataFrame({"model": ["m", "m"], "seed": [0, 1], "point": ["p", "p"], "method": ["andc", "andc"],
+                         "selection": ["heldout: 10 training images"] * 2,
                          "kept_fraction": [0.2, 0.4], "accuracy_full": [0.8, 0.6], "accuracy_pruned": [0.7, 0.6],
                          "accuracy_finetuned": [0.8, 0.62]})
     s = compare.andc_summary(andc).row(0, named=True)
@@ -117,11 +128,49 @@ def test_andc_and_heads_summaries_average_over_seeds():
     assert s["change_finetuned"] == pytest.approx(1.0) and s["seeds"] == 2
     heads = pl.DataFrame({"model": ["m"] * 3, "seed": [0, 1, 2], "point": ["p"] * 3, "mean_labels_per_head": [3.0] * 3,
                           "mean_heads_per_label": [1.5] * 3, "observed_jaccard": [0.1, 0.2, None],
-                          "null_mean": [0.3, 0.3, None], "z": [3.0, 1.0, None], "p_value": [0.01, 0.2, None],
-                          "status": ["ok", "ok", "undefined"]})
+                          "null_mean": [0.3, 0.3, None], "overlap_deficit": [0.2, 0.1, None],
+                          "p_value": [0.01, 0.5, None], "p_min": [0.001, 0.4, None], "level": [0.05] * 3,
+                          "status": ["ok", "uninformative", "undefined"]})
     h = compare.heads_summary(heads).row(0, named=True)
-    assert (h["seeds"], h["defined"], h["specialised_seeds"]) == (3, 2, 1)
-    assert h["z_mean"] == pytest.approx(2.0) and h["observed_jaccard"] == pytest.approx(0.15)
+    assert (h["seeds"], h["informative"], h["undefined"], h["uninformative"], h["specialised_seeds"]) == (3, 1, 1, 1, 1)
+    # only the informative seed is averaged: an uninformative or undefined test is no evidence either way
+    assert h["overlap_deficit"] == pytest.approx(0.2) and h["observed_jaccard"] == pytest.approx(0.1)
+    assert h["p_min_max"] == pytest.approx(0.4)
+
+
+def test_trends_never_compare_a_flatten_point_with_a_seqpool_point():
+    # a conv point (flatten readout, high SNR) then transformer points (seqpool): the old "all points"
+    # verdict said `falls` from the conv point; within the seqpool points the SNR rises
+    one = ([3.0, 1.0, 2.0], [2.8, 0.8, 1.8], [3.2, 1.2, 2.2])
+    runs = pl.concat([compare.depth_table("m", s, _layers(*one, kind=["conv", "ff", "ff"],
+                                                          readout=["flatten", "seqpool", "seqpool"]),
+                                          ["a", "b", "c"], "CCT") for s in (0, 1)])
+    assert runs["readout"].to_list()[:3] == ["flatten", "seqpool", "seqpool"]
+    t = compare.trends(runs)
+    assert set(t["readout"].to_list()) == {"seqpool"}  # one flatten point: no trend of its own
+    row = t.row(0, named=True)
+    assert (row["first"], row["last"], row["verdict"]) == ("b", "c", "rises")
+    assert "readout" in compare.aggregate(runs).columns
+
+
+def test_trend_verdict_on_the_excess_over_the_null_level():
+    # SNR rises 1.0 -> 2.0 with separated intervals, but the chance level rises by as much
+    up = ([1.0, 1.5, 2.0], [0.8, 1.2, 1.8], [1.2, 1.8, 2.2])
+    t = compare.trends(_runs([up, up])).row(0, named=True)
+    assert (t["verdict"], t["verdict_excess"]) == ("rises", "rises")
+    runs = pl.concat([compare.depth_table("m", s, _layers(*up, null=[0.0, 0.5, 1.0]), ["a", "b", "c"], "CNN")
+                      for s in (0, 1)])
+    t = compare.trends(runs).row(0, named=True)
+    assert (t["verdict"], t["verdict_excess"]) == ("rises", "no clear trend")
+    assert t["excess_first"] == pytest.approx(1.0) and t["excess_last"] == pytest.approx(1.0)
+
+
+def test_spearman_uses_average_ranks_and_leaves_nan_out():
+    import numpy as np
+
+    assert compare._spearman(np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, np.nan, 2.0, 3.0])) == pytest.approx(1.0)
+    # ties get average ranks: y = [1, 1, 2] against x = [0, 1, 2] is not a perfect ordering
+    assert compare._spearman(np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 2.0])) == pytest.approx(math.sqrt(3) / 2)
 
 
 @pytest.mark.slow
@@ -169,3 +218,6 @@ def test_jobs_on_different_data_or_thresholds_are_refused(tmp_path):
         compare.check_comparable([run(a, "a"), run(b, "b")])
     with pytest.raises(StoreError, match="differ in analysis.threshold"):
         compare.check_comparable([run(a, "a"), run(c, "c")])
+    d = spec_from_dict(tiny_job(tmp_path, **{"analysis.readout": "flatten"})).model_dump(mode="json")
+    with pytest.raises(StoreError, match="differ in analysis.readout"):
+        compare.check_comparable([run(a, "a"), run(d, "d")])

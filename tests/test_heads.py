@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from snp_service.heads import analyse_heads, head_matrices, label_sets, mean_pairwise_jaccard, null_overlap
@@ -58,7 +59,8 @@ def test_disjoint_heads_are_specialised():
     r = analyse_heads("blocks.0.attn.heads", _block_raw(assign, 10, 2), 4, 0.3, draws=2000, seed=0)
     assert r.summary["status"] == "ok"
     assert r.summary["observed_jaccard"] == 0.0
-    assert r.summary["z"] > 2 and r.summary["p_value"] < 0.05
+    assert r.summary["overlap_deficit"] > 0.1 and r.summary["p_value"] < 0.05 and r.summary["p_min"] < 0.05
+    assert "z" not in r.summary  # the null is discrete: no z-score
     assert r.heads_labels.sum(1).tolist() == [3, 3, 2, 2]
     assert r.summary["labels_without_head"] == 0 and r.summary["mean_heads_per_label"] == 1.0
     assert label_sets([[[0, 1]], []], 3).tolist() == [[True, True, False], [False, False, False]]
@@ -66,8 +68,8 @@ def test_disjoint_heads_are_specialised():
 
 def test_heads_covering_everything_are_undefined_not_a_number():
     r = analyse_heads("p", _block_raw([list(range(6))] * 3, 6, 2), 3, 0.3, draws=500)
-    assert r.summary["status"] == "undefined" and "no spread" in r.summary["reason"]
-    assert np.isnan(r.summary["z"]) and np.isnan(r.summary["p_value"])
+    assert r.summary["status"] == "undefined" and "single value" in r.summary["reason"]
+    assert np.isnan(r.summary["overlap_deficit"]) and np.isnan(r.summary["p_value"])
 
 
 def test_one_head_with_labels_is_undefined():
@@ -83,3 +85,33 @@ def test_seqpool_readout_weights_feed_heads():
     acc.update(fields(acts, ro.weight.double()), torch.arange(30) % 3)
     r = analyse_heads("p", acc.snp_matrices(), 2, 0.3, draws=200)
     assert r.head_matrices.shape == (2, 3, 3) and r.summary["heads"] == 2
+
+
+@pytest.mark.parametrize("assign, L", [
+    ([list(range(10)), list(range(9))], 10),  # sizes [10, 9]: the overlap is always 0.9
+    ([list(range(7)), list(range(10)), list(range(10)), list(range(10))], 10),  # [7, 10, 10, 10]
+])
+def test_a_null_with_one_value_is_undefined_even_when_its_float_sd_is_not_zero(assign, L):
+    """The null's sd is ~1e-16 here, not 0.0: degeneracy is decided from its distinct values."""
+    r = analyse_heads("p", _block_raw(assign, L, 2), len(assign), 0.3, draws=2000)
+    assert r.summary["status"] == "undefined" and "single value" in r.summary["reason"]
+    assert np.isnan(r.summary["p_value"]) and np.isnan(r.summary["overlap_deficit"])
+
+
+@pytest.mark.parametrize("sizes", [(7, 8), (8, 9), (9, 9), (7, 9)])
+def test_two_heads_of_7_to_9_labels_of_10_cannot_reject_and_say_so(sizes):
+    assign = [list(range(sizes[0])), list(range(10 - sizes[1], 10))]
+    r = analyse_heads("p", _block_raw(assign, 10, 2), 2, 0.3, draws=5000, level=0.05)
+    s = r.summary
+    assert s["p_min"] >= 0.05 and s["status"] == "uninformative" and "cannot reject" in s["reason"]
+    assert s["p_value"] >= s["p_min"]
+
+
+def test_p_min_is_the_mass_of_the_nulls_smallest_value():
+    # 2 heads x 3 labels of 6: the overlap is 0 (disjoint) with probability 1 / C(6, 3) = 0.05
+    r = analyse_heads("p", _block_raw([[0, 1, 2], [3, 4, 5]], 6, 2), 2, 0.3, draws=20_000, seed=1)
+    assert r.summary["p_min"] == pytest.approx(0.05, abs=0.006)
+    assert r.summary["p_value"] == r.summary["p_min"]  # observed is the smallest possible overlap
+    for level, status in ((0.1, "ok"), (0.01, "uninformative")):
+        assert analyse_heads("p", _block_raw([[0, 1, 2], [3, 4, 5]], 6, 2), 2, 0.3, draws=20_000, seed=1,
+                             level=level).summary["status"] == status

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from snp_service.prune import (andc_mask, andc_mask_at, baseline_masks, finetune, magnitude_mask, masked,
@@ -55,7 +56,7 @@ def test_finetune_keeps_the_mask_and_prune_point_reports_all_methods():
 
     x, y = _separable()
     ro = train_readout(x, y, 3, "seqpool", epochs=10, lr=1e-2)
-    m = normalise(snp_accumulate(ro, x, y, 3).snp_matrices())
+    m = normalise(snp_accumulate(ro, x, y, 3)[0].snp_matrices())
     andc = andc_mask_at(m, 0.3)
     tuned = finetune(ro, andc, x, y, epochs=2, lr=1e-3)
     assert torch.all(tuned.weight[~andc] == 0)
@@ -66,3 +67,26 @@ def test_finetune_keeps_the_mask_and_prune_point_reports_all_methods():
     assert len({round(r["kept_fraction"], 9) for r in rows}) == 1
     kept = [c["kept_fraction"] for c in curve]
     assert kept == sorted(kept, reverse=True)  # higher threshold keeps no more connections
+
+
+def test_masks_are_chosen_on_the_selection_images_and_the_rows_say_so():
+    """ANDC's mask comes from the matrices it is given (the selection images), never from the
+    evaluation split that scores it."""
+    from snp_service.analysis import snp_accumulate
+    from snp_service.prune import selection_rows
+    from snp_service.readout import train_readout
+    from snp_service.snp import normalise
+
+    x, y = _separable(n=600)
+    ro = train_readout(x, y, 3, "seqpool", epochs=10, lr=1e-2)
+    sel = selection_rows(len(y), 0.25, seed=3)
+    assert len(sel) == 150 and np.array_equal(sel, selection_rows(len(y), 0.25, seed=3))
+    assert not np.array_equal(sel, selection_rows(len(y), 0.25, seed=4))
+    m_sel = normalise(snp_accumulate(ro, x, y, 3, rows=sel)[0].snp_matrices())
+    other = torch.zeros_like(m_sel)  # a selection that puts every node on label 0 only
+    other[:, 0, 0] = 1.0
+    rows, _ = prune_point("p", ro, other, x, y, x, y, 0.3, [], ["random"], 0, 1e-3, selection="heldout: test")
+    assert rows[0]["selection"] == "heldout: test"
+    assert rows[0]["kept_fraction"] == pytest.approx(1 / 3)  # one label per node: the given matrices chose
+    rows_sel, _ = prune_point("p", ro, m_sel, x, y, x, y, 0.3, [], [], 0, 1e-3)
+    assert rows_sel[0]["kept_fraction"] != rows[0]["kept_fraction"]

@@ -56,7 +56,7 @@ def test_seqpool_readout_matrices_are_rank_one():
     g = torch.Generator().manual_seed(1)
     y = np.arange(120) % 4
     x = torch.randn(120, 6, 7, generator=g).numpy()
-    acc = snp_accumulate(Readout(6, 7, 4, "seqpool"), x, y, 4)
+    acc, _ = snp_accumulate(Readout(6, 7, 4, "seqpool"), x, y, 4)
     m = acc.snp_matrices()
     assert all(torch.linalg.matrix_rank(m[n], rtol=1e-8) == 1 for n in range(6))
 

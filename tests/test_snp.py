@@ -1,5 +1,6 @@
 """The SNP core against the literal definition and on hand-built matrices with known clusters."""
 
+import itertools
 import math
 
 import numpy as np
@@ -138,3 +139,133 @@ def test_point_statistics_and_seeded_bootstrap():
     for k in ("mean_cluster_size", "mean_noise", "snr", "frac_no_cluster"):
         assert s1[f"{k}_lo"] <= s1[k] <= s1[f"{k}_hi"], k
     assert point_statistics(ns, 500, seed=8) != s1
+
+
+# ---- issue 15: honest statistics -------------------------------------------------------------
+
+def test_a_dead_node_is_never_credited_with_label_0():
+    f = torch.zeros(4, 2, 3)  # node 0 dead (field exactly zero); node 1 always votes label 0
+    f[:, 1, 0] = 1.0
+    acc = SNPAccumulator(2, 3)
+    acc.update(f, torch.tensor([0, 0, 1, 2]))
+    assert acc.node_label_accuracy()[0].tolist() == [0.0, 0.0, 0.0]
+    assert acc.node_label_accuracy()[1].tolist() == [1.0, 0.0, 0.0]
+    assert acc.node_accuracy().tolist() == [0.0, 0.5]
+
+
+def _linked(n, pairs):
+    m = torch.eye(n, dtype=torch.float64)
+    for a, b in pairs:
+        m[a, b] = m[b, a] = 1.0
+    return m
+
+
+def test_a_clique_is_not_split_by_a_link_into_it():
+    # a 0-1 link plus the clique {1, 2, 3}: the greedy rule gave {0, 1}, {2, 3} (signal 8)
+    m = _linked(4, [(0, 1), (1, 2), (1, 3), (2, 3)])
+    assert clusters(m, 0.3) == [[0], [1, 2, 3]]
+    ns = node_statistics(m[None], 0.3)
+    assert (ns.signal[0], ns.noise[0]) == (10, 2)
+
+
+def _brute_best_signal(b: np.ndarray) -> int:
+    """Largest sum |S|^2 over all partitions of the candidates into mutual cliques (exhaustive)."""
+    cand = [j for j in range(len(b)) if b[j, j]]
+    mutual = b & b.T
+
+    def best(rest):
+        if not rest:
+            return 0
+        first, others = rest[0], rest[1:]
+        top = 0
+        for k in range(len(others) + 1):
+            for combo in itertools.combinations(others, k):
+                s = (first,) + combo
+                if all(mutual[a, c] for a in s for c in s):
+                    top = max(top, len(s) ** 2 + best([x for x in others if x not in combo]))
+        return top
+
+    return best(cand)
+
+
+def test_clusters_reach_the_best_partition_on_random_matrices():
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        L = int(rng.integers(3, 8))
+        m = torch.from_numpy(rng.random((L, L)) * (rng.random((L, L)) < 0.7))
+        cs = clusters(normalise(m[None])[0], 0.3)
+        b = (normalise(m[None])[0] > 0.3).numpy()
+        flat = [j for c in cs for j in c]
+        assert sorted(flat) == [j for j in range(L) if b[j, j]]  # a partition of the candidates
+        assert all(b[a, c] for s in cs for a in s for c in s)  # every block all ones
+        assert sum(len(s) ** 2 for s in cs) == _brute_best_signal(b)
+
+
+def test_bca_interval_agrees_with_scipy_on_a_skewed_mean():
+    from scipy.stats import bootstrap
+
+    from snp_service.snp import bca_interval
+
+    x = np.random.default_rng(1).exponential(size=80)
+    boot = x[np.random.default_rng(2).integers(0, 80, size=(20000, 80))].mean(axis=1)
+    jack = np.array([np.delete(x, i).mean() for i in range(80)])
+    lo, hi = bca_interval(x.mean(), boot, jack, 0.95)
+    ref = bootstrap((x,), np.mean, n_resamples=20000, method="BCa", rng=np.random.default_rng(3)).confidence_interval
+    assert lo == pytest.approx(ref.low, rel=0.03) and hi == pytest.approx(ref.high, rel=0.03)
+    # BCa is not the percentile interval: for a right-skewed mean it shifts right
+    plo, phi = np.quantile(boot, [0.025, 0.975])
+    assert hi > phi and lo > plo
+
+
+def test_an_interval_with_undefined_resamples_is_undefined_not_silently_narrowed():
+    # 40 nodes, one with a cluster: many resamples hold no node with a cluster (statistic nan)
+    m = torch.zeros(40, 3, 3, dtype=torch.float64)
+    m[0] = torch.eye(3, dtype=torch.float64)
+    stats = point_statistics(node_statistics(m, 0.3), bootstrap=200, seed=0)
+    assert stats["mean_cluster_size"] == 3
+    assert math.isnan(stats["mean_cluster_size_lo"]) and math.isnan(stats["mean_cluster_size_hi"])
+    assert not math.isnan(stats["frac_no_cluster_lo"])  # defined in every resample
+
+
+def test_label_specificity_ranks_a_specialist_above_label_blind_and_dead_units():
+    from snp_service.snp import label_specificity
+
+    L = 10
+    all_ones = node_statistics(normalise(torch.ones(1, L, L, dtype=torch.float64)), 0.3)
+    specialist = node_statistics(normalise(torch.eye(L, dtype=torch.float64)[None] * (torch.arange(L) == 3)), 0.3)
+    dead = node_statistics(torch.zeros(1, L, L, dtype=torch.float64), 0.3)
+    noisy = torch.zeros(1, L, L, dtype=torch.float64)
+    noisy[0, 3, 3] = 1.0
+    noisy[0, 5, 3] = noisy[0, 6, 3] = 0.9  # the node also fires on label 3's output for labels 5, 6
+    noisy = node_statistics(noisy, 0.3)
+    score = {name: float(label_specificity(ns.cluster_size, ns.noise, L)[0])
+             for name, ns in (("all_ones", all_ones), ("specialist", specialist), ("dead", dead), ("noisy", noisy))}
+    assert score["all_ones"] == 0.0 and score["dead"] == 0.0
+    assert score["specialist"] == pytest.approx(0.9)
+    assert 0 < score["noisy"] < score["specialist"]
+    assert all_ones.signal[0] == 100  # the old score, signal / (noise + 1), ranked this node first
+
+
+def test_null_snr_is_seeded_and_below_the_measured_snr_of_label_clustered_fields():
+    from snp_service.snp import null_statistics, permuted_labels
+
+    g = torch.Generator().manual_seed(5)
+    X, N, L = 600, 24, 6
+    y = torch.arange(X) % L
+    f = torch.randn(X, N, L, generator=g, dtype=torch.float64) * 0.5
+    for n in range(N):  # node n answers on output n % L for inputs of label n % L
+        f[y == n % L, n, n % L] += 3.0
+    acc = SNPAccumulator(N, L)
+    acc.update(f, y)
+    measured = point_statistics(node_statistics(normalise(acc.snp_matrices()), 0.3), bootstrap=0)["snr"]
+    perms = permuted_labels(y.numpy(), 3, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(perms, permuted_labels(y.numpy(), 3, seed=0)))
+    raws = []
+    for yp in perms:
+        a = SNPAccumulator(N, L)
+        a.update(f, torch.from_numpy(yp))
+        raws.append(a.snp_matrices())
+    null = null_statistics(raws, 0.3)
+    assert null["null_snr_min"] <= null["null_snr"] <= null["null_snr_max"]
+    assert measured > null["null_snr_max"]
+    assert math.isnan(null_statistics([], 0.3)["null_snr"])

@@ -44,3 +44,17 @@ def test_plan_and_cost_shrink(model):
     keep_ff2, keep_heads2 = plan(model, 0.25, "snp", snp_ff, {0: np.array([0.0, 1.0, 2.0, 3.0])})
     assert keep_ff2[0] == list(range(16, 64)) and keep_ff2[1] == list(range(48))
     assert keep_heads2 == {0: [1, 2, 3]}
+
+
+def test_a_quarter_of_two_heads_removes_one():
+    from snp_service.units import units_removed
+
+    assert units_removed(0.25, 2) == 1  # round(0.5) == 0 removed none
+    assert [units_removed(0.5, n) for n in (1, 2, 3, 4)] == [1, 1, 2, 2]
+    assert units_removed(0.0, 7) == 0
+
+
+def test_plan_at_a_quarter_removes_one_of_two_heads(model):
+    two = create_model(ModelSpec(name="cct_2_3x2_32", num_heads=2, embedding_dim=64), 10, 32)
+    _, keep_heads = plan(two, 0.25, "magnitude")
+    assert all(len(v) == 1 for v in keep_heads.values())
