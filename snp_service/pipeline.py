@@ -161,7 +161,8 @@ def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
         rows.append(r.row)
         progress(f"snp: {p:22s} readout acc {r.row['readout_accuracy']:.3f}  cluster size "
                  f"{r.row['mean_cluster_size']:.2f}  noise {r.row['mean_noise']:.2f}  SNR {r.row['snr']:.2f} "
-                 f"[{r.row['snr_lo']:.2f}, {r.row['snr_hi']:.2f}]  no-cluster {r.row['frac_no_cluster']:.2f}")
+                 f"[{r.row['snr_lo']:.2f}, {r.row['snr_hi']:.2f}]  null SNR {r.row['null_snr']:.2f}  "
+                 f"no-cluster {r.row['frac_no_cluster']:.2f}")
     job.write_table("snp/layers.parquet", pl.DataFrame(rows))
     data = job.stage_result("data") or {}
     return {"points": len(rows), "actors": n_actors, "readout": spec.analysis.readout,
