@@ -60,13 +60,12 @@ def rerun_readout(model, dataset, point: str, num_labels: int, kind: str, epochs
 
 def features_vs_rerun(per_class: int, epochs: int) -> list:
     from snp_service.data import build_datasets
-    from snp_service.models import create_model
     from snp_service.spec import DatasetSpec, ModelSpec
 
     data = build_datasets(DatasetSpec(name="imagefolder", root=str(CIFAR10), max_per_class=per_class,
                                       eval_max_per_class=10), augment=False)
     torch.manual_seed(0)
-    model = create_model(ModelSpec(name="cct_2_3x2_32"), data.num_classes, 32)
+    model = ModelSpec(name="cct_2_3x2_32").build(data.num_classes, 32)
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
         def on_features():
             feats = capture(model, data.train, [POINT], Path(tmp))
@@ -117,20 +116,18 @@ PROFILED = [("capture", "capture (frozen network over train + eval images, float
 
 
 def profile_snp_stage(per_class: int) -> str:
-    """cProfile of the SNP stage's per-point work (snp_service.shard.measure_points) on real CIFAR-10,
+    """cProfile of the SNP stage's per-point work (snp_service.actors.measure_points) on real CIFAR-10,
     summarised by the service's own functions (cumulative seconds)."""
     import cProfile
     import pstats
-
-    from snp_service.models import create_model
-    from snp_service.shard import measure_points
+    from snp_service.actors import measure_points
     from snp_service.spec import spec_from_dict
 
     spec = spec_from_dict({"name": "bench-profile", "model": {"name": "cct_2_3x2_32"}, "train": {"epochs": 1},
                            "dataset": {"name": "imagefolder", "root": str(CIFAR10), "max_per_class": per_class,
                                        "eval_max_per_class": max(10, per_class // 5), "num_workers": 0}})
     torch.manual_seed(0)
-    weights = create_model(spec.model, 10, 32).state_dict()
+    weights = spec.model.build(10, 32).state_dict()
     prof = cProfile.Profile()
     prof.enable()
     measure_points(spec, weights, spec.selected_points(), threads=2)

@@ -20,7 +20,8 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from snp_service.pipeline import hardware, load_trained_model, structural_plans
+from snp_service.pipeline import load_trained_model, structural_plans
+from snp_service.provenance import hardware
 from snp_service.spec import load_spec
 from snp_service.store import Store
 from snp_service.structural import count_macs, count_params, prune_cct

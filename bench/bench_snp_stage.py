@@ -24,9 +24,8 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from snp_service.data import build_datasets  # noqa: E402
-from snp_service.models import create_model  # noqa: E402
-from snp_service.pipeline import hardware  # noqa: E402
-from snp_service.shard import run_sharded, start_actors  # noqa: E402
+from snp_service.provenance import hardware  # noqa: E402
+from snp_service.actors import measure_on, start_workers  # noqa: E402
 from snp_service.spec import spec_from_dict  # noqa: E402
 from snp_service.train import autocast_dtype, make_optimizer  # noqa: E402
 
@@ -35,7 +34,7 @@ ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10
 
 def train_epoch_seconds(spec, data) -> tuple[float, int]:
     """One epoch of the training loop's work (forward, backward, AdamW) with torch on all cores."""
-    model = create_model(spec.model, data.num_classes, spec.dataset.image_size)
+    model = spec.model.build(data.num_classes, spec.dataset.image_size)
     opt = make_optimizer(model, spec.train)
     dtype = autocast_dtype(spec.train.precision, torch.device("cpu"))
     loader = DataLoader(data.train, batch_size=spec.train.batch_size, shuffle=True, num_workers=1)
@@ -52,10 +51,10 @@ def train_epoch_seconds(spec, data) -> tuple[float, int]:
 
 
 def stage_seconds(spec, weights, points, n_actors) -> tuple[float, list[float]]:
-    actors = start_actors(spec, n_actors, threads=1, cpus=1)
+    actors = start_workers(spec, n_actors, threads=1, cpus=1)
     ray.get([a.pid.remote() for a in actors])  # started
     t0 = time.perf_counter()
-    run_sharded(spec, weights, points, actors)
+    measure_on(actors, spec, weights, points)
     seconds = time.perf_counter() - t0
     rss = ray.get([a.peak_rss_mb.remote() for a in actors])
     for a in actors:
@@ -80,7 +79,7 @@ def main() -> None:
     epoch_s, seen = train_epoch_seconds(spec, data)
     print(f"train epoch: {epoch_s:.1f} s for {seen} images ({seen / epoch_s:.0f} img/s)", flush=True)
     torch.manual_seed(0)
-    weights = create_model(spec.model, data.num_classes, 32).state_dict()
+    weights = spec.model.build(data.num_classes, 32).state_dict()
     points = spec.selected_points()
     with tempfile.TemporaryDirectory(prefix="ray-bench-", dir="/tmp") as tmp:
         ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, log_to_driver=False)

@@ -27,7 +27,7 @@ HEADER = ("# Benchmark results\n\nWritten by `python -m bench` (all benchmarks, 
 def machine() -> str:
     import torch
 
-    from snp_service.pipeline import hardware
+    from snp_service.provenance import hardware
 
     hw = hardware()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""

@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader
 
 from bench.common import REPO, stamp, table, verdict, write_section
 from snp_service.data import build_datasets
-from snp_service.models import create_model
 from snp_service.spec import load_spec
 from snp_service.train import autocast_dtype, make_optimizer
 
@@ -39,7 +38,7 @@ def loader_images_per_s(loader: DataLoader, max_batches: int) -> float:
 
 def training_images_per_s(spec, num_classes: int, steps: int) -> float:
     torch.manual_seed(0)
-    model = create_model(spec.model, num_classes, spec.dataset.image_size).to(memory_format=torch.channels_last)
+    model = spec.model.build(num_classes, spec.dataset.image_size).to(memory_format=torch.channels_last)
     opt = make_optimizer(model, spec.train)
     dtype = autocast_dtype(spec.train.precision, torch.device("cpu"))
     b, s = spec.train.batch_size, spec.dataset.image_size

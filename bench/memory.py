@@ -27,8 +27,7 @@ def child(test_per_class: int, root: str, generate: bool) -> None:
     import torch
 
     from snp_service.data import build_datasets
-    from snp_service.models import create_model
-    from snp_service.shard import measure_points
+    from snp_service.actors import measure_points
     from snp_service.spec import spec_from_dict
 
     spec = spec_from_dict({
@@ -44,7 +43,7 @@ def child(test_per_class: int, root: str, generate: bool) -> None:
     if generate:  # a separate process writes the files, so their generation is not in the measured peak
         return
     torch.manual_seed(0)
-    weights = create_model(spec.model, data.num_classes, 32).state_dict()
+    weights = spec.model.build(data.num_classes, 32).state_dict()
     del data
     before = peak_rss_mb()
     t0 = time.perf_counter()
@@ -68,7 +67,7 @@ def run(quick: bool = False) -> None:
     print(small, large, flush=True)
     body = stamp("python -m bench.memory")
     body += (f"\ncct_2_3x2_32, points {', '.join(POINTS)}, readouts on 1,000 training images (2 epochs), "
-             "synthetic 32x32 images in the CIFAR-100 file layout (20 classes); `snp_service.shard.measure_points` "
+             "synthetic 32x32 images in the CIFAR-100 file layout (20 classes); `snp_service.actors.measure_points` "
              "in a fresh process per size, peak RSS from /proc/self/status VmHWM (includes the memory-mapped feature pages "
              "the process touched).\n\n")
     body += table(["evaluation images", "peak RSS MB", "RSS before the stage MB", "seconds"],

@@ -19,7 +19,6 @@ import torch
 
 from bench.common import CIFAR10, median, stamp, table, verdict, write_section
 from bench.steps import model_step
-from snp_service.models import create_model
 from snp_service.spec import ModelSpec, TrainSpec
 from snp_service.train import autocast_dtype, cpu_supports_bf16, lr_factor, make_optimizer, train_epochs
 
@@ -29,7 +28,7 @@ MODELS = [("cct_2_3x2_32", 128, 1.5), ("cct_7_3x1_32", 32, 2.5)]  # name, batch,
 
 def make_step(name: str, batch: int, attention: str, dtype=None, channels_last: bool = False):
     torch.manual_seed(0)
-    model = create_model(ModelSpec(name=name, attention=attention), 10, 32)
+    model = ModelSpec(name=name, attention=attention).build(10, 32)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -49,8 +48,8 @@ def images_per_s(step, batch: int, steps: int) -> float:
 def logits_difference(name: str) -> float:
     """Max |logit difference| of the two attention formulations on the same weights, eval mode, fp32."""
     torch.manual_seed(1)
-    ref = create_model(ModelSpec(name=name, attention="reference"), 10, 32).eval()
-    cand = create_model(ModelSpec(name=name, attention="sdpa"), 10, 32).eval()
+    ref = ModelSpec(name=name, attention="reference").build(10, 32).eval()
+    cand = ModelSpec(name=name, attention="sdpa").build(10, 32).eval()
     cand.load_state_dict(ref.state_dict())
     x = torch.randn(64, 3, 32, 32)
     with torch.no_grad():
@@ -70,7 +69,7 @@ def short_run_accuracy(attention: str, seed: int, per_class: int, epochs: int) -
     data = build_datasets(ds, seed=seed, augment=True)
     t = TrainSpec(epochs=epochs, batch_size=64, lr=1e-3, warmup_epochs=1 if epochs > 1 else 0, seed=seed)
     torch.manual_seed(seed)
-    model = create_model(ModelSpec(name="cct_2_3x2_32", attention=attention), data.num_classes, 32)
+    model = ModelSpec(name="cct_2_3x2_32", attention=attention).build(data.num_classes, 32)
     opt = make_optimizer(model, t)
     loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, num_workers=1,
                         generator=torch.Generator().manual_seed(seed))
@@ -107,8 +106,8 @@ def try_compile(minutes: float) -> str:
     import subprocess
     import sys
 
-    code = ("import time, torch; from snp_service.models import create_model; from snp_service.spec import ModelSpec; "
-            "torch.manual_seed(0); m = create_model(ModelSpec(name='cct_2_3x2_32'), 10, 32); c = torch.compile(m); "
+    code = ("import time, torch; from snp_service.spec import ModelSpec; "
+            "torch.manual_seed(0); m = ModelSpec(name='cct_2_3x2_32').build(10, 32); c = torch.compile(m); "
             "x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,)); t = time.perf_counter(); "
             "torch.nn.functional.cross_entropy(c(x), y).backward(); "
             "print(f'compiled and ran one step in {time.perf_counter() - t:.0f} s')")

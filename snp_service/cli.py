@@ -13,46 +13,38 @@ import sys
 
 import yaml
 
-from snp_service.errors import SnpError
+from snp_service.errors import DatasetError, SnpError, SpecError, StoreError
+from snp_service.models.registry import list_models, measurement_points, model_config
+from snp_service.spec import StorageSpec, is_valid_name, json_schema, load_spec
+from snp_service.store import TABLES, Store
 
-# Ray on this kind of machine binds a non-loopback address unless told otherwise.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# The commands import the Ray, torch and storage layers inside their functions: `snp-service
+# validate` and `--help` must stay fast and work without them being loaded.
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from snp_service.spec import load_spec
-
     spec = load_spec(args.job)
     print(f"# {args.job}: valid; job id {spec.job_id()}; measurement points: {', '.join(spec.selected_points())}")
     if spec.compare is not None:
-        from snp_service.compare import variants
-
-        for label, seed, v in variants(spec):
+        for label, seed, v in spec.compare_jobs():
             print(f"# compare run: {label} seed {seed}: {v.model.name}, job id {v.job_id()}")
     print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from snp_service.spec import json_schema
-
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from snp_service import pipeline
-    from snp_service.spec import load_spec
-
-    from snp_service.errors import DatasetError, StoreError
+    from snp_service import pipeline, studies  # local: see the note at the top
 
     spec = load_spec(args.job)
     progress = lambda m: print(f"[snp-service] {m}", flush=True)  # noqa: E731
     if spec.compare is not None:
-        from snp_service.compare import run_study
-
         try:
-            study = run_study(spec, progress)
+            study = studies.run_comparison(spec, progress)
         except (DatasetError, StoreError) as e:
             raise type(e)(f"{args.job}: {e}") from None
         _print_study(study.tables)
@@ -77,54 +69,38 @@ def _print_study(tables) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import re
+    from snp_service import studies  # local: see the note at the top
 
-    from snp_service.compare import runs_from_store, write_study
-    from snp_service.errors import SpecError
-    from snp_service.spec import _NAME_RX
-
-    if not re.match(_NAME_RX, args.name) or ".." in args.name:  # the rule for job names: it names a folder
+    if not is_valid_name(args.name):  # the rule for job names: it names a folder
         raise SpecError(f"--name {args.name!r}: use letters, digits, _ . - (no path separators)")
     store = _store(args.store)
-    runs = runs_from_store(store, args.job_ids)
-    study = write_study(store, args.name, runs, progress=print)
+    runs = studies.runs_from_store(store, args.job_ids)
+    study = studies.write_comparison(store, args.name, runs, progress=print)
     _print_study(study.tables)
     return 0
 
 
 def _store(root: str):
-    from snp_service.spec import StorageSpec
-    from snp_service.store import Store
-
     return Store.from_spec(StorageSpec(root=root, endpoint=os.environ.get("SNP_S3_ENDPOINT")
                                        if root.startswith("s3://") else None))
 
 
 def _job(store, job_id: str):
-    from snp_service.errors import StoreError
-
     if job_id not in store.job_ids():
         raise StoreError(f"no job {job_id!r} in {store.uri}; `snp-service results --store {store.uri}` lists them")
     return store.job(job_id)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from snp_service.report import build
+    from snp_service.report import build  # local: see the note at the top
 
     job = _job(_store(args.store), args.job_id)
     build(job, progress=print)
     return 0
 
 
-TABLES = {"layers": "snp/layers.parquet", "heads": "heads/summary.parquet", "andc": "prune/andc.parquet",
-          "curve": "prune/curve.parquet", "structural": "prune/structural.parquet", "train": "train/metrics.parquet",
-          "classes": "eval/per_class.parquet"}
-
-
 def cmd_results(args: argparse.Namespace) -> int:
     import polars as pl
-
-    from snp_service.errors import StoreError
 
     store = _store(args.store)
     if args.job_id is None:
@@ -132,7 +108,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         for jid in store.job_ids():
             job = store.job(jid)
             m = job.manifest()
-            spec = job.read_json("spec.json") if job.exists("spec.json") else {}
+            spec = job.spec_json() if job.has("spec") else {}
             ev = job.stage_result("evaluate") or {}
             rows.append({"job_id": jid, "model": (spec.get("model") or {}).get("name"),
                          "dataset": (spec.get("dataset") or {}).get("name"),
@@ -145,10 +121,9 @@ def cmd_results(args: argparse.Namespace) -> int:
             print(pl.DataFrame(rows))
         return 0
     job = _job(store, args.job_id)
-    rel = TABLES[args.table]
-    if not job.exists(rel):
-        raise StoreError(f"job {args.job_id} has no {args.table} table ({rel}); its stage did not run")
-    df = job.read_table(rel)
+    if not job.has(args.table):
+        raise StoreError(f"job {args.job_id} has no {args.table} table ({TABLES[args.table]}); its stage did not run")
+    df = job.table(args.table)
     if args.columns:
         unknown = [c for c in args.columns.split(",") if c not in df.columns]
         if unknown:
@@ -164,10 +139,9 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_heads_study(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from snp_service.spec import load_spec
-    from snp_service.study import heads_study
+    from snp_service.studies import run_heads_study  # local: see the note at the top
 
-    table = heads_study(load_spec(args.job), args.heads, progress=lambda m: print(f"[snp-service] {m}", flush=True))
+    table = run_heads_study(load_spec(args.job), args.heads, progress=lambda m: print(f"[snp-service] {m}", flush=True))
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
         print(table.drop("job_id", "reason"))
     return 0
@@ -176,8 +150,7 @@ def cmd_heads_study(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from snp_service import submit
-    from snp_service.spec import load_spec
+    from snp_service import submit  # local: see the note at the top
 
     spec = load_spec(args.job)  # a bad file is refused here, before anything is uploaded
     sid = submit.submit(spec, Path(args.job), args.address, pass_credentials=args.pass_credentials)
@@ -189,7 +162,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from snp_service import submit
+    from snp_service import submit  # local: see the note at the top
 
     st = submit.status(args.job_id, args.address)
     print(f"{st['job_id']}: {st['status']}" + (f" ({st['message']})" if st["message"] else ""))
@@ -197,7 +170,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from snp_service import submit
+    from snp_service import submit  # local: see the note at the top
 
     print(submit.logs(args.job_id, args.address), end="")
     return 0
@@ -206,8 +179,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from snp_service.spec import load_spec
-    from snp_service.sweep import run_sweep
+    from snp_service.sweep import run_sweep  # local: see the note at the top
 
     table = run_sweep(load_spec(args.job), progress=lambda m: print(f"[snp-service] {m}", flush=True))
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
@@ -216,8 +188,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from snp_service.models import list_models, measurement_points, model_config
-
     for name in list_models():
         cfg = model_config(name)
         pts = measurement_points(cfg, getattr(cfg, "img_size", 32))
@@ -235,7 +205,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from snp_service import synthetic
+    from snp_service import synthetic  # local: see the note at the top
 
     write = synthetic.write_cifar100 if args.layout == "cifar100" else synthetic.write_flowers102
     base = write(Path(args.root), args.classes, args.train_per_class, args.test_per_class, seed=args.seed)

@@ -2,13 +2,14 @@
 official layouts, image-folder trees and .tar.gz archives of them, and synthetic data in the
 official layouts (snp_service.synthetic). Also the CCT recipe's transforms and subsetting.
 
-`prepare()` makes the data loadable (generate, extract or download: idempotent, cached, safe to
+`materialise()` makes the data loadable (generate, extract or download: idempotent, cached, safe to
 call from every Ray worker); `build_datasets()` returns the train and evaluation splits.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import tarfile
@@ -17,14 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
 from snp_service import synthetic
-from snp_service.errors import DatasetError
-from snp_service.spec import DatasetSpec, resolve_path
+from snp_service.errors import DatasetError, StoreError
+from snp_service.spec import DatasetSpec, StorageSpec, resolve_path
+from snp_service.store import Store
 
 NORMALISATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -124,14 +127,6 @@ def fetch_s3(uri: str, endpoint: str | None) -> Path:
     A cached copy is reused while the object's size and modification time are unchanged (recorded
     next to it with the copy's SHA-256); otherwise it is downloaded again, size-checked, and the
     archive cache downstream is keyed by content hash, so a changed object is re-extracted."""
-    import json
-
-    from snp_service.errors import StoreError
-    from snp_service.spec import StorageSpec
-    from snp_service.store import Store
-
-    import pyarrow.fs as pafs
-
     path = uri[5:].rstrip("/")
     store = Store.from_spec(StorageSpec(root=f"s3://{path.split('/', 1)[0]}", endpoint=endpoint))
     try:
@@ -161,7 +156,7 @@ def fetch_s3(uri: str, endpoint: str | None) -> Path:
     return local_root
 
 
-def prepare(ds: DatasetSpec, endpoint: str | None = None) -> Path:
+def materialise(ds: DatasetSpec, endpoint: str | None = None) -> Path:
     """Make the dataset loadable and return the local root the loaders read from. An s3:// root is
     fetched from `endpoint` (the job's storage endpoint) into the local cache first."""
     if ds.root.startswith("s3://"):
@@ -281,9 +276,9 @@ def _check_classes(names: list[str], origin: Path) -> list[str]:
 
 
 def build_datasets(ds: DatasetSpec, seed: int = 0, augment: bool = True, endpoint: str | None = None) -> DataBundle:
-    """Train and evaluation splits with the spec's transforms and subsets (prepare() runs first;
+    """Train and evaluation splits with the spec's transforms and subsets (materialise() runs first;
     `endpoint` serves an s3:// root)."""
-    root = prepare(ds, endpoint)
+    root = materialise(ds, endpoint)
     tr, ev = transforms(ds, train=augment), transforms(ds, train=False)
     try:
         if ds.name in ("cifar10", "cifar100"):

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from snp_service.snp import node_statistics, normalise
+from snp_service.snp import membership, node_statistics, normalise
 
 
 def head_matrices(raw: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -49,11 +49,7 @@ def head_matrices(raw: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 def label_sets(clusters: list[list[list[int]]], num_labels: int) -> np.ndarray:
     """(H, L) Boolean heads x labels matrix from each head's clusters."""
-    a = np.zeros((len(clusters), num_labels), dtype=bool)
-    for h, cs in enumerate(clusters):
-        for s in cs:
-            a[h, s] = True
-    return a
+    return membership(clusters, num_labels)
 
 
 def mean_pairwise_jaccard(sets: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The pipeline: stages a job flows through, each a function from the spec (and earlier stages'
 stored outputs) to stored outputs plus a summary: data -> train -> evaluate -> snp -> heads ->
-prune.
+prune -> report. This module is the stage table, the reuse keys and `run`; the science lives in
+the pure modules (measure, heads, prune, structural), Ray in actors and train, storage in store.
 
 Finished stages are recorded in the store, so re-running the same job id skips them. Each stage
 also has a key: the hash of exactly the spec fields it (and the stages before it) reads
@@ -14,76 +15,56 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
+from snp_service.actors import ensure_ray, measure_on, prune_on, workers_for
+from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
+from snp_service.heads import analyse_heads
+from snp_service.prune import Criterion, SNPCriterion, WeightMagnitude
+from snp_service.provenance import hardware
+from snp_service.report import build as build_report
 from snp_service.spec import JobSpec
-from snp_service.store import JobStore, Store, _clean
+from snp_service.store import FILES, JobStore, Store, clean_error
+from snp_service.structural import cost, plan, prune_cct
+from snp_service.train import autocast_dtype, evaluate, finetune_network, fit
 
 Progress = Callable[[str], None]
-TRAIN_CALLBACKS: list = []  # Ray Train callbacks of the current run (a Tune trial sets TuneReportCallback)
-WEIGHTS = "model/weights.pt"
+STRUCTURAL_CRITERIA: tuple[Criterion, ...] = (SNPCriterion(), WeightMagnitude())
 
 
-def hardware() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
-    try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+def load_datasets(spec: JobSpec, augment: bool = True) -> DataBundle:
+    """The job's training and evaluation datasets (augmented training split unless told otherwise)."""
+    return build_datasets(spec.dataset, seed=spec.train.seed, augment=augment, endpoint=spec.storage.endpoint)
 
 
-def ensure_ray(spec: JobSpec) -> None:
-    """Connect to the job's Ray cluster (compute.address, or RAY_ADDRESS), or start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = spec.compute.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(log_to_driver=True)
-
-
-def prepare_data(spec: JobSpec):
-    from snp_service.data import build_datasets
-
-    return build_datasets(spec.dataset, seed=spec.train.seed, endpoint=spec.storage.endpoint)
-
-
-def stage_data(spec: JobSpec, job: JobStore, progress: Progress, data=None) -> dict:
+def stage_data(spec: JobSpec, job: JobStore, progress: Progress, data: DataBundle | None = None) -> dict:
     """Record the dataset (`data`: the bundle the run's preflight already built, if any)."""
-    data = data or prepare_data(spec)
-    job.write_json("data/classes.json", data.classes)
+    data = data or load_datasets(spec)
+    job.write_json(FILES["class_names"], data.classes)
     progress(f"data: {spec.dataset.name} from {data.root}: {len(data.train)} train ({data.train_split}), "
              f"{len(data.eval)} eval ({data.eval_split}) images, {data.num_classes} classes")
     return data.describe()
 
 
-def stage_train(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
-    from snp_service.train import fit
-
+def stage_train(spec: JobSpec, job: JobStore, progress: Progress, callbacks: Sequence = ()) -> dict:
+    """Ray Train; `callbacks` are Ray Train callbacks (a Tune trial passes TuneReportCallback)."""
     ensure_ray(spec)
     storage_path, fs = job.ray_storage()
     progress(f"train: {spec.model.name}, {spec.train.epochs} epochs on Ray Train "
              f"({spec.compute.num_workers} worker(s)); checkpoints in {storage_path}")
-    result = fit(spec, storage_path, fs, callbacks=TRAIN_CALLBACKS)
+    result = fit(spec, storage_path, fs, callbacks=list(callbacks))
     state = result.state
-    job.write_torch(WEIGHTS, state["model"])
-    job.write_table("train/metrics.parquet", pl.DataFrame(state["history"]))
+    job.write_torch(FILES["weights"], state["model"])
+    job.put_table("train", state["history"])
     last = state["history"][-1]
     return {"epochs": len(state["history"]), "eval_accuracy": last["eval_accuracy"],
             "train_accuracy": last["train_accuracy"], "precision": last["precision"], "device": last["device"],
@@ -91,81 +72,49 @@ def stage_train(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
 
 
 def load_trained_model(spec: JobSpec, job: JobStore, num_classes: int) -> torch.nn.Module:
-    from snp_service.models import create_model
-
-    model = create_model(spec.model, num_classes, spec.dataset.image_size)
-    model.load_state_dict(job.read_torch(WEIGHTS))
+    model = spec.model.build(num_classes, spec.dataset.image_size)
+    model.load_state_dict(job.read_torch(FILES["weights"]))
     return model.eval()
 
 
 def stage_evaluate(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
-    from torch.utils.data import DataLoader
-
-    from snp_service.data import build_datasets
-    from snp_service.train import autocast_dtype, evaluate
-
-    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
+    data = load_datasets(spec, augment=False)
     model = load_trained_model(spec, job, data.num_classes)
     loader = DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
     dtype = autocast_dtype(spec.train.precision, torch.device("cpu"))
     ev = evaluate(model, loader, torch.device("cpu"), dtype, data.num_classes)
     conf = ev["confusion"]
     counts = conf.sum(1)
-    job.write_table("eval/per_class.parquet", pl.DataFrame({
-        "label": list(range(data.num_classes)), "name": data.classes, "count": counts.tolist(),
-        "accuracy": (conf.diag() / counts.clamp(min=1)).tolist()}))
-    job.write_table("eval/confusion.parquet", pl.DataFrame(conf.numpy(), schema=data.classes))
+    job.put_table("classes", {"label": list(range(data.num_classes)), "name": data.classes, "count": counts.tolist(),
+                              "accuracy": (conf.diag() / counts.clamp(min=1)).tolist()})
+    job.put_table("confusion", pl.DataFrame(conf.numpy(), schema=data.classes))
     progress(f"evaluate: accuracy {ev['accuracy']:.4f} on {int(counts.sum())} {data.eval_split} images "
              f"(chance {1 / data.num_classes:.4f})")
     return {"accuracy": ev["accuracy"], "loss": ev["loss"], "images": int(counts.sum()),
             "chance": 1 / data.num_classes}
 
 
-def _on_actors(spec: JobSpec, job: JobStore, points: list[str], task: str, inputs: dict | None,
-               progress: Progress) -> tuple[dict, int]:
-    """Run a per-point task (snp_service.shard) on compute.snp_actors Ray actors, then stop them.
-    Returns the per-point results and the number of actors used."""
-    import ray
-
-    from snp_service.shard import run_sharded, start_actors
-
-    ensure_ray(spec)
-    c = spec.compute
-    n = min(c.snp_actors, len(points))
-    fit = max(1, int(ray.cluster_resources().get("CPU", 0) // c.cpus_per_worker))
-    if n > fit:  # more would wait forever for CPUs on a fixed-size cluster
-        progress(f"{task}: the cluster holds {fit} actor(s) of {c.cpus_per_worker} CPU(s), not {n}; using {fit}")
-        n = fit
-    actors = start_actors(spec, n, max(1, int(c.cpus_per_worker)), c.cpus_per_worker)
-    progress(f"{task}: {len(points)} points on {len(actors)} Ray actor(s)")
-    try:
-        return run_sharded(spec, job.read_torch(WEIGHTS), points, actors, progress, task, inputs), len(actors)
-    finally:
-        for a in actors:
-            ray.kill(a)
-
-
 def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
-    """Measure every selected point on Ray actors (snp_service.shard), then store the results."""
-    import numpy as np
-
+    """Measure every selected point on Ray workers (snp_service.actors), then store the results."""
     points = spec.selected_points()
-    results, n_actors = _on_actors(spec, job, points, "snp", None, progress)
+    with workers_for(spec, points, "snp", progress) as workers:
+        results = measure_on(workers, spec, job.read_torch(FILES["weights"]), points, progress)
+        n_workers = len(workers)
     rows = []
     for p, r in results.items():
-        job.write_array(f"snp/{p}/snp_matrices.npy", r.snp_matrices.numpy().astype(np.float16))
-        job.write_array(f"snp/{p}/snp_raw.npy", r.raw_matrices.numpy().astype(np.float32))
-        job.write_array(f"snp/{p}/node_label_accuracy.npy", r.node_label_accuracy.numpy())
-        job.write_table(f"snp/{p}/nodes.parquet", pl.DataFrame(r.nodes))
-        job.write_torch(f"snp/{p}/readout.pt", r.readout.state_dict())
+        job.write_point(p, "snp_matrices", r.snp_matrices.numpy().astype(np.float16))
+        job.write_point(p, "snp_raw", r.raw_matrices.numpy().astype(np.float32))
+        job.write_point(p, "node_label_accuracy", r.node_label_accuracy.numpy())
+        job.write_point(p, "nodes", r.nodes)
+        job.write_point(p, "readout", r.readout.state_dict())
         rows.append(r.row)
         progress(f"snp: {p:22s} readout acc {r.row['readout_accuracy']:.3f}  cluster size "
                  f"{r.row['mean_cluster_size']:.2f}  noise {r.row['mean_noise']:.2f}  SNR {r.row['snr']:.2f} "
                  f"[{r.row['snr_lo']:.2f}, {r.row['snr_hi']:.2f}]  null SNR {r.row['null_snr']:.2f}  "
                  f"no-cluster {r.row['frac_no_cluster']:.2f}")
-    job.write_table("snp/layers.parquet", pl.DataFrame(rows))
+    job.put_table("layers", rows)
     data = job.stage_result("data") or {}
-    return {"points": len(rows), "actors": n_actors, "readout": spec.analysis.readout,
+    return {"points": len(rows), "actors": n_workers, "readout": spec.analysis.readout,
             "threshold": spec.analysis.threshold, "eval_images": data.get("eval_size"),
             "train_images": data.get("train_size")}
 
@@ -173,10 +122,6 @@ def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
 def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     """Single-head matrices and the heads' label split at each MHA point (snp_service.heads), from
     the SNP stage's raw matrices: no network pass is needed."""
-    import numpy as np
-
-    from snp_service.heads import analyse_heads
-
     points = spec.head_points() if spec.heads.enabled else []
     if not points:
         reason = "heads.enabled is false" if not spec.heads.enabled else "no MHA point among the selected points"
@@ -184,14 +129,14 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
         return {"points": 0, "skipped": reason}
     info, rows = spec.points(), []
     for p in points:
-        raw = torch.from_numpy(job.read_array(f"snp/{p}/snp_raw.npy")).double()
+        raw = torch.from_numpy(job.read_point(p, "snp_raw")).double()
         r = analyse_heads(p, raw, info[p].heads, spec.analysis.threshold, spec.heads.null_draws, spec.analysis.seed,
                           spec.heads.level)
-        job.write_array(f"heads/{p}/heads_labels.npy", r.heads_labels)
-        job.write_array(f"heads/{p}/head_matrices.npy", r.head_matrices.numpy().astype(np.float32))
-        job.write_table(f"heads/{p}/heads.parquet", pl.DataFrame(r.head_stats))
+        job.write_point(p, "heads_labels", r.heads_labels)
+        job.write_point(p, "head_matrices", r.head_matrices.numpy().astype(np.float32))
+        job.write_point(p, "head_stats", r.head_stats)
         if r.null is not None:
-            job.write_array(f"heads/{p}/null.npy", r.null.astype(np.float32))
+            job.write_point(p, "heads_null", r.null.astype(np.float32))
         rows.append(r.summary)
         s = r.summary
         verdict = (f"observed Jaccard {s['observed_jaccard']:.3f} vs null {s['null_mean']:.3f} +- {s['null_sd']:.3f} "
@@ -199,55 +144,39 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
                    else f"overlap test {s['status']}: {s['reason']}")
         progress(f"heads: {p}: {s['mean_labels_per_head']:.1f} labels per head, "
                  f"{s['mean_heads_per_label']:.2f} heads per label; {verdict}")
-    job.write_table("heads/summary.parquet", pl.DataFrame(rows))
+    job.put_table("heads", rows)
     return {"points": len(rows), "undefined": sum(r["status"] == "undefined" for r in rows),
             "uninformative": sum(r["status"] == "uninformative" for r in rows)}
 
 
 def structural_plans(spec: JobSpec, job: JobStore, model: torch.nn.Module) -> dict[str, tuple[dict, dict]]:
-    """{method: (FF units kept per block, heads kept per block)} for `snp` and `magnitude` at
-    pruning.structural_fraction, from the SNP stage's stored statistics. Blocks whose FF / MHA point
-    was not measured keep all their units, under both methods."""
-    from snp_service.heads import head_matrices
-    from snp_service.snp import label_specificity, node_statistics, normalise
-    from snp_service.structural import plan
-
-    frac, th = spec.pruning.structural_fraction, spec.analysis.threshold
+    """{criterion: (FF units kept per block, heads kept per block)} at pruning.structural_fraction,
+    from the raw SNP matrices of the selection images (pruning.selection_split). Blocks whose FF /
+    MHA point was not measured keep all their units, under every criterion."""
     measured, info = set(spec.selected_points()), spec.points()
-    ff, hs = {}, {}
-
-    def selection_raw(p: str) -> torch.Tensor:  # the images that choose units (pruning.selection_split)
-        path = f"prune/{p}/selection_raw.npy" if spec.pruning.selection_split == "heldout" else f"snp/{p}/snp_raw.npy"
-        return torch.from_numpy(job.read_array(path)).double()
-
-    for m in range(len(model.blocks)):
-        p = f"blocks.{m}.mlp.hidden"
-        if p in measured:
-            raw = selection_raw(p)
-            ns = node_statistics(normalise(raw), th)
-            ff[m] = label_specificity(ns.cluster_size, ns.noise, raw.shape[-1])
-        p = f"blocks.{m}.attn.heads"
-        if p in measured:
-            raw = selection_raw(p)
-            ns = node_statistics(normalise(head_matrices(raw, info[p].heads)), th)
-            hs[m] = label_specificity(ns.cluster_size, ns.noise, raw.shape[-1])
+    what = "selection_raw" if spec.pruning.selection_split == "heldout" else "snp_raw"
     plans = {}
-    for method in ("snp", "magnitude"):
-        keep_ff, keep_heads = plan(model, frac, method, ff, hs)
-        plans[method] = ({m: v for m, v in keep_ff.items() if m in ff}, {m: v for m, v in keep_heads.items() if m in hs})
+    for crit in STRUCTURAL_CRITERIA:
+        ff, hs = {}, {}
+        for m, block in enumerate(model.blocks):
+            fp, hp = f"blocks.{m}.mlp.hidden", f"blocks.{m}.attn.heads"
+            ff_raw = torch.from_numpy(job.read_point(fp, what)).double() if fp in measured else None
+            head_raw = torch.from_numpy(job.read_point(hp, what)).double() if hp in measured else None
+            f, h = crit.unit_scores(block, ff_raw, head_raw, info[hp].heads if hp in info else 0,
+                                    spec.analysis.threshold)
+            if fp in measured:
+                ff[m] = f
+            if hp in measured:
+                hs[m] = h
+        plans[crit.structural_name] = plan(model, spec.pruning.structural_fraction, ff, hs)
     return plans
 
 
-def _structural(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
-    """SNP-guided vs magnitude structural pruning of the whole CCT (snp_service.structural)."""
-    from torch.utils.data import DataLoader
-
-    from snp_service.data import build_datasets
-    from snp_service.structural import cost, prune_cct
-    from snp_service.train import evaluate
-
+def structural_pruning(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
+    """Each criterion's structural pruning of the whole CCT (snp_service.structural): cost and
+    accuracy before and after, optionally after a fine-tune of the pruned network."""
     frac = spec.pruning.structural_fraction
-    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
+    data = load_datasets(spec, augment=False)
     model = load_trained_model(spec, job, data.num_classes)
     loader = DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
 
@@ -262,8 +191,6 @@ def _structural(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
         row = {"method": method, "fraction": frac, **cost(pruned, spec.dataset.image_size), "accuracy": accuracy(pruned),
                "accuracy_finetuned": float("nan")}
         if spec.pruning.structural_finetune_epochs:
-            from snp_service.train import finetune_network
-
             finetune_network(pruned, data.train, spec, spec.pruning.structural_finetune_epochs)
             row["accuracy_finetuned"] = accuracy(pruned)
         row["ff_units_removed"] = sum(blk.mlp.linear1.out_features for blk in model.blocks) - \
@@ -282,7 +209,7 @@ def _structural(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
 def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     """ANDC pruning of each point's readout with random and magnitude baselines at equal kept
     connections per node, an accuracy-vs-kept-fraction curve over thresholds, and optionally
-    structural pruning of the network itself."""
+    structural pruning of the network itself; masks and units are chosen on the selection images."""
     if not spec.pruning.enabled:
         progress("prune: skipped (pruning.enabled is false)")
         return {"points": 0, "skipped": "pruning.enabled is false"}
@@ -290,13 +217,14 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     task_points = list(points)
     if spec.pruning.structural_fraction > 0:  # units are chosen on the selection images too
         task_points += [p for p in spec.selected_points() if p not in points and spec.points()[p].kind in ("ff", "mha")]
-    inputs = {p: {"readout": job.read_torch(f"snp/{p}/readout.pt"), "raw": job.read_array(f"snp/{p}/snp_raw.npy"),
-                  "andc": p in points} for p in task_points}
-    results, _ = _on_actors(spec, job, task_points, "prune", inputs, progress)
+    inputs = {p: {"readout": job.read_point(p, "readout"), "raw": job.read_point(p, "snp_raw"), "andc": p in points}
+              for p in task_points}
+    with workers_for(spec, task_points, "prune", progress) as workers:
+        results = prune_on(workers, spec, job.read_torch(FILES["weights"]), task_points, inputs, progress)
     for p in task_points:
-        job.write_array(f"prune/{p}/selection_raw.npy", results[p]["selection_raw"])
-    progress(f"prune: masks and units chosen on {results[task_points[0]]['selection']}" if task_points else
-             "prune: no point to prune")
+        job.write_point(p, "selection_raw", results[p]["selection_raw"])
+    if task_points:
+        progress(f"prune: masks and units chosen on {results[task_points[0]]['selection']}")
     rows = [r for p in points for r in results[p]["rows"]]
     curve = [c for p in points for c in results[p]["curve"]]
     for p in points:
@@ -305,35 +233,33 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
                  f"{by['andc']['accuracy_full']:.3f}, " + ", ".join(
                      f"{m} {r['accuracy_pruned']:.3f}/{r['accuracy_finetuned']:.3f}" for m, r in by.items())
                  + " (pruned/fine-tuned)")
-    job.write_table("prune/andc.parquet", pl.DataFrame(rows))
-    job.write_table("prune/curve.parquet", pl.DataFrame(curve))
+    job.put_table("andc", rows)
+    job.put_table("curve", curve)
     summary = {"points": len(points), "selection": spec.pruning.selection_split,
                "threshold": spec.analysis.threshold if spec.pruning.threshold is None else spec.pruning.threshold}
     if spec.pruning.structural_fraction > 0:
-        structural = _structural(spec, job, progress)
-        job.write_table("prune/structural.parquet", pl.DataFrame(structural))
+        structural = structural_pruning(spec, job, progress)
+        job.put_table("structural", structural)
         summary["structural"] = {r["method"]: {k: r[k] for k in ("params", "macs_per_image", "latency_ms_b128",
                                                                  "accuracy")} for r in structural}
     return summary
 
 
-def stage_report(job: JobStore, progress: Progress) -> dict:
-    from snp_service.report import build
-
-    build(job, progress)
-    return {"html": "report/report.html"}
+def stage_report(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    build_report(job, progress, running_hardware=hardware())
+    return {"html": FILES["report"]}
 
 
-STAGES: list[tuple[str, Callable[[JobSpec, JobStore, Progress], dict]]] = [
+Stage = Callable[[JobSpec, JobStore, Progress], dict]
+STAGES: list[tuple[str, Stage]] = [
     ("data", stage_data),
     ("train", stage_train),
     ("evaluate", stage_evaluate),
     ("snp", stage_snp),
     ("heads", stage_heads),
     ("prune", stage_prune),
-    ("report", lambda spec, job, progress: stage_report(job, progress)),
+    ("report", stage_report),
 ]
-
 # Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all).
 _TRAINED = (("dataset", None), ("model", None), ("train", None))
 _MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_epochs", "readout_lr", "threshold",
@@ -374,8 +300,8 @@ def find_reusable(store: Store, job: JobStore, stage: str, key: str) -> JobStore
         if marker is None:
             continue
         other_key = marker.get("key")
-        if other_key is None and other.exists("spec.json"):  # markers written before keys were recorded
-            other_key = stage_key(other.read_json("spec.json"), stage)
+        if other_key is None and other.has("spec"):  # markers written before keys were recorded
+            other_key = stage_key(other.spec_json(), stage)
         if other_key == key:
             return other
     return None
@@ -389,7 +315,7 @@ class RunOutcome:
     manifest: dict
 
 
-def _run_stage(fn, spec: JobSpec, job, progress, name: str) -> dict:
+def run_stage(fn, spec: JobSpec, job, progress, name: str) -> dict:
     """Run one stage. A failure inside it (e.g. Ray Train's, whose checkpoints go to the store) is
     checked against the store: when the store has become unreachable, that is what the user is told,
     naming the endpoint, instead of a library traceback."""
@@ -402,35 +328,29 @@ def _run_stage(fn, spec: JobSpec, job, progress, name: str) -> dict:
             job.store.check()
         except StoreError as down:
             raise StoreError(f"stage {name} failed because the results store became unreachable: {down} "
-                             f"(the stage's own error: {_clean(e, -1)[:300]})") from None
+                             f"(the stage's own error: {clean_error(e, -1)[:300]})") from None
         raise
 
 
-def run(spec: JobSpec, progress: Progress = print, train_callbacks=()) -> RunOutcome:
-    """Run every stage not yet finished for this job id, then write the manifest (last)."""
-    TRAIN_CALLBACKS[:] = list(train_callbacks)
-    try:
-        return _run(spec, progress)
-    finally:
-        TRAIN_CALLBACKS.clear()
-
-
-def _run(spec: JobSpec, progress: Progress) -> RunOutcome:
+def run(spec: JobSpec, progress: Progress = print, train_callbacks: Sequence = ()) -> RunOutcome:
+    """Run every stage not yet finished for this job id, then write the manifest (last).
+    train_callbacks: Ray Train callbacks for the train stage (a Tune trial passes TuneReportCallback)."""
     store = Store.from_spec(spec.storage)
     store.check()  # unreachable store or bad credentials: fail before any compute or write
     job = store.job(spec.job_id())
     # a bad dataset (missing, wrong layout, corrupt archive) fails here, before anything is written;
     # the data stage then records this bundle instead of building it again
-    prepared = prepare_data(spec) if job.stage_result("data") is None else None
+    prepared = load_datasets(spec) if job.stage_result("data") is None else None
     progress(f"job {job.job_id} -> {job.uri}")
     job.invalidate_manifest()
     spec_json = spec.model_dump(mode="json")
-    job.write_json("spec.json", spec_json)
-    job.write_text("spec.yaml", yaml.safe_dump(spec_json, sort_keys=False))
+    job.write_json(FILES["spec"], spec_json)
+    job.write_text(FILES["spec_yaml"], yaml.safe_dump(spec_json, sort_keys=False))
+    bound = {"data": functools.partial(stage_data, data=prepared),
+             "train": functools.partial(stage_train, callbacks=train_callbacks)}
     summaries = {}
     for name, fn in STAGES:
-        if name == "data" and prepared is not None:
-            fn = functools.partial(stage_data, data=prepared)
+        fn = bound.get(name, fn)
         key = stage_key(spec_json, name)
         done = job.stage_result(name)
         if done is not None and done.get("key", key) == key:
@@ -446,7 +366,7 @@ def _run(spec: JobSpec, progress: Progress) -> RunOutcome:
                        "reused_from": source.job_id}
             progress(f"{name}: same inputs as job {source.job_id}; copied its {n} result file(s)")
         else:
-            summary = _run_stage(fn, spec, job, progress, name)
+            summary = run_stage(fn, spec, job, progress, name)
         job.finish_stage(name, {**summary, "key": key}, time.perf_counter() - t0)
         summaries[name] = job.stage_result(name)
     manifest = job.write_manifest({"name": spec.name, "model": spec.model.name, "dataset": spec.dataset.name,

@@ -27,17 +27,16 @@ import math
 import numpy as np
 import torch
 
+from snp_service.heads import head_matrices
 from snp_service.readout import Readout, fit_on_features, readout_accuracy
 from snp_service.snp import clusters as node_clusters
+from snp_service.snp import label_specificity, membership, node_statistics, normalise
+from snp_service.structural import ff_magnitude, head_magnitude
 
 
 def andc_mask(clusters: list[list[list[int]]], num_labels: int) -> torch.Tensor:
     """(L, N) Boolean: True where label k is in a cluster of node n."""
-    mask = torch.zeros(num_labels, len(clusters), dtype=torch.bool)
-    for n, cs in enumerate(clusters):
-        for s in cs:
-            mask[s, n] = True
-    return mask
+    return torch.from_numpy(membership(clusters, num_labels).T.copy())
 
 
 def andc_mask_at(m_normalised: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -70,13 +69,71 @@ def magnitude_mask(weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return (ranks < counts[:, None]).T
 
 
+# ---- criteria: one interface for readout masks and for structural pruning (as Torch-Pruning's
+# importance classes). `readout_mask` keeps, per node, as many labels as ANDC keeps; `unit_scores`
+# rates every FF hidden unit and every head of each CCT block (lowest removed first) from the
+# block's weights and the raw SNP matrices of the selection images at its FF / MHA points.
+
+
+class Criterion:
+    name: str  # in the ANDC table
+    structural_name: str  # in the structural table
+
+    def readout_mask(self, andc: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def unit_scores(self, block, ff_raw: torch.Tensor | None, head_raw: torch.Tensor | None, num_heads: int,
+                    threshold: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+        raise NotImplementedError
+
+
+class SNPCriterion(Criterion):
+    """ANDC for readouts (labels in the node's clusters); label specificity for units and heads."""
+
+    name, structural_name = "andc", "snp"
+
+    def readout_mask(self, andc, weight):
+        return andc
+
+    def unit_scores(self, block, ff_raw, head_raw, num_heads, threshold):
+        def score(m):
+            ns = node_statistics(normalise(m), threshold)
+            return label_specificity(ns.cluster_size, ns.noise, m.shape[-1])
+
+        return (None if ff_raw is None else score(ff_raw),
+                None if head_raw is None else score(head_matrices(head_raw, num_heads)))
+
+
+class RandomLabels(Criterion):
+    """The AFCC paper's baseline: as many labels per node as ANDC keeps, drawn at random (seeded)."""
+
+    name = structural_name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def readout_mask(self, andc, weight):
+        return random_mask(andc.sum(dim=0), andc.shape[0], self.seed)
+
+
+class WeightMagnitude(Criterion):
+    """Largest |W| per node for readouts; |linear1 row| x |linear2 column| for FF units and
+    |v rows| x |proj columns| for heads."""
+
+    name = structural_name = "magnitude"
+
+    def readout_mask(self, andc, weight):
+        return magnitude_mask(weight, andc.sum(dim=0))
+
+    def unit_scores(self, block, ff_raw, head_raw, num_heads, threshold):
+        return ff_magnitude(block), head_magnitude(block)
+
+
 def baseline_masks(andc: torch.Tensor, weight: torch.Tensor, methods: list[str], seed: int) -> dict[str, torch.Tensor]:
     """ANDC plus each baseline at exactly ANDC's number of kept connections per node."""
-    counts = andc.sum(dim=0)
-    out = {"andc": andc}
-    for m in methods:
-        out[m] = random_mask(counts, andc.shape[0], seed) if m == "random" else magnitude_mask(weight, counts)
-    return out
+    criteria: list[Criterion] = [SNPCriterion()] + [RandomLabels(seed) if m == "random" else WeightMagnitude()
+                                                    for m in methods]
+    return {c.name: c.readout_mask(andc, weight) for c in criteria}
 
 
 def masked(readout: Readout, mask: torch.Tensor) -> Readout:

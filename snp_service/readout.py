@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from snp_service.errors import SnpError
+
 
 def as_nodes_positions(act: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H*W); (B, T, D) -> (B, D, T)."""
@@ -73,8 +75,6 @@ def capture(model: nn.Module, dataset: Dataset, points: list[str], directory: Pa
         store.clear()
         for f in directory.glob("*.npy"):
             f.unlink(missing_ok=True)
-        from snp_service.errors import SnpError
-
         raise SnpError(f"capturing features into {directory} failed ({e.strerror or e}); the points need about "
                        f"{max(need, 1) / 2**20:.0f} MB for {n} images there (set SNP_FEATURES_DIR to a larger disk)"
                        ) from None

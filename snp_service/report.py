@@ -11,8 +11,12 @@ import math
 
 import numpy as np
 import polars as pl
+import yaml
 
-from snp_service.store import JobStore, code_version
+from snp_service import figures
+from snp_service.compare import INTERVAL, Run
+from snp_service.provenance import code_version, describe_hardware
+from snp_service.store import FILES, JobStore
 
 DEFINITIONS = """
 <ul>
@@ -50,7 +54,7 @@ evaluation images that score them; <code>eval</code>, the paper's protocol (mask
 """
 
 
-def _fig_to(job: JobStore, name: str, fig) -> str:
+def store_figure(job: JobStore, name: str, fig) -> str:
     """Store a figure as PNG and SVG; return the PNG as a data URI for the page."""
     import matplotlib.pyplot as plt
 
@@ -94,35 +98,37 @@ def _chosen_nodes(nodes: pl.DataFrame, k: int = 4) -> list[int]:
     return sorted(nodes["node"].to_numpy()[order[:k]].tolist())
 
 
-def build(job: JobStore, progress=lambda _m: None) -> str:
-    """Draw every figure the stored results allow, write report.html, return its store path."""
-    from snp_service import figures
+def build(job: JobStore, progress=lambda _m: None, running_hardware: dict | None = None) -> str:
+    """Draw every figure the stored results allow, write report.html, return its store path.
 
-    spec = job.read_json("spec.json")
-    classes = job.read_json("data/classes.json")
+    running_hardware: the machine running the job, when the report is drawn as the job's last stage
+    (before its manifest exists); a rebuilt report takes the hardware from the job's manifest."""
+
+    spec = job.spec_json()
+    classes = job.class_names()
     sections, figs = [], {}
     stages = {s: job.stage_result(s) for s in ("data", "train", "evaluate", "snp", "heads", "prune")}
 
-    if job.exists("train/metrics.parquet"):
-        figs["training"] = _fig_to(job, "training", figures.training_curves(job.read_table("train/metrics.parquet")))
+    if job.has("train"):
+        figs["training"] = store_figure(job, "training", figures.training_curves(job.table("train")))
         sections.append(("Training", f"<img src='{figs['training']}' alt='training curves'>"))
 
-    if job.exists("snp/layers.parquet"):
-        layers = job.read_table("snp/layers.parquet")
-        img = _fig_to(job, "layers", figures.layer_curves(layers))
+    if job.has("layers"):
+        layers = job.layers()
+        img = store_figure(job, "layers", figures.layer_curves(layers))
         table = html_table(layers, ["point", "kind", "nodes", "readout", "readout_accuracy", "mean_cluster_size",
                                     "mean_n_clusters", "mean_noise", "noise_per_label", "snr", "null_snr",
                                     "snr_excess", "mean_node_accuracy", "frac_no_cluster"],
                            intervals=True)
         sizes, heat = {}, []
         for p in layers["point"]:
-            nodes = job.read_table(f"snp/{p}/nodes.parquet")
+            nodes = job.read_point(p, "nodes")
             sizes[p] = nodes["cluster_size"].to_numpy()
-            mats = job.read_array(f"snp/{p}/snp_matrices.npy")
+            mats = job.read_point(p, "snp_matrices")
             fig = figures.snp_heatmaps(p, mats, nodes["clusters"].to_list(), _chosen_nodes(nodes),
                                        spec["analysis"]["threshold"], classes)
-            heat.append(f"<img src='{_fig_to(job, 'snp_' + p.replace('.', '_'), fig)}' alt='SNP matrices {p}'>")
-        hist = _fig_to(job, "cluster_sizes", figures.cluster_histograms(sizes, len(classes)))
+            heat.append(f"<img src='{store_figure(job, 'snp_' + p.replace('.', '_'), fig)}' alt='SNP matrices {p}'>")
+        hist = store_figure(job, "cluster_sizes", figures.cluster_histograms(sizes, len(classes)))
         readouts = ", ".join(f"{r} at {'/'.join(k)} points" for r, k in (
             (r, layers.filter(pl.col("readout") == r)["kind"].unique(maintain_order=True).to_list())
             for r in layers["readout"].unique(maintain_order=True)))
@@ -132,32 +138,32 @@ def build(job: JobStore, progress=lambda _m: None) -> str:
                          f"<img src='{img}' alt='per-layer curves'><img src='{hist}' alt='cluster sizes'>"))
         sections.append(("SNP matrices (4 nodes with the largest signal per point)", "".join(heat)))
 
-    if job.exists("heads/summary.parquet"):
-        summary = job.read_table("heads/summary.parquet")
+    if job.has("heads"):
+        summary = job.heads()
         parts = [html_table(summary, ["point", "heads", "labels", "mean_labels_per_head", "mean_heads_per_label",
                                       "labels_without_head", "observed_jaccard", "null_mean", "null_sd", "overlap_deficit",
                                       "p_value", "p_min",
                                       "status", "reason"])]
         for r in summary.iter_rows(named=True):
             p = r["point"]
-            null = job.read_array(f"heads/{p}/null.npy") if job.exists(f"heads/{p}/null.npy") else None
-            fig = figures.heads_figure(p, job.read_array(f"heads/{p}/heads_labels.npy"), null, r, classes)
-            parts.append(f"<img src='{_fig_to(job, 'heads_' + p.replace('.', '_'), fig)}' alt='heads {p}'>")
+            null = job.read_point(p, "heads_null") if job.has_point(p, "heads_null") else None
+            fig = figures.heads_figure(p, job.read_point(p, "heads_labels"), null, r, classes)
+            parts.append(f"<img src='{store_figure(job, 'heads_' + p.replace('.', '_'), fig)}' alt='heads {p}'>")
         sections.append(("Attention heads: who recognises which label", "".join(parts)))
 
-    if job.exists("prune/andc.parquet"):
-        andc, curve = job.read_table("prune/andc.parquet"), job.read_table("prune/curve.parquet")
-        img = _fig_to(job, "pruning", figures.pruning_figure(curve, andc))
+    if job.has("andc"):
+        andc, curve = job.andc(), job.table("curve")
+        img = store_figure(job, "pruning", figures.pruning_figure(curve, andc))
         body = html_table(andc, ["point", "method", "selection", "threshold", "kept_fraction", "nodes_without_connection",
                                  "accuracy_full", "accuracy_pruned", "accuracy_finetuned", "finetune_epochs"])
         body += f"<img src='{img}' alt='pruning curves'>"
-        if job.exists("prune/structural.parquet"):
+        if job.has("structural"):
             body += "<h3>Structural pruning of the network (FF units and heads removed)</h3>" + html_table(
-                job.read_table("prune/structural.parquet"))
+                job.table("structural"))
         sections.append(("ANDC pruning and baselines", body))
 
-    if job.exists("eval/per_class.parquet"):
-        sections.append(("Per-class accuracy of the trained network", html_table(job.read_table("eval/per_class.parquet"))))
+    if job.has("classes"):
+        sections.append(("Per-class accuracy of the trained network", html_table(job.table("classes"))))
 
     manifest = job.manifest()  # a rebuilt report names the code that ran the job, not the code drawing it
     prov = {"job id": job.job_id, "code version": (manifest or {}).get("code_version") or code_version(),
@@ -169,9 +175,9 @@ def build(job: JobStore, progress=lambda _m: None) -> str:
             "epochs": spec["train"]["epochs"], "seed": spec["train"]["seed"],
             "accuracy": (stages["evaluate"] or {}).get("accuracy"),
             "device / precision": f"{(stages['train'] or {}).get('device')} / {(stages['train'] or {}).get('precision')}",
-            "hardware": _hardware(),
+            "hardware": describe_hardware(running_hardware or (manifest or {}).get("hardware")),
             "durations (s)": ", ".join(f"{k} {v['seconds']:.0f}" for k, v in stages.items() if v)}
-    path = job.write_text("report/report.html", page(f"snp-service report: {job.job_id}", sections, prov,
+    path = job.write_text(FILES["report"], page(f"snp-service report: {job.job_id}", sections, prov,
                                                      DEFINITIONS, spec))
     progress(f"report: {job.uri}/report/report.html ({len(sections)} sections)")
     return path
@@ -180,8 +186,6 @@ def build(job: JobStore, progress=lambda _m: None) -> str:
 def page(title: str, sections: list[tuple[str, str]], prov: dict, definitions: str, spec: dict | None) -> str:
     """A self-contained report page: provenance table, table of contents, sections (title, HTML),
     definitions and the spec as YAML."""
-    import yaml
-
     prov_html = "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in prov.items()) \
         + "</table>"
     return _PAGE.format(
@@ -190,13 +194,6 @@ def page(title: str, sections: list[tuple[str, str]], prov: dict, definitions: s
         body="".join(f"<h2 id='s{i}'>{html.escape(t)}</h2>{b}" for i, (t, b) in enumerate(sections)),
         prov=prov_html, definitions=definitions,
         spec=f"<pre>{html.escape(yaml.safe_dump(spec, sort_keys=False))}</pre>" if spec else "<p>n/a</p>")
-
-
-def _hardware() -> str:
-    from snp_service.pipeline import hardware
-
-    h = hardware()
-    return f"{h.get('cpu')}, {h.get('cpu_count')} CPUs{', ' + h['gpu'] if h.get('gpu') else ''}; torch {h['torch']}"
 
 
 _PAGE = """<!doctype html>
@@ -218,3 +215,136 @@ pre {{ background: #f7f7f7; padding: 1em; font-size: 0.8em; }}
 <h2>Job spec</h2>{spec}
 </body></html>
 """
+
+
+# ---- the comparison of several jobs (snp_service.compare tables, written by snp_service.studies)
+
+def comparison_page(study: JobStore, tables: dict[str, pl.DataFrame], runs: list[Run], spec_json: dict | None) -> str:
+    """The comparison's report.html (and its depth figure) in the study folder; returns its path."""
+    fig = store_figure(study, "compare_depth", figures.compare_depth(tables["layers"]))
+    spec0 = runs[0].spec
+    sections = []
+    acc = tables["accuracy_summary"]
+    sections.append(("Networks and accuracy (mean over seeds, sd = spread)", html_table(acc) +
+                     html_table(tables["accuracy"].drop("family"))))
+    sections.append(("Per-layer measures along relative depth",
+                     f"<img src='{fig}' alt='per-layer measures against relative depth'>" + html_table(
+                         tables["layers"], ["model", "point", "kind", "readout", "relative_depth", "seeds",
+                                            "readout_accuracy", "readout_accuracy_sd", "mean_cluster_size",
+                                            "mean_cluster_size_sd", "mean_noise", "noise_per_label", "snr", "snr_sd",
+                                            "snr_seed_lo", "snr_seed_hi", "null_snr", "snr_excess",
+                                            "mean_node_accuracy", "frac_no_cluster"]) +
+                     f"<p>snr_seed_lo / snr_seed_hi: {INTERVAL} of the mean SNR (none with one seed); sd: spread "
+                     "over seeds; null_snr: the point's chance level (label-permuted fields), snr_excess = snr - "
+                     "null_snr. Each seed's own node-bootstrap interval is in compare/runs.parquet.</p>"))
+    sections.append(("Does SNR rise along the network?",
+                     "<p>First vs last point of each model, within one readout kind (all its points, then each "
+                     "point kind): <b>rises</b> only when in every seed the last point's 95% node-bootstrap (BCa) "
+                     "interval lies wholly above the first's; <b>falls</b> the mirror; otherwise no clear trend. "
+                     "verdict_excess: the same with each interval minus its point's null SNR. Spearman's rho: "
+                     "seed-mean SNR (and excess) against depth.</p>" + html_table(tables["trends"])))
+    if "andc" in tables:
+        sections.append(("ANDC pruning of the readouts (changes in points of accuracy)", html_table(tables["andc"])))
+    if "heads" in tables:
+        sections.append(("Attention heads: label split vs the random null",
+                         "<p>Informative: the test could reach its level (p_min below it). Jaccard, null and overlap "
+                         "deficit are means over informative seeds only; p_min_max: the largest smallest-attainable "
+                         "p over seeds.</p>" + html_table(tables["heads"])))
+    links = "".join(f"<li>{html.escape(r.label)} seed {r.seed}: <code>{html.escape(r.uri)}/{FILES['report']}</code>"
+                    f"</li>" for r in runs)
+    sections.append(("Runs (each has its own full report)", f"<ul>{links}</ul>"))
+    prov = {"study": study.job_id, "code version": code_version(),
+            "dataset": f"{spec0['dataset']['name']} ({spec0['dataset']['root']})",
+            "evaluation subset per class": spec0["dataset"].get("eval_max_per_class") or "all",
+            "training subset per class": spec0["dataset"].get("max_per_class") or "all",
+            "threshold": spec0["analysis"]["threshold"], "seeds": sorted({r.seed for r in runs})}
+    definitions = ("<p>Relative depth: a point's index among all measurement points of its model in forward order "
+                   "/ (points - 1). Per-point definitions as in each run's report (METHOD.md section 2).</p>")
+    return study.write_text(FILES["report"], page(f"snp-service comparison: {study.job_id}", sections, prov,
+                                                  definitions, spec_json))
+
+
+def fmt_mean_sd(mean, sd=None, scale: float = 1.0, digits: int = 2) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if sd is None or (isinstance(sd, float) and math.isnan(sd)):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
+
+
+def _interval(lo, hi) -> str:
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return ""
+    return f" [{lo:.2f}, {hi:.2f}]"
+
+
+def markdown_table(rows: list[list[str]], head: list[str]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: str) -> str:
+    """The comparison as Markdown (tables and the verdicts the numbers support), for docs; every
+    figure in it is read from `tables`."""
+    spec0 = runs[0].spec
+    ds = spec0["dataset"]
+    out = [f"Results in `{where}`; dataset {ds['name']} (`{ds['root']}`), training subset "
+           f"{ds.get('max_per_class') or 'all'} per class, evaluation subset {ds.get('eval_max_per_class') or 'all'} "
+           f"per class of the test split, threshold {spec0['analysis']['threshold']}, seeds "
+           f"{', '.join(str(s) for s in sorted({r.seed for r in runs}))}. Values: mean ± sd over seeds.", ""]
+    acc = tables["accuracy_summary"]
+    out += ["**Accuracy of the trained networks** (evaluation subset)", "", markdown_table(
+        [[r["model"], r["network"], r["family"], str(r["epochs"]), str(r["seeds"]),
+          fmt_mean_sd(r["accuracy"], r["accuracy_sd"], 100, 1) + " %",
+          f"{r['accuracy_min'] * 100:.1f} to {r['accuracy_max'] * 100:.1f} %"] for r in acc.iter_rows(named=True)],
+        ["model", "network", "family", "epochs", "seeds", "accuracy", "range"]), ""]
+    lay = tables["layers"]
+    out += [f"**Per-layer measures along relative depth** (SNR: mean ± sd over seeds, then the {INTERVAL}; "
+            "null: the point's chance-level SNR from label-permuted fields)", "", markdown_table(
+        [[r["model"], r["point"], r["kind"], r["readout"], f"{r['relative_depth']:.2f}",
+          fmt_mean_sd(r["readout_accuracy"], r["readout_accuracy_sd"], 100, 1),
+          fmt_mean_sd(r["mean_cluster_size"], r["mean_cluster_size_sd"]),
+          fmt_mean_sd(r["mean_noise"], r["mean_noise_sd"]),
+          fmt_mean_sd(r["snr"], r["snr_sd"]) + _interval(r["snr_seed_lo"], r["snr_seed_hi"]),
+          fmt_mean_sd(r["null_snr"], r["null_snr_sd"]),
+          fmt_mean_sd(r["frac_no_cluster"], r["frac_no_cluster_sd"])] for r in lay.iter_rows(named=True)],
+        ["model", "point", "kind", "readout", "depth", "readout acc. %", "cluster size", "noise",
+         "SNR [95% t over seeds]", "null SNR", "no cluster"]), ""]
+    tr = tables["trends"]
+    out += ["**Does SNR rise along the network?** (first vs last point of one readout kind; `rises` only where "
+            "the points' node-bootstrap intervals separate in every seed; `excess`: the same after subtracting "
+            "each point's null SNR)", "", markdown_table(
+                [[r["model"], r["readout"], r["kind"], str(r["points"]), f"{r['first']} → {r['last']}",
+                  f"{r['snr_first']:.2f} → {r['snr_last']:.2f}",
+                  f"{r['excess_first']:.2f} → {r['excess_last']:.2f}",
+                  "n/a" if math.isnan(r["spearman_rho"]) else f"{r['spearman_rho']:.2f}", r["verdict"],
+                  r["verdict_excess"]]
+                 for r in tr.iter_rows(named=True)],
+                ["model", "readout", "kind", "points", "from → to", "SNR", "SNR - null", "Spearman rho", "verdict",
+                 "verdict (excess)"]), ""]
+    if "andc" in tables:
+        a = tables["andc"]
+        sel = ", ".join(sorted(set(a["selection"].to_list())))
+        out += ["**ANDC pruning of the readouts** (accuracy change in points; baselines keep as many labels per "
+                f"node; masks chosen on: {sel})", "", markdown_table(
+                    [[r["model"], r["point"], r["method"], fmt_mean_sd(r["kept_fraction"], r["kept_fraction_sd"]),
+                      f"{1 - r['kept_fraction']:.2f}",
+                      fmt_mean_sd(r["accuracy_full"], r["accuracy_full_sd"], 100, 1),
+                      fmt_mean_sd(r["change_pruned"], r["change_pruned_sd"], 1, 1),
+                      fmt_mean_sd(r["change_finetuned"], r["change_finetuned_sd"], 1, 1)] for r in a.iter_rows(named=True)],
+                    ["model", "point", "method", "kept fraction", "pruned", "full readout acc. %", "change pruned",
+                     "change fine-tuned"]), ""]
+    if "heads" in tables:
+        h = tables["heads"]
+        out += ["**Attention heads vs the random null** (the test asks whether heads avoid each other's labels; "
+                "informative: the label-set sizes let it reach p < level; Jaccard and deficit over informative "
+                "seeds only)", "", markdown_table(
+            [[r["model"], r["point"], f"{r['mean_labels_per_head']:.1f}", f"{r['mean_heads_per_label']:.2f}",
+              f"{r['informative']}/{r['seeds']}", f"{r['uninformative']}", f"{r['undefined']}",
+              fmt_mean_sd(r["observed_jaccard"]), fmt_mean_sd(r["null_mean"]), fmt_mean_sd(r["overlap_deficit"]),
+              "n/a" if r["p_min_max"] is None or math.isnan(r["p_min_max"]) else f"{r['p_min_max']:.3f}",
+              f"{r['specialised_seeds']}/{r['seeds']}"]
+             for r in h.iter_rows(named=True)],
+            ["model", "point", "labels/head", "heads/label", "informative", "uninformative", "undefined", "Jaccard",
+             "null Jaccard", "deficit", "largest p_min", "seeds with p < level"]), ""]
+    return "\n".join(out) + "\n"

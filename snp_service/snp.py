@@ -207,6 +207,16 @@ def greedy_clusters(candidates: list[int], mutual: np.ndarray) -> list[list[int]
     return out
 
 
+def membership(clusters: list[list[list[int]]], num_labels: int) -> np.ndarray:
+    """(items, L) Boolean: True where label k is in a cluster of item i (a node, or a head). The
+    ANDC mask is its transpose; a head's label set is its row."""
+    a = np.zeros((len(clusters), num_labels), dtype=bool)
+    for i, cs in enumerate(clusters):
+        for s in cs:
+            a[i, s] = True
+    return a
+
+
 @dataclass
 class NodeStatistics:
     """Per-node statistics (METHOD.md 2.8), arrays of length N."""

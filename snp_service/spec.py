@@ -28,7 +28,7 @@ from snp_service.units import units_removed
 
 MAX_YAML_BYTES = 1_000_000
 MAX_YAML_NODES = 100_000  # bounds alias expansion ("billion laughs") before validation
-_NAME_RX = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # job and study names: they name folders
 Fraction01 = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
@@ -139,6 +139,12 @@ class ModelSpec(_Strict):
         overrides = dict(num_heads=self.num_heads, num_layers=self.num_layers,
                          embedding_dim=self.embedding_dim, mlp_ratio=self.mlp_ratio)
         return model_config(self.name, **overrides)
+
+    def build(self, num_classes: int, img_size: int):
+        """The network this section describes (snp_service.models.create_model)."""
+        from snp_service.models import create_model  # here: `snp-service validate` must not import torch
+
+        return create_model(num_classes=num_classes, img_size=img_size, **self.model_dump())
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelSpec:
@@ -333,7 +339,7 @@ class CompareSpec(_Strict):
 class JobSpec(_Strict):
     """A job: train a network, then measure it. Results go to `<storage.root>/<job_id>/`."""
 
-    name: str = Field(..., pattern=_NAME_RX, description="letters, digits, _ . -; no path separators")
+    name: str = Field(..., pattern=NAME_PATTERN, description="letters, digits, _ . -; no path separators")
     description: str = ""
     dataset: DatasetSpec
     model: ModelSpec
@@ -395,13 +401,31 @@ class JobSpec(_Strict):
         if self.compare is not None:
             if self.sweep is not None:
                 raise ValueError("compare and sweep exclude each other; run the sweep on one model's job")
-            from snp_service.compare import variants
-
             try:
-                variants(self)  # every (model, seed) must be a valid job
+                self.compare_jobs()  # every (model, seed) must be a valid job
             except SpecError as e:
                 raise ValueError(str(e)) from None
         return self
+
+    def compare_jobs(self) -> list[tuple[str, int, JobSpec]]:
+        """(label, seed, job) of every run of the compare section, seeds outer, models inner (so a
+        study cut short has every model at the first seed). Each model's sections are merged field
+        by field into the base job; `model` replaces the base model whole when given."""
+        if self.compare is None:
+            raise SpecError(f"job {self.name} has no compare section")
+        out = []
+        for seed in self.compare.seeds:
+            for m in self.compare.models:
+                over = {section: getattr(m, section) for section in ("train", "measure", "analysis", "pruning")}
+                over["train"] = {**over["train"], "seed": seed}
+                if m.model is not None:
+                    over["model"] = m.model
+                try:
+                    out.append((m.label, seed, derive_job(self, f"{self.name}-{m.label}-s{seed}", over,
+                                                          f"compare model {m.label!r} (seed {seed})", replace=("model",))))
+                except SpecError as e:
+                    raise SpecError(f"compare: {e}") from None
+        return out
 
     def head_points(self) -> list[str]:
         """Selected MHA points the heads stage analyses."""
@@ -439,6 +463,30 @@ class JobSpec(_Strict):
             content["dataset"]["root"] = root.relative_to(Path.cwd()).as_posix()
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}-{digest}"
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def derive_job(base: JobSpec, name: str, overrides: dict, source: str, replace: tuple[str, ...] = ()) -> JobSpec:
+    """A job derived from `base`: `overrides` (nested like the job file) merged field by field, the
+    sections named in `replace` replaced whole; the base's study sections (compare, sweep) dropped;
+    validated like a job file (errors name `source`). The one way the unified study, the heads
+    study and the sweep make their member jobs."""
+    d = base.model_dump(mode="json", exclude={"compare", "sweep"})
+    for k, v in overrides.items():
+        d[k] = v if k in replace or not (isinstance(v, dict) and isinstance(d.get(k), dict)) else _merge(d[k], v)
+    d["name"] = name[:64]
+    return spec_from_dict(d, source)
+
+
+def is_valid_name(name: str) -> bool:
+    """The rule for job and study names (they name folders)."""
+    return bool(re.match(NAME_PATTERN, name)) and ".." not in name
 
 
 def resolve_path(p: str) -> Path:

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import posixpath
-import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,24 +23,26 @@ import polars as pl
 import pyarrow.fs as pafs
 
 from snp_service.errors import StoreError
+from snp_service.provenance import code_version
 from snp_service.spec import StorageSpec, resolve_path
 
 MANIFEST = "manifest.json"
 STAGES = "stages"
 
-
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
-    from snp_service import __version__
-
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        rev, dirty = "", ""
-    return f"{__version__}+{rev}{'.dirty' if dirty else ''}" if rev else __version__
+# Every artefact of a job, by name: the one place its path is spelled. Stages write through these
+# names; the report, the studies and the CLI read through them (`snp-service results --table`).
+TABLES = {"layers": "snp/layers.parquet", "heads": "heads/summary.parquet", "andc": "prune/andc.parquet",
+          "curve": "prune/curve.parquet", "structural": "prune/structural.parquet", "train": "train/metrics.parquet",
+          "classes": "eval/per_class.parquet", "confusion": "eval/confusion.parquet"}
+FILES = {"spec": "spec.json", "spec_yaml": "spec.yaml", "class_names": "data/classes.json",
+         "weights": "model/weights.pt", "report": "report/report.html", "summary": "report/summary.md"}
+POINT_FILES = {  # per measurement point: name -> (stage folder, file name)
+    "snp_matrices": ("snp", "snp_matrices.npy"), "snp_raw": ("snp", "snp_raw.npy"),
+    "node_label_accuracy": ("snp", "node_label_accuracy.npy"), "nodes": ("snp", "nodes.parquet"),
+    "readout": ("snp", "readout.pt"), "heads_labels": ("heads", "heads_labels.npy"),
+    "head_matrices": ("heads", "head_matrices.npy"), "head_stats": ("heads", "heads.parquet"),
+    "heads_null": ("heads", "null.npy"), "selection_raw": ("prune", "selection_raw.npy"),
+}
 
 
 _AUTH_ERRORS = ("ACCESS_DENIED", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "Forbidden",
@@ -85,7 +86,7 @@ class Store:
             except OSError as e:
                 if not self.remote or _is_auth(e) or time.monotonic() + delay > deadline:
                     where = f" at endpoint {self.endpoint}" if self.endpoint else ""
-                    raise StoreError(f"{what} failed on results store {self.uri}{where}: {_clean(e)}") from None
+                    raise StoreError(f"{what} failed on results store {self.uri}{where}: {clean_error(e)}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
@@ -167,7 +168,7 @@ class JobStore:
             except OSError as e:
                 if os.path.exists(tmp):
                     os.unlink(tmp)  # nothing half-written is left behind (e.g. disk full)
-                raise StoreError(f"writing {self.uri}/{rel} failed: {_clean(e)}") from None
+                raise StoreError(f"writing {self.uri}/{rel} failed: {clean_error(e)}") from None
             return dest
 
         def put():  # an object PUT is atomic; retried whole
@@ -254,6 +255,54 @@ class JobStore:
         infos = self.store.call("listing files", self.store.fs.get_file_info, sel)
         return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
+    # --- named artefacts (TABLES, FILES, POINT_FILES) -------------------------------------
+    def has(self, name: str) -> bool:
+        """Whether the named table or file exists."""
+        return self.exists(TABLES.get(name) or FILES[name])
+
+    def table(self, name: str) -> pl.DataFrame:
+        return self.read_table(TABLES[name])
+
+    def put_table(self, name: str, rows: pl.DataFrame | list | dict) -> str:
+        return self.write_table(TABLES[name], rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows))
+
+    def layers(self) -> pl.DataFrame:
+        return self.table("layers")
+
+    def heads(self) -> pl.DataFrame:
+        return self.table("heads")
+
+    def andc(self) -> pl.DataFrame:
+        return self.table("andc")
+
+    def spec_json(self) -> dict:
+        return self.read_json(FILES["spec"])
+
+    def class_names(self) -> list[str]:
+        return self.read_json(FILES["class_names"])
+
+    @staticmethod
+    def point_path(point: str, what: str) -> str:
+        stage, name = POINT_FILES[what]
+        return f"{stage}/{point}/{name}"
+
+    def has_point(self, point: str, what: str) -> bool:
+        return self.exists(self.point_path(point, what))
+
+    def read_point(self, point: str, what: str) -> Any:
+        """A point's artefact, read by its kind (.npy array, .parquet table, .pt torch object)."""
+        rel = self.point_path(point, what)
+        return (self.read_array(rel) if rel.endswith(".npy") else self.read_table(rel) if rel.endswith(".parquet")
+                else self.read_torch(rel))
+
+    def write_point(self, point: str, what: str, obj: Any) -> str:
+        rel = self.point_path(point, what)
+        if rel.endswith(".npy"):
+            return self.write_array(rel, obj)
+        if rel.endswith(".parquet"):
+            return self.write_table(rel, obj if isinstance(obj, pl.DataFrame) else pl.DataFrame(obj))
+        return self.write_torch(rel, obj)
+
     # --- stages and manifest ---------------------------------------------------------------
     def stage_result(self, stage: str) -> dict | None:
         """The recorded summary of a finished stage, or None if it has not finished."""
@@ -301,7 +350,7 @@ class JobStore:
         return self.path("train"), self.store.fs
 
 
-def _clean(e: Exception, line: int = 0) -> str:
+def clean_error(e: Exception, line: int = 0) -> str:
     """One line of an error message (the first, or e.g. -1 for the last), without secrets
     (pyarrow/AWS messages do not carry the secret key, but be sure)."""
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]

@@ -13,6 +13,8 @@ Which units go (lowest score first, ties: lower index first):
   the unit's SNP statistics at blocks.<m>.mlp.hidden; head score = the same from the head's SNP
   matrix (snp_service.heads). The statistics come from the selection split (pruning.selection_split).
 - magnitude: FF unit score = |linear1 row| * |linear2 column|; head score = |v rows| * |proj columns|.
+The scores themselves come from the criteria of snp_service.prune (one interface for readout masks
+and unit scores); this module plans and performs the removal and measures its cost.
 """
 
 from __future__ import annotations
@@ -101,21 +103,24 @@ def masked_cct(model: nn.Module, keep_ff: dict[int, list[int]], keep_heads: dict
     return masked
 
 
-def plan(model: nn.Module, fraction: float, method: str, ff_scores: dict[int, np.ndarray] | None = None,
-         head_scores: dict[int, np.ndarray] | None = None) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
-    """Units and heads kept in every block when `fraction` of each is removed by `method`."""
+def plan(model: nn.Module, fraction: float, ff_scores: dict[int, np.ndarray],
+         head_scores: dict[int, np.ndarray]) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """Units and heads kept in every block when `fraction` of each is removed, lowest score first
+    (blocks without scores keep everything)."""
     keep_ff, keep_heads = {}, {}
     for m, blk in enumerate(model.blocks):
         units, heads = blk.mlp.linear1.out_features, blk.attn.num_heads
-        if method == "magnitude":
-            fs, hs = ff_magnitude(blk), head_magnitude(blk)
-        else:
-            fs, hs = (ff_scores or {}).get(m), (head_scores or {}).get(m)
-        if fs is not None:
-            keep_ff[m] = keep_indices(fs, units_removed(fraction, units))
-        if hs is not None:
-            keep_heads[m] = keep_indices(hs, units_removed(fraction, heads))
+        if ff_scores.get(m) is not None:
+            keep_ff[m] = keep_indices(ff_scores[m], units_removed(fraction, units))
+        if head_scores.get(m) is not None:
+            keep_heads[m] = keep_indices(head_scores[m], units_removed(fraction, heads))
     return keep_ff, keep_heads
+
+
+def magnitude_scores(model: nn.Module) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Weight-magnitude scores of every block's FF units and heads."""
+    return ({m: ff_magnitude(b) for m, b in enumerate(model.blocks)},
+            {m: head_magnitude(b) for m, b in enumerate(model.blocks)})
 
 
 # --- cost: one utility for before/after --------------------------------------------------------

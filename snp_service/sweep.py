@@ -14,17 +14,21 @@ row per trial (config, job id, accuracy, SNP / heads / ANDC summaries) goes to
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from collections.abc import Callable
 
 import polars as pl
+from ray import tune
+from ray.tune import RunConfig, TuneConfig, Tuner
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 
+from snp_service import pipeline
+from snp_service.actors import ensure_ray
 from snp_service.errors import SpecError
-from snp_service.spec import JobSpec, spec_from_dict
-from snp_service.store import Store
-from snp_service.study import STUDIES
+from snp_service.spec import JobSpec, derive_job
+from snp_service.store import JobStore, Store
+from snp_service.studies import study_folder, write_sweep_table
 
 
 def grid(spec: JobSpec) -> list[dict]:
@@ -40,35 +44,35 @@ def grid(spec: JobSpec) -> list[dict]:
     return [dict(zip(keys, values)) for values in itertools.product(*(dims[k] for k in keys))]
 
 
+# where each swept dimension lives in a job
+SWEPT = {"num_heads": ("model", "num_heads"), "lr": ("train", "lr"), "threshold": ("analysis", "threshold")}
+
+
 def trial_spec(spec: JobSpec, overrides: dict) -> JobSpec:
-    d = spec.model_dump(mode="json")
-    d.pop("sweep")
+    """One trial's job: the base job with the trial's values (derive_job), named by them."""
     suffix = "-".join(f"{k[0]}{v}" for k, v in sorted(overrides.items()))
-    d["name"] = f"{spec.name}-{suffix}"[:64]
-    if "num_heads" in overrides:
-        d["model"]["num_heads"] = overrides["num_heads"]
-    if "lr" in overrides:
-        d["train"]["lr"] = overrides["lr"]
-    if "threshold" in overrides:
-        d["analysis"]["threshold"] = overrides["threshold"]
-    return spec_from_dict(d, f"{spec.name} trial {overrides}")
+    nested: dict = {}
+    for k, v in overrides.items():
+        section, field = SWEPT[k]
+        nested.setdefault(section, {})[field] = v
+    return derive_job(spec, f"{spec.name}-{suffix}", nested, f"{spec.name} trial {overrides}")
 
 
-def summarise(job, spec: JobSpec) -> dict:
+def summarise(job: JobStore, spec: JobSpec) -> dict:
     """A trial's numbers for the sweep table (the last measured point of each kind)."""
     out = {"accuracy": (job.stage_result("evaluate") or {}).get("accuracy")}
-    if job.exists("snp/layers.parquet"):
-        layers = job.read_table("snp/layers.parquet")
+    if job.has("layers"):
+        layers = job.layers()
         last = layers.row(len(layers) - 1, named=True)
         out.update(last_point=last["point"], last_snr=last["snr"], last_readout_accuracy=last["readout_accuracy"],
                    mean_snr=float(layers["snr"].mean()))
-    if job.exists("heads/summary.parquet"):
-        h = job.read_table("heads/summary.parquet")
+    if job.has("heads"):
+        h = job.heads()
         last = h.row(len(h) - 1, named=True)
         out.update(heads_point=last["point"], heads_p=last["p_value"], heads_p_min=last["p_min"], heads_status=last["status"],
                    labels_per_head=last["mean_labels_per_head"])
-    if job.exists("prune/andc.parquet"):
-        a = job.read_table("prune/andc.parquet").filter(pl.col("method") == "andc")
+    if job.has("andc"):
+        a = job.andc().filter(pl.col("method") == "andc")
         last = a.row(len(a) - 1, named=True)
         out.update(andc_kept=last["kept_fraction"], andc_accuracy=last["accuracy_pruned"],
                    andc_drop=last["accuracy_full"] - last["accuracy_pruned"])
@@ -77,11 +81,6 @@ def summarise(job, spec: JobSpec) -> dict:
 
 def _trainable(config: dict) -> None:
     """One trial: the pipeline for the trial's job, epochs reported to Tune as they finish."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from snp_service import pipeline
-
     spec = JobSpec.model_validate(config["spec"])
     outcome = pipeline.run(spec, progress=lambda m: print(f"[trial] {m}", flush=True),
                            train_callbacks=[TuneReportCallback()])
@@ -91,18 +90,12 @@ def _trainable(config: dict) -> None:
 
 
 def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.DataFrame:
-    from ray import tune
-    from ray.tune import RunConfig, TuneConfig, Tuner
-
-    from snp_service.pipeline import ensure_ray
-
     trials = grid(spec)
     specs = [trial_spec(spec, o) for o in trials]
     store = Store.from_spec(spec.storage)
     store.check()
-    digest = hashlib.sha256(json.dumps([s.job_id() for s in specs]).encode()).hexdigest()[:12]
-    name = f"{spec.name}-sweep-{digest}"
-    study = store.job(f"{STUDIES}/{name}")
+    study = study_folder(store, spec.name, "sweep", [s.job_id() for s in specs])
+    name = study.job_id.rsplit("/", 1)[-1]
     ensure_ray(spec)
     progress(f"sweep {name}: {len(trials)} trials ({', '.join(trials[0])}) -> {study.uri}")
     param = tune.grid_search([s.model_dump(mode="json") for s in specs])
@@ -111,8 +104,6 @@ def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.Data
     path = f"{storage}/{name}"
     scheduler = None
     if spec.sweep.asha:
-        from ray.tune.schedulers import ASHAScheduler
-
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.train.epochs + 1,
                                   grace_period=max(1, spec.train.epochs // 4))
     if Tuner.can_restore(path, storage_filesystem=fs):
@@ -134,10 +125,6 @@ def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.Data
                      **(summarise(job, s) if job.manifest() else {})})
     errors = [r.error for r in results if r.error]
     table = pl.DataFrame(rows)
-    study.write_table("sweep.parquet", table)
-    from snp_service import figures
-    from snp_service.report import _fig_to
-
-    _fig_to(study, "sweep", figures.sweep_figure(table, [k for k in trials[0]]))
+    write_sweep_table(study, table, list(trials[0]))
     progress(f"sweep {name}: {len(rows)} trials, {len(errors)} failed; table at {study.uri}/sweep.parquet")
     return table

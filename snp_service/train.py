@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from snp_service.data import build_datasets
 from snp_service.spec import JobSpec, TrainSpec
 
 STATE_FILE = "state.pt"
@@ -80,7 +81,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dtype: 
             "confusion": confusion}
 
 
-def _mixer(spec: JobSpec, num_classes: int):
+def batch_mixer(spec: JobSpec, num_classes: int):
     from torchvision.transforms import v2
 
     a = spec.dataset.augment
@@ -96,9 +97,6 @@ def train_loop_per_worker(config: dict) -> None:
     """Run by every Ray Train worker. Reports metrics and a checkpoint after every epoch."""
     import ray.train
     import ray.train.torch
-
-    from snp_service.data import build_datasets
-    from snp_service.models import create_model
 
     spec = JobSpec.model_validate(config["spec"])
     t = spec.train
@@ -120,7 +118,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     # channels_last: the conv tokenizer / VGG convs run faster on it (cct_2_3x2_32 on CPU: 1.2x train
     # img/s, bench/RESULTS.md section 1); the same arithmetic up to float rounding
-    model = create_model(spec.model, data.num_classes, spec.dataset.image_size).to(memory_format=torch.channels_last)
+    model = spec.model.build(data.num_classes, spec.dataset.image_size).to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     dtype = autocast_dtype(t.precision, device)
@@ -130,7 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, t.warmup_epochs * steps_per_epoch, t.min_lr / t.lr))
     criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    mixer = _mixer(spec, data.num_classes)
+    mixer = batch_mixer(spec, data.num_classes)
 
     start_epoch, history = 0, []
     # the run's own latest checkpoint (restore after a failure), else a given starting checkpoint

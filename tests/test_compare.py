@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import yaml
 
-from snp_service import compare
+from snp_service import compare, studies
 from snp_service.errors import SpecError, StoreError
 from snp_service.spec import load_spec, spec_from_dict
 from tests.conftest import REPO, SHARED_CIFAR10, tiny_job
@@ -26,7 +26,7 @@ def _compare_job(tmp, seeds=(0, 1), **extra) -> dict:
 
 def test_compare_section_expands_into_one_job_per_model_and_seed(tmp_path):
     spec = spec_from_dict(_compare_job(tmp_path, seeds=(3, 5)))
-    runs = compare.variants(spec)
+    runs = spec.compare_jobs()
     assert [(label, seed) for label, seed, _ in runs] == [("vgg", 3), ("cct", 3), ("vgg", 5), ("cct", 5)]
     vgg, cct = runs[0][2], runs[1][2]
     assert vgg.name == "tiny-vgg-s3" and vgg.model.name == "vgg11_bn" and vgg.train.optimizer == "sgd"
@@ -60,7 +60,7 @@ def test_bad_compare_sections_are_refused_naming_the_problem(tmp_path, change, m
 @pytest.mark.skipif(not SHARED_CIFAR10.exists(), reason="needs the real CIFAR-10 archive in ../shared/datasets")
 def test_the_shipped_unified_job_is_valid_and_pairs_a_cnn_with_a_cct():
     spec = load_spec(REPO / "jobs" / "unified_cifar10.yaml")
-    runs = compare.variants(spec)
+    runs = spec.compare_jobs()
     assert {v.model.name for _, _, v in runs} == {"vgg11_bn", "cct_2_3x2_32"}
     assert spec.compare.seeds == [0, 1, 2] and len(runs) == 6
     assert len({(v.dataset, v.analysis.threshold) for _, _, v in runs}) == 1
@@ -168,9 +168,9 @@ def test_trend_verdict_on_the_excess_over_the_null_level():
 def test_spearman_uses_average_ranks_and_leaves_nan_out():
     import numpy as np
 
-    assert compare._spearman(np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, np.nan, 2.0, 3.0])) == pytest.approx(1.0)
+    assert compare.spearman(np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, np.nan, 2.0, 3.0])) == pytest.approx(1.0)
     # ties get average ranks: y = [1, 1, 2] against x = [0, 1, 2] is not a perfect ordering
-    assert compare._spearman(np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 2.0])) == pytest.approx(math.sqrt(3) / 2)
+    assert compare.spearman(np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 2.0])) == pytest.approx(math.sqrt(3) / 2)
 
 
 @pytest.mark.slow
@@ -185,7 +185,7 @@ def test_unified_study_end_to_end_and_compare_command(tmp_path, ray_cluster, cap
     assert cli.main(["run", str(tmp_path / "job.yaml")]) == 0
     out = capsys.readouterr().out
     assert "compare: run 4/4: cct seed 1" in out and "comparison: " in out
-    study_dirs = list((tmp_path / "results" / compare.STUDIES).iterdir())
+    study_dirs = list((tmp_path / "results" / studies.STUDIES).iterdir())
     assert len(study_dirs) == 1
     d = study_dirs[0]
     layers = pl.read_parquet(d / "compare" / "layers.parquet")
@@ -202,7 +202,7 @@ def test_unified_study_end_to_end_and_compare_command(tmp_path, ray_cluster, cap
     runs = pl.read_parquet(d / "compare" / "accuracy.parquet")["job_id"].to_list()
     # the same comparison from the stored jobs (labels become the model names)
     assert cli.main(["compare", *runs, "--store", str(tmp_path / "results"), "--name", "again"]) == 0
-    again = sorted((tmp_path / "results" / compare.STUDIES).glob("again-compare-*"))
+    again = sorted((tmp_path / "results" / studies.STUDIES).glob("again-compare-*"))
     t = pl.read_parquet(again[0] / "compare" / "layers.parquet")
     assert t["snr"].to_list() == layers["snr"].to_list()
     assert set(t["model"]) == {"vgg11_bn", "cct_2_3x2_32"}
@@ -212,7 +212,7 @@ def test_jobs_on_different_data_or_thresholds_are_refused(tmp_path):
     a = spec_from_dict(tiny_job(tmp_path)).model_dump(mode="json")
     b = spec_from_dict(tiny_job(tmp_path / "other")).model_dump(mode="json")
     c = spec_from_dict(tiny_job(tmp_path, **{"analysis.threshold": 0.5})).model_dump(mode="json")
-    run = lambda spec, jid: compare.Run("m", 0, jid, None, spec)  # noqa: E731
+    run = lambda spec, jid: compare.Run("m", 0, jid, "", spec)  # noqa: E731
     compare.check_comparable([run(a, "a"), run(a, "a2")])
     with pytest.raises(StoreError, match="differ in dataset.root"):
         compare.check_comparable([run(a, "a"), run(b, "b")])

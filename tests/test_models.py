@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from snp_service.models import create_model, list_models, measurement_points, model_config
+from snp_service.models import list_models, measurement_points, model_config
 from snp_service.spec import ModelSpec
 
 
@@ -15,7 +15,7 @@ def _img_size(name: str) -> int:
 def test_forward_backward_and_points(name):
     torch.manual_seed(0)
     size = _img_size(name)
-    model = create_model(ModelSpec(name=name), num_classes=7, img_size=size)
+    model = ModelSpec(name=name).build(num_classes=7, img_size=size)
     x = torch.randn(2, 3, size, size)
     captured = {}
     hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: captured.__setitem__(n, out.detach()))
@@ -39,13 +39,13 @@ def test_forward_backward_and_points(name):
 
 
 def test_cct7_parameter_count_matches_published():
-    model = create_model(ModelSpec(name="cct_7_3x1_32"), num_classes=10, img_size=32)
+    model = ModelSpec(name="cct_7_3x1_32").build(num_classes=10, img_size=32)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == 3.76
 
 
 def test_overrides_change_width_and_heads():
     spec = ModelSpec(name="cct_2_3x2_32", num_heads=4, embedding_dim=64, num_layers=3)
-    model = create_model(spec, num_classes=5, img_size=32)
+    model = spec.build(num_classes=5, img_size=32)
     assert len(model.blocks) == 3 and model.blocks[0].attn.num_heads == 4
     pts = measurement_points(spec.config(), 32)
     assert pts["blocks.2.attn.heads"].heads == 4 and pts["blocks.2.out"].nodes == 64
@@ -54,8 +54,8 @@ def test_overrides_change_width_and_heads():
 @pytest.mark.parametrize("pos", ["learnable", "sine", "none"])
 def test_sdpa_matches_reference_attention(pos):
     torch.manual_seed(0)
-    ref = create_model(ModelSpec(name="cct_2_3x2_32", attention="reference", positional_embedding=pos), 10, 32)
-    fast = create_model(ModelSpec(name="cct_2_3x2_32", attention="sdpa", positional_embedding=pos), 10, 32)
+    ref = ModelSpec(name="cct_2_3x2_32", attention="reference", positional_embedding=pos).build(10, 32)
+    fast = ModelSpec(name="cct_2_3x2_32", attention="sdpa", positional_embedding=pos).build(10, 32)
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -65,7 +65,7 @@ def test_sdpa_matches_reference_attention(pos):
 def test_block_applies_norm1_to_residual_stream():
     """METHOD.md 5: x = x + attn(pre_norm(x)); x = norm1(x); x = x + mlp(x)."""
     torch.manual_seed(0)
-    model = create_model(ModelSpec(name="cct_2_3x2_32", stochastic_depth=0.0), 10, 32).eval()
+    model = ModelSpec(name="cct_2_3x2_32", stochastic_depth=0.0).build(10, 32).eval()
     blk = model.blocks[0]
     x = torch.randn(2, 64, 128)
     with torch.no_grad():

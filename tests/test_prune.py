@@ -51,7 +51,7 @@ def _separable(n=400, nodes=6, labels=3, seed=0):
 
 def test_finetune_keeps_the_mask_and_prune_point_reports_all_methods():
     from snp_service.readout import train_readout
-    from snp_service.analysis import snp_accumulate
+    from snp_service.measure import snp_accumulate
     from snp_service.snp import normalise
 
     x, y = _separable()
@@ -72,7 +72,7 @@ def test_finetune_keeps_the_mask_and_prune_point_reports_all_methods():
 def test_masks_are_chosen_on_the_selection_images_and_the_rows_say_so():
     """ANDC's mask comes from the matrices it is given (the selection images), never from the
     evaluation split that scores it."""
-    from snp_service.analysis import snp_accumulate
+    from snp_service.measure import snp_accumulate
     from snp_service.prune import selection_rows
     from snp_service.readout import train_readout
     from snp_service.snp import normalise

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from snp_service.analysis import measure_point, snp_accumulate
-from snp_service.models import create_model, measurement_points
+from snp_service.measure import measure_point, snp_accumulate
+from snp_service.models import measurement_points
 from snp_service.readout import Readout, capture, readout_accuracy, train_readout
 from snp_service.snp import fields, fields_literal
 from snp_service.spec import AnalysisSpec, ModelSpec
@@ -24,7 +24,7 @@ def _toy(n=96, classes=3, seed=0):
 def test_capture_keeps_output_and_shapes(tmp_path):
     torch.manual_seed(0)
     spec = ModelSpec(name="cct_2_3x2_32", num_layers=1, embedding_dim=32, num_heads=2)
-    model = create_model(spec, 3, 32).eval()
+    model = spec.build(3, 32).eval()
     ds = _toy(10)
     before = model(ds.tensors[0])
     info = measurement_points(spec.config(), 32)
@@ -85,12 +85,11 @@ def test_disk_full_while_capturing_is_a_clear_error_and_leaves_nothing(tmp_path)
         from pathlib import Path
         from torch.utils.data import TensorDataset
         from snp_service.errors import SnpError
-        from snp_service.models import create_model
         from snp_service.readout import capture
         from snp_service.spec import ModelSpec
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-        model = create_model(ModelSpec(name="cct_2_3x2_32", embedding_dim=32, num_heads=2, num_layers=1), 4, 32)
+        model = ModelSpec(name="cct_2_3x2_32", embedding_dim=32, num_heads=2, num_layers=1).build(4, 32)
         data = TensorDataset(torch.randn(64, 3, 32, 32), torch.arange(64) % 4)
         try:
             capture(model, data, ["tokenizer.0", "blocks.0.out"], Path(r"{tmp_path}") / "feats")

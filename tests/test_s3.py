@@ -175,7 +175,7 @@ def test_a_stage_failing_while_the_store_is_down_is_reported_as_the_store(monkey
     """Any stage failure is checked against the store: unreachable -> one StoreError naming the
     endpoint and the stage; reachable (or local) -> the stage's own error, unchanged."""
     from snp_service.localdev import free_ports
-    from snp_service.pipeline import _run_stage
+    from snp_service.pipeline import run_stage
 
     def broken(*_args):
         raise RuntimeError("Training failed due to controller error:\nupload of checkpoint failed")
@@ -186,11 +186,11 @@ def test_a_stage_failing_while_the_store_is_down_is_reported_as_the_store(monkey
     dead = f"http://127.0.0.1:{free_ports(1)[0]}"
     job = Store.from_spec(StorageSpec(root="s3://snp-test/x", endpoint=dead)).job("j")
     with pytest.raises(StoreError) as err:
-        _run_stage(broken, None, job, print, "train")
+        run_stage(broken, None, job, print, "train")
     msg = str(err.value)
     assert "stage train failed because the results store became unreachable" in msg and dead in msg
     assert "upload of checkpoint failed" in msg  # the stage's own last line is kept
 
     local = Store.from_spec(StorageSpec(root=str(tmp_path / "results"))).job("j")
     with pytest.raises(RuntimeError, match="controller error"):
-        _run_stage(broken, None, local, print, "train")
+        run_stage(broken, None, local, print, "train")

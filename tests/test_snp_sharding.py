@@ -9,9 +9,7 @@ import pytest
 import ray
 import torch
 from ray.cluster_utils import Cluster
-
-from snp_service.models import create_model
-from snp_service.shard import assign, measure_points, run_sharded, start_actors
+from snp_service.actors import assign, measure_on, measure_points, start_workers
 from snp_service.spec import spec_from_dict
 from tests.conftest import tiny_job
 
@@ -38,7 +36,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shard")
     spec = spec_from_dict(tiny_job(tmp, analysis={"readout_epochs": 4, "bootstrap": 200}))
     torch.manual_seed(0)
-    weights = create_model(spec.model, 4, 32).state_dict()  # an untrained network measures just as well
+    weights = spec.model.build(4, 32).state_dict()  # an untrained network measures just as well
     points = spec.selected_points()
     return spec, weights, points, measure_points(spec, weights, points, threads=1)
 
@@ -67,9 +65,9 @@ def test_assignment_is_balanced_and_complete(setup):
 @pytest.mark.parametrize("n_actors", [1, 2, 3])
 def test_same_result_for_any_number_of_actors(three_node_cluster, setup, n_actors):
     spec, weights, points, reference = setup
-    actors = start_actors(spec, n_actors, threads=1, cpus=1)
+    actors = start_workers(spec, n_actors, threads=1, cpus=1)
     try:
-        _same(run_sharded(spec, weights, points, actors), reference)
+        _same(measure_on(actors, spec, weights, points), reference)
     finally:
         for a in actors:
             ray.kill(a)
@@ -80,7 +78,7 @@ def test_killed_actor_is_restarted_and_result_unchanged(three_node_cluster, setu
     # long enough readouts that the kill lands mid-task
     spec = spec_from_dict(tiny_job(tmp_path, analysis={"readout_epochs": 40, "bootstrap": 200}))
     reference = measure_points(spec, weights, points, threads=1)
-    actors = start_actors(spec, 2, threads=1, cpus=1)
+    actors = start_workers(spec, 2, threads=1, cpus=1)
     first_pid = ray.get(actors[0].pid.remote())
     ray.get(actors[1].pid.remote())
 
@@ -99,7 +97,7 @@ def test_killed_actor_is_restarted_and_result_unchanged(three_node_cluster, setu
 
     killer = kill_soon.remote(actors[0])
     try:
-        result = run_sharded(spec, weights, points, actors, progress=note)
+        result = measure_on(actors, spec, weights, points, progress=note)
         killed_at = ray.get(killer)
         assert killed_at < finished["first"]  # killed while its task was still running
         assert ray.get(actors[0].pid.remote()) != first_pid  # the actor really was replaced

@@ -1,16 +1,14 @@
 import numpy as np
 import pytest
 import torch
-
-from snp_service.models import create_model
 from snp_service.spec import ModelSpec
-from snp_service.structural import cost, keep_indices, masked_cct, plan, prune_cct
+from snp_service.structural import cost, keep_indices, magnitude_scores, masked_cct, plan, prune_cct
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = create_model(ModelSpec(name="cct_2_3x2_32", num_heads=4, embedding_dim=64), 10, 32).eval()
+    m = ModelSpec(name="cct_2_3x2_32", num_heads=4, embedding_dim=64).build(10, 32).eval()
     return m
 
 
@@ -35,13 +33,13 @@ def test_removal_is_exact(model, attention):
 
 
 def test_plan_and_cost_shrink(model):
-    keep_ff, keep_heads = plan(model, 0.5, "magnitude")
+    keep_ff, keep_heads = plan(model, 0.5, *magnitude_scores(model))
     assert all(len(v) == 32 for v in keep_ff.values()) and all(len(v) == 2 for v in keep_heads.values())
     pruned = prune_cct(model, keep_ff, keep_heads)
     before, after = cost(model, 32, batches=(2,), repeats=1), cost(pruned, 32, batches=(2,), repeats=1)
     assert after["params"] < before["params"] and after["macs_per_image"] < before["macs_per_image"]
     snp_ff = {0: np.arange(64.0), 1: np.arange(64.0)[::-1].copy()}
-    keep_ff2, keep_heads2 = plan(model, 0.25, "snp", snp_ff, {0: np.array([0.0, 1.0, 2.0, 3.0])})
+    keep_ff2, keep_heads2 = plan(model, 0.25, snp_ff, {0: np.array([0.0, 1.0, 2.0, 3.0])})
     assert keep_ff2[0] == list(range(16, 64)) and keep_ff2[1] == list(range(48))
     assert keep_heads2 == {0: [1, 2, 3]}
 
@@ -55,6 +53,6 @@ def test_a_quarter_of_two_heads_removes_one():
 
 
 def test_plan_at_a_quarter_removes_one_of_two_heads(model):
-    two = create_model(ModelSpec(name="cct_2_3x2_32", num_heads=2, embedding_dim=64), 10, 32)
-    _, keep_heads = plan(two, 0.25, "magnitude")
+    two = ModelSpec(name="cct_2_3x2_32", num_heads=2, embedding_dim=64).build(10, 32)
+    _, keep_heads = plan(two, 0.25, *magnitude_scores(two))
     assert all(len(v) == 1 for v in keep_heads.values())

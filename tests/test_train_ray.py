@@ -104,12 +104,12 @@ def test_heads_and_prune_stages_and_reuse_across_jobs(full_job):
 
 
 def test_heads_study_runs_each_head_count_and_tabulates(tmp_path, ray_cluster):
-    from snp_service.study import heads_study
+    from snp_service.studies import run_heads_study
 
     spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 1, "analysis.readout_epochs": 2,
                                                 "analysis.bootstrap": 50, "heads.null_draws": 200,
                                                 "measure.points": ["blocks.0.attn.heads"]}))
-    table = heads_study(spec, [1, 4], progress=lambda m: None)
+    table = run_heads_study(spec, [1, 4], progress=lambda m: None)
     assert table["num_heads"].to_list() == [1, 4]
     one, four = table.rows(named=True)
     assert one["status"] == "undefined" and "at least two" in one["reason"]  # a single head cannot split labels
@@ -117,7 +117,7 @@ def test_heads_study_runs_each_head_count_and_tabulates(tmp_path, ray_cluster):
     store = Store.from_spec(spec.storage)
     assert all(not j.startswith("_") for j in store.job_ids()) and len(store.job_ids()) == 2
     with pytest.raises(Exception, match="num_heads=3"):
-        heads_study(spec, [3])  # 3 does not divide the width 32
+        run_heads_study(spec, [3])  # 3 does not divide the width 32
 
 
 def test_worker_killed_mid_epoch_is_recovered_by_failure_config(tmp_path, ray_cluster):

@@ -2,10 +2,8 @@
 
 import pytest
 import torch
-
-from snp_service.models import create_model
 from snp_service.spec import ModelSpec, spec_from_dict
-from snp_service.train import _mixer, autocast_dtype, lr_factor, make_optimizer
+from snp_service.train import batch_mixer, autocast_dtype, lr_factor, make_optimizer
 from tests.conftest import tiny_job
 
 
@@ -19,7 +17,7 @@ def test_warmup_then_cosine_to_min():
 
 def test_no_weight_decay_on_norms_biases_and_positions(tmp_path):
     spec = spec_from_dict(tiny_job(tmp_path))
-    model = create_model(spec.model, 4, 32)
+    model = spec.model.build(4, 32)
     decay, no_decay = make_optimizer(model, spec.train).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == spec.train.weight_decay and no_decay["weight_decay"] == 0.0
@@ -30,12 +28,12 @@ def test_no_weight_decay_on_norms_biases_and_positions(tmp_path):
 def test_mixup_gives_soft_targets(tmp_path):
     spec = spec_from_dict(tiny_job(tmp_path, dataset={**tiny_job(tmp_path)["dataset"],
                                                        "augment": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0}}))
-    mixer = _mixer(spec, 4)
+    mixer = batch_mixer(spec, 4)
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
     xm, target = mixer(x, y)
     assert xm.shape == x.shape and target.shape == (8, 4)
     torch.testing.assert_close(target.sum(1), torch.ones(8))
-    assert _mixer(spec_from_dict(tiny_job(tmp_path)), 4) is None
+    assert batch_mixer(spec_from_dict(tiny_job(tmp_path)), 4) is None
 
 
 def test_precision_choice():
@@ -45,7 +43,7 @@ def test_precision_choice():
 
 
 def test_bf16_autocast_forward_is_finite():
-    model = create_model(ModelSpec(name="cct_2_3x2_32"), 10, 32)
+    model = ModelSpec(name="cct_2_3x2_32").build(10, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 3, 32, 32))
     assert torch.isfinite(out.float()).all()

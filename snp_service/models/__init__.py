@@ -1,4 +1,5 @@
-"""Model registry: `create_model(spec, num_classes)` and `list_models()`."""
+"""Model registry, timm style: `create_model(name, num_classes, img_size, **options)` and
+`list_models()`. The package knows nothing of the job spec (`ModelSpec.build` calls this)."""
 
 from __future__ import annotations
 
@@ -17,19 +18,23 @@ from snp_service.models.registry import (
 if TYPE_CHECKING:
     from torch import nn
 
-    from snp_service.spec import ModelSpec
-
 __all__ = ["REGISTRY", "CCTConfig", "VGGConfig", "PointInfo", "create_model", "list_models",
            "measurement_points", "model_config"]
 
 
-def create_model(spec: ModelSpec, num_classes: int, img_size: int) -> nn.Module:
-    cfg = spec.config()
-    if isinstance(cfg, CCTConfig):
-        from snp_service.models.cct import CCT
-
-        return CCT(cfg, num_classes, img_size, spec.positional_embedding, spec.attention,
-                   spec.dropout, spec.attention_dropout, spec.stochastic_depth)
+def create_model(name: str, num_classes: int, img_size: int, *, num_heads: int | None = None,
+                 num_layers: int | None = None, embedding_dim: int | None = None, mlp_ratio: float | None = None,
+                 positional_embedding: str = "learnable", attention: str = "sdpa", dropout: float = 0.0,
+                 attention_dropout: float = 0.1, stochastic_depth: float = 0.1) -> nn.Module:
+    """A registered variant by name; the shape overrides apply to CCTs (VGGs take none)."""
+    # the networks import torch: imported here so that the registry (and `snp-service validate`,
+    # which imports it through the spec) stays free of torch
+    from snp_service.models.cct import CCT
     from snp_service.models.vgg import VGG
 
+    cfg = model_config(name, num_heads=num_heads, num_layers=num_layers, embedding_dim=embedding_dim,
+                       mlp_ratio=mlp_ratio)
+    if isinstance(cfg, CCTConfig):
+        return CCT(cfg, num_classes, img_size, positional_embedding, attention, dropout, attention_dropout,
+                   stochastic_depth)
     return VGG(cfg, num_classes)

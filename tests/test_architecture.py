@@ -1,0 +1,103 @@
+"""The package's import graph, read with `ast` (every import, also those inside functions): no
+import circle, and no import from a lower layer to a higher one (docs/ARCHITECTURE.md draws the
+layers). A new module must be placed in LAYERS."""
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "snp_service"
+
+# lower numbers are lower layers: a module may import its own layer and the layers below it
+LAYERS = {
+    0: ["snp_service", "errors", "units", "provenance", "snp", "heads", "readout", "prune", "structural", "compare",
+        "figures", "synthetic", "models", "models.registry", "models.cct", "models.vgg"],  # pure core
+    1: ["spec"],  # the job spec (config)
+    2: ["measure", "store", "data"],  # per-point science on a spec; storage; datasets
+    3: ["train", "actors", "report"],  # Ray Train, Ray actors, the report
+    4: ["pipeline"],  # the stages
+    5: ["studies", "sweep"],  # several jobs as one
+    6: ["submit", "localdev", "cli"],  # the commands
+}
+LAYER = {("snp_service." + m if m != "snp_service" else m): n for n, ms in LAYERS.items() for m in ms}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for f in PACKAGE.rglob("*.py"):
+        name = ".".join(f.relative_to(REPO).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = f
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    graph = {}
+    for name, f in mods.items():
+        edges = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "snp_service":
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    edges.add(sub if sub in mods else node.module)
+            elif isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name.split(".")[0] == "snp_service")
+        graph[name] = {e for e in edges if e != name}
+    return graph
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(set(modules()) - set(LAYER))
+    assert not missing, f"place these modules in a layer of tests/test_architecture.py: {missing}"
+
+
+def test_no_import_runs_up_a_layer():
+    up = [f"{a} (layer {LAYER[a]}) imports {b} (layer {LAYER[b]})"
+          for a, bs in import_graph().items() for b in sorted(bs) if LAYER[b] > LAYER[a]]
+    assert not up, "imports from a lower layer to a higher one:\n" + "\n".join(up)
+
+
+def test_no_import_circle():
+    graph = import_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path + [node, nxt]
+            if nxt not in state:
+                found = visit(nxt, path + [node])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = visit(start, [])
+            assert cycle is None, "import circle: " + " -> ".join(cycle[cycle.index(cycle[-1]):])
+
+
+def test_no_private_name_is_imported_across_modules():
+    private = []
+    for name, f in {**modules(), **{p.stem: p for p in (REPO / "tests").glob("*.py")},
+                    **{p.stem: p for p in (REPO / "bench").glob("*.py")}}.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("snp_service"):
+                private += [f"{f.relative_to(REPO)} imports {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_") and a.name != "__version__"]
+    assert not private, "\n".join(private)
+
+
+def test_the_check_finds_a_circle_and_an_upward_import(tmp_path, monkeypatch):
+    """The checks above can fail: a graph with a circle and an upward edge is caught."""
+    graph = {"snp_service.snp": {"snp_service.pipeline"}, "snp_service.pipeline": {"snp_service.snp"}}
+    assert any(LAYER[b] > LAYER[a] for a, bs in graph.items() for b in bs)
+    monkeypatch.setattr("tests.test_architecture.import_graph", lambda: graph)
+    try:
+        test_no_import_circle()
+    except AssertionError as e:
+        assert "snp_service.pipeline -> snp_service.snp -> snp_service.pipeline" in str(e)
+    else:
+        raise AssertionError("the circle was not found")
