@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from snp_service.optim import optimiser_step
+
 
 def model_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                dtype: torch.dtype | None, channels_last: bool, forward=None):
@@ -18,9 +20,6 @@ def model_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     def step():
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = forward(x)
-        loss = nn.functional.cross_entropy(out.float(), y, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimiser_step(nn.functional.cross_entropy(out.float(), y, label_smoothing=0.1), opt)
 
     return step

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from snp_service.errors import SnpError
+from snp_service.optim import optimiser_step
 
 
 def as_nodes_positions(act: torch.Tensor) -> torch.Tensor:
@@ -162,11 +163,7 @@ def fit_on_features(module: nn.Module, params: list, train: np.memmap, labels: n
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         for idx in batches(len(labels), batch_size, rng):
-            loss = nn.functional.cross_entropy(module(load_rows(train, idx)), y_all[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            optimiser_step(nn.functional.cross_entropy(module(load_rows(train, idx)), y_all[idx]), opt, sched)
             if after_step is not None:
                 after_step()
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from snp_service.data import build_datasets
+from snp_service.optim import optimiser_step
 from snp_service.spec import JobSpec, TrainSpec
 
 STATE_FILE = "state.pt"
@@ -162,10 +163,7 @@ def train_loop_per_worker(config: dict) -> None:
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model(x)
             loss = criterion(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            optimiser_step(loss, optimizer, scheduler)
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -273,9 +271,5 @@ def train_epochs(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimize
     model.train()
     for _ in range(epochs):
         for x, y in loader:
-            loss = nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            optimiser_step(nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing), opt, sched)
     return model.eval()
