@@ -13,7 +13,7 @@ import sys
 
 import yaml
 
-from snp_service.errors import DatasetError, SnpError, SpecError, StoreError
+from snp_service.errors import CheckpointError, DatasetError, SnpError, SpecError, StoreError
 from snp_service.models.registry import list_models, measurement_points, model_config
 from snp_service.spec import StorageSpec, is_valid_name, json_schema, load_spec
 from snp_service.store import TABLES, Store
@@ -25,6 +25,9 @@ from snp_service.store import TABLES, Store
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.job)
     print(f"# {args.job}: valid; job id {spec.job_id()}; measurement points: {', '.join(spec.selected_points())}")
+    stages = spec.stage_names()
+    print(f"# stages: {', '.join(stages)}" + (f" (load: the network from {spec.model.weights}, no training)"
+                                               if "load" in stages else ""))
     if spec.compare is not None:
         for label, seed, v in spec.compare_jobs():
             print(f"# compare run: {label} seed {seed}: {v.model.name}, job id {v.job_id()}")
@@ -45,14 +48,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if spec.compare is not None:
         try:
             study = studies.run_comparison(spec, progress)
-        except (DatasetError, StoreError) as e:
+        except (CheckpointError, DatasetError, StoreError) as e:
             raise type(e)(f"{args.job}: {e}") from None
         _print_study(study.tables)
         print(f"comparison: {study.uri}/report/report.html")
         return 0
     try:
         outcome = pipeline.run(spec, progress=progress)
-    except (DatasetError, StoreError) as e:
+    except (CheckpointError, DatasetError, StoreError) as e:
         raise type(e)(f"{args.job}: {e}") from None
     print(f"results: {outcome.uri}")
     return 0

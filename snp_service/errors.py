@@ -15,3 +15,7 @@ class DatasetError(SnpError):
 
 class StoreError(SnpError):
     """A results store that cannot be reached or holds something unexpected."""
+
+
+class CheckpointError(SnpError):
+    """A checkpoint that cannot be read safely, or does not fit the job's model or dataset."""

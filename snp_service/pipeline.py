@@ -26,6 +26,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from snp_service.actors import ensure_ray, measure_on, prune_on, workers_for
+from snp_service.checkpoints import load_weights, sha256
 from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
 from snp_service.heads import analyse_heads
@@ -33,7 +34,7 @@ from snp_service.prune import Criterion, SNPCriterion, WeightMagnitude
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
 from snp_service.spec import JobSpec
-from snp_service.store import FILES, JobStore, Store, clean_error
+from snp_service.store import FILES, JobStore, Store, clean_error, read_weights
 from snp_service.structural import cost, plan, prune_cct
 from snp_service.train import autocast_dtype, evaluate, finetune_network, fit
 
@@ -69,6 +70,39 @@ def stage_train(spec: JobSpec, job: JobStore, progress: Progress, callbacks: Seq
     return {"epochs": len(state["history"]), "eval_accuracy": last["eval_accuracy"],
             "train_accuracy": last["train_accuracy"], "precision": last["precision"], "device": last["device"],
             "checkpoint": result.checkpoint_path}
+
+
+@dataclass
+class Checkpoint:
+    """model.weights, read once by the run's preflight: its bytes, SHA-256 and a name for messages."""
+
+    data: bytes
+    digest: str
+    source: str
+    finished_job: bool
+
+    @classmethod
+    def read(cls, spec: JobSpec) -> Checkpoint:
+        data, source, finished = read_weights(spec.model.weights, spec.storage.endpoint)
+        return cls(data, sha256(data), source, finished)
+
+    def fitted(self, spec: JobSpec, num_classes: int) -> dict:
+        """The weights under the model's own keys, checked against the model and the dataset."""
+        fmt = "state_dict" if self.finished_job else spec.model.weights_format
+        model = spec.model.build(num_classes, spec.dataset.image_size)
+        return load_weights(model, self.data, self.source, fmt, num_classes, spec.dataset.image_size)
+
+
+def stage_load(spec: JobSpec, job: JobStore, progress: Progress, checkpoint: Checkpoint) -> dict:
+    """Instead of training: the network from model.weights, mapped to the model's keys and stored as
+    the job's weights (every later stage reads them as if the job had trained them)."""
+    classes = job.class_names()
+    state = checkpoint.fitted(spec, len(classes))
+    job.write_torch(FILES["weights"], state)
+    progress(f"load: {spec.model.name} from {checkpoint.source} (sha256 {checkpoint.digest[:12]}, "
+             f"{sum(v.numel() for v in state.values()):,} values)")
+    return {"weights": spec.model.weights, "sha256": checkpoint.digest, "format": spec.model.weights_format,
+            "finished_job": checkpoint.finished_job, "device": "cpu"}
 
 
 def load_trained_model(spec: JobSpec, job: JobStore, num_classes: int) -> torch.nn.Module:
@@ -268,6 +302,7 @@ _MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_epo
 STAGE_INPUTS: dict[str, tuple] = {
     "data": (("dataset", None), ("train", ("seed",))),
     "train": _TRAINED,
+    "load": (("model", None),),
     "evaluate": _TRAINED,
     "snp": _MEASURED,
     "heads": _MEASURED + (("heads", None),),
@@ -276,13 +311,23 @@ STAGE_INPUTS: dict[str, tuple] = {
 }
 NEVER_COPIED = {"report"}  # names its own job and provenance: always drawn afresh
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "data": ("data/",), "train": ("model/", "train/metrics.parquet"), "evaluate": ("eval/",), "snp": ("snp/",),
+    "data": ("data/",), "train": ("model/", "train/metrics.parquet"), "load": ("model/",), "evaluate": ("eval/",),
+    "snp": ("snp/",),
     "heads": ("heads/",), "prune": ("prune/",),
 }
 
 
-def stage_key(spec_json: dict, stage: str) -> str:
-    """Hash of the spec fields `stage` depends on (computed from a stored spec.json too)."""
+def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) -> str:
+    """Hash of the spec fields `stage` depends on (computed from a stored spec.json too). With
+    model.weights the checkpoint counts by its SHA-256, not by its path: two jobs on the same file
+    share their stages; without, the weights fields are left out (keys of older jobs stay valid)."""
+    model = dict(spec_json.get("model") or {})
+    if model.get("weights") is None:
+        model.pop("weights", None)
+        model.pop("weights_format", None)
+    elif weights_digest is not None:
+        model["weights"] = f"sha256:{weights_digest}"
+    spec_json = {**spec_json, "model": model}
     picked = {}
     for section, fields in STAGE_INPUTS[stage]:
         value = spec_json.get(section) or {}
@@ -340,18 +385,24 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks: Sequence = (
     job = store.job(spec.job_id())
     # a bad dataset (missing, wrong layout, corrupt archive) fails here, before anything is written;
     # the data stage then records this bundle instead of building it again
+    checkpoint = Checkpoint.read(spec) if spec.model.weights else None
+    if checkpoint and spec.dataset.known_classes():  # a checkpoint that does not fit fails before any data
+        checkpoint.fitted(spec, spec.dataset.known_classes())
     prepared = load_datasets(spec) if job.stage_result("data") is None else None
+    if checkpoint and not spec.dataset.known_classes():
+        checkpoint.fitted(spec, prepared.num_classes if prepared else len(job.class_names()))
     progress(f"job {job.job_id} -> {job.uri}")
     job.invalidate_manifest()
     spec_json = spec.model_dump(mode="json")
     job.write_json(FILES["spec"], spec_json)
     job.write_text(FILES["spec_yaml"], yaml.safe_dump(spec_json, sort_keys=False))
     bound = {"data": functools.partial(stage_data, data=prepared),
-             "train": functools.partial(stage_train, callbacks=train_callbacks)}
+             "train": functools.partial(stage_train, callbacks=train_callbacks),
+             "load": functools.partial(stage_load, checkpoint=checkpoint)}
     summaries = {}
-    for name, fn in STAGES:
-        fn = bound.get(name, fn)
-        key = stage_key(spec_json, name)
+    for name in spec.stage_names():
+        fn = bound.get(name) or dict(STAGES)[name]
+        key = stage_key(spec_json, name, checkpoint.digest if checkpoint else None)
         done = job.stage_result(name)
         if done is not None and done.get("key", key) == key:
             progress(f"{name}: already finished ({done['finished']}), reusing")

@@ -107,7 +107,7 @@ def build(job: JobStore, progress=lambda _m: None, running_hardware: dict | None
     spec = job.spec_json()
     classes = job.class_names()
     sections, figs = [], {}
-    stages = {s: job.stage_result(s) for s in ("data", "train", "evaluate", "snp", "heads", "prune")}
+    stages = {s: job.stage_result(s) for s in ("data", "train", "load", "evaluate", "snp", "heads", "prune")}
 
     if job.has("train"):
         figs["training"] = store_figure(job, "training", figures.training_curves(job.table("train")))
@@ -172,7 +172,9 @@ def build(job: JobStore, progress=lambda _m: None, running_hardware: dict | None
             "train / eval split": f"{(stages['data'] or {}).get('train_split')} "
                                   f"{(stages['data'] or {}).get('train_size')} / "
                                   f"{(stages['data'] or {}).get('eval_split')} {(stages['data'] or {}).get('eval_size')}",
-            "epochs": spec["train"]["epochs"], "seed": spec["train"]["seed"],
+            **({"weights": f"{stages['load']['weights']} (sha256 {stages['load']['sha256'][:12]}; not trained here)"}
+               if stages.get("load") else {"epochs": spec["train"]["epochs"]}),
+            "seed": spec["train"]["seed"],
             "accuracy": (stages["evaluate"] or {}).get("accuracy"),
             "device / precision": f"{(stages['train'] or {}).get('device')} / {(stages['train'] or {}).get('precision')}",
             "hardware": describe_hardware(running_hardware or (manifest or {}).get("hardware")),

@@ -26,6 +26,7 @@ from snp_service.models.registry import (
 )
 from snp_service.units import units_removed
 
+STAGE_ORDER = ("data", "train", "evaluate", "snp", "heads", "prune", "report")  # snp_service.pipeline.STAGES
 MAX_YAML_BYTES = 1_000_000
 MAX_YAML_NODES = 100_000  # bounds alias expansion ("billion laughs") before validation
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # job and study names: they name folders
@@ -84,6 +85,12 @@ class DatasetSpec(_Strict):
         # resolved once where the job is loaded, so Ray workers (another working directory) find it
         return v if "://" in v else str(resolve_path(v))
 
+    def known_classes(self) -> int | None:
+        """The number of classes, where the spec alone tells it (None for an image-folder tree)."""
+        if self.synthetic is not None:
+            return self.synthetic.num_classes
+        return {"cifar10": 10, "cifar100": 100, "flowers102": 102}.get(self.name)
+
     @model_validator(mode="after")
     def _check(self) -> DatasetSpec:
         if self.synthetic is not None and self.name not in ("cifar100", "flowers102"):
@@ -127,6 +134,34 @@ class ModelSpec(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     stochastic_depth: float = Field(0.1, ge=0.0, lt=1.0)
+    weights: str | None = Field(
+        None, description="analyse a network trained elsewhere instead of training one: a checkpoint file (local "
+        "path or s3://bucket/key), or a finished job of this service (<results root>/<job-id>, local or s3://); "
+        "the train stage is then replaced by a load stage keyed by the file's SHA-256")
+    weights_format: Literal["auto", "authors", "snp-service", "state_dict"] = Field(
+        "auto", description="key layout of the checkpoint: authors = the CCT authors' (SHI-Labs) names; "
+        "snp-service / state_dict = the model's own names; auto = recognised from the keys")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v.startswith("s3://"):
+            bucket, _, key = v[5:].partition("/")
+            if not bucket or not key:
+                raise ValueError(f"weights {v!r} needs a bucket and a key: s3://bucket/model.pth or "
+                                 "s3://bucket/prefix/<job-id>")
+            return v
+        if "://" in v:
+            raise ValueError(f"weights {v!r}: only local paths and s3:// URIs are supported")
+        path = resolve_path(v)
+        if not path.exists():
+            raise ValueError(f"weights {str(path)!r} does not exist (a checkpoint file, or a finished job's folder)")
+        if path.is_dir() and not (path / "model" / "weights.pt").is_file():
+            raise ValueError(f"weights {str(path)!r} is a folder but not a finished job of this service "
+                             "(no model/weights.pt in it)")
+        return str(path)
 
     @field_validator("name")
     @classmethod
@@ -141,10 +176,11 @@ class ModelSpec(_Strict):
         return model_config(self.name, **overrides)
 
     def build(self, num_classes: int, img_size: int):
-        """The network this section describes (snp_service.models.create_model)."""
+        """The network this section describes (snp_service.models.create_model), untrained."""
         from snp_service.models import create_model  # here: `snp-service validate` must not import torch
 
-        return create_model(num_classes=num_classes, img_size=img_size, **self.model_dump())
+        return create_model(num_classes=num_classes, img_size=img_size,
+                            **self.model_dump(exclude={"weights", "weights_format"}))
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelSpec:
@@ -343,7 +379,8 @@ class JobSpec(_Strict):
     description: str = ""
     dataset: DatasetSpec
     model: ModelSpec
-    train: TrainSpec
+    train: TrainSpec = Field(..., description="training; may be omitted when model.weights is given (then only "
+                             "its seed, batch size, lr and precision serve the fine-tunes and data order)")
     measure: MeasureSpec = MeasureSpec()
     analysis: AnalysisSpec = AnalysisSpec()
     heads: HeadsSpec = HeadsSpec()
@@ -353,6 +390,14 @@ class JobSpec(_Strict):
                                         "(snp_service.compare); the job's own id ignores this section")
     storage: StorageSpec = StorageSpec()
     compute: ComputeSpec = ComputeSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_optional_with_weights(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("train") is None and isinstance(data.get("model"), dict) \
+                and data["model"].get("weights"):
+            data = {**data, "train": {"epochs": 1}}  # nothing is trained: the epochs are never used
+        return data
 
     @field_validator("name")
     @classmethod
@@ -427,6 +472,10 @@ class JobSpec(_Strict):
                     raise SpecError(f"compare: {e}") from None
         return out
 
+    def stage_names(self) -> list[str]:
+        """The stages this job runs, in order: with model.weights, `load` takes the place of `train`."""
+        return [("load" if s == "train" and self.model.weights else s) for s in STAGE_ORDER]
+
     def head_points(self) -> list[str]:
         """Selected MHA points the heads stage analyses."""
         selected = {n: self.points()[n] for n in self.selected_points()}
@@ -458,9 +507,16 @@ class JobSpec(_Strict):
         content = self.model_dump(mode="json", exclude={"storage", "compute", "description", "compare"})
         # a dataset inside the working directory counts by its relative path, so a job submitted to a
         # cluster (which runs in an uploaded copy of the working directory) keeps its id
-        root = Path(content["dataset"]["root"])
-        if root.is_absolute() and root.is_relative_to(Path.cwd()):
-            content["dataset"]["root"] = root.relative_to(Path.cwd()).as_posix()
+        for section, key in (("dataset", "root"), ("model", "weights")):
+            value = content[section].get(key)
+            if value is None or "://" in value:
+                continue
+            path = Path(value)
+            if path.is_absolute() and path.is_relative_to(Path.cwd()):
+                content[section][key] = path.relative_to(Path.cwd()).as_posix()
+        if content["model"].get("weights") is None:  # jobs without weights keep the ids they had
+            content["model"].pop("weights", None)
+            content["model"].pop("weights_format", None)
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}-{digest}"
 

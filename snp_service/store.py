@@ -361,3 +361,26 @@ def clean_error(e: Exception, line: int = 0) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_weights(weights: str, endpoint: str | None) -> tuple[bytes, str, bool]:
+    """The bytes of `model.weights`: a checkpoint file (local path or s3://bucket/key), or a finished
+    job's stored weights (its folder, local or s3://). Returns (bytes, a name for messages, whether it
+    is a finished job of this service)."""
+    if weights.startswith("s3://"):
+        bucket, _, key = weights[5:].partition("/")
+        store = Store.from_spec(StorageSpec(root=f"s3://{bucket}", endpoint=endpoint))
+        parent, _, leaf = key.rstrip("/").rpartition("/")
+        job = store.job(key.rstrip("/"))
+        if job.exists(FILES["weights"]):  # a finished job's folder
+            return job.read_bytes(FILES["weights"]), f"{weights} (job {leaf})", True
+        return store.job(parent).read_bytes(leaf) if parent else store.job("").read_bytes(leaf), weights, False
+    path = resolve_path(weights)
+    try:
+        if path.is_dir():
+            if not (path / MANIFEST).is_file():
+                raise StoreError(f"weights {path}: job {path.name} has not finished (no {MANIFEST}); run it first")
+            return (path / FILES["weights"]).read_bytes(), f"{path} (job {path.name})", True
+        return path.read_bytes(), str(path), False
+    except OSError as e:
+        raise StoreError(f"weights {path}: cannot read: {e.strerror or e}") from None

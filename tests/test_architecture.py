@@ -10,7 +10,7 @@ PACKAGE = REPO / "snp_service"
 
 # lower numbers are lower layers: a module may import its own layer and the layers below it
 LAYERS = {
-    0: ["snp_service", "errors", "units", "optim", "provenance", "snp", "heads", "readout", "prune", "structural", "compare",
+    0: ["snp_service", "errors", "units", "optim", "provenance", "checkpoints", "snp", "heads", "readout", "prune", "structural", "compare",
         "figures", "synthetic", "models", "models.registry", "models.cct", "models.vgg"],  # pure core
     1: ["spec"],  # the job spec (config)
     2: ["measure", "store", "data"],  # per-point science on a spec; storage; datasets
@@ -101,3 +101,10 @@ def test_the_check_finds_a_circle_and_an_upward_import(tmp_path, monkeypatch):
         assert "snp_service.pipeline -> snp_service.snp -> snp_service.pipeline" in str(e)
     else:
         raise AssertionError("the circle was not found")
+
+
+def test_the_spec_knows_the_pipelines_stages():
+    from snp_service import pipeline
+    from snp_service.spec import STAGE_ORDER
+
+    assert tuple(name for name, _ in pipeline.STAGES) == STAGE_ORDER

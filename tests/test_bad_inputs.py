@@ -22,9 +22,28 @@ def _materialise(src: Path, tmp: Path) -> tuple[Path, str]:
     (tmp / "empty").mkdir()
     (tmp / "corrupt.tar.gz").write_bytes(b"\x1f\x8b\x08\x00 this is not really a gzip stream" * 10)
     (tmp / "notes.txt").write_text("not an archive")
+    if b".pth'" in raw:
+        _checkpoints(tmp)
     path = tmp / src.name
     path.write_bytes(raw.replace(b"@TMP@", str(tmp).encode()))
     return path, expect
+
+
+def _checkpoints(tmp: Path) -> None:
+    """Checkpoints that do not fit the corpus's model (cct_2, 1 layer, 32 wide, 4 classes, 32 px)."""
+    import argparse
+
+    import torch
+
+    from snp_service.spec import ModelSpec
+
+    small = dict(name="cct_2_3x2_32", num_layers=1, embedding_dim=32, num_heads=2)
+    torch.save(ModelSpec(name="cct_2_3x2_32").build(4, 32).state_dict(), tmp / "wrong_arch.pth")
+    torch.save(ModelSpec(**small).build(7, 32).state_dict(), tmp / "wrong_classes.pth")
+    torch.save(ModelSpec(**small).build(4, 64).state_dict(), tmp / "wrong_size.pth")
+    (tmp / "not_checkpoint.pth").write_text("these are notes, not weights")
+    torch.save({"model": ModelSpec(**small).build(4, 32).state_dict(), "args": argparse.Namespace(lr=1)},
+               tmp / "unsafe.pth")
 
 
 @pytest.mark.parametrize("src", CORPUS, ids=lambda p: p.stem)
