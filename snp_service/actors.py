@@ -44,8 +44,8 @@ def ensure_ray(spec: JobSpec) -> None:
     address = spec.compute.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(log_to_driver=True)
+    else:  # a single-node Ray for this job alone: nothing else joins it, so it listens on loopback only
+        ray.init(log_to_driver=True, _node_ip_address="127.0.0.1")
 
 
 @contextmanager

@@ -64,7 +64,7 @@ def submit(spec: JobSpec, job_file: Path, address: str | None = None, working_di
         if str(info.status) not in TERMINAL:
             raise SnpError(f"job {sid} is already {info.status} on this cluster; `snp-service logs {sid}` follows it")
         client.delete_job(sid)  # a finished or failed submission: resubmit under the same id
-    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONUNBUFFERED": "1"}
+    env = {"PYTHONUNBUFFERED": "1"}
     if pass_credentials:
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             if os.environ.get(k):
