@@ -191,14 +191,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    for name in list_models():
+    names = list_models()
+    if args.name:
+        if args.name not in names:
+            raise SpecError(f"unknown model {args.name!r}; `snp-service models` lists them")
+        names = [args.name]
+    for name in names:
         cfg = model_config(name)
         pts = measurement_points(cfg, getattr(cfg, "img_size", 32))
         kinds = {}
         for p in pts.values():
             kinds[p.kind] = kinds.get(p.kind, 0) + 1
         print(f"{name:18s} {len(pts):3d} points ({', '.join(f'{v} {k}' for k, v in kinds.items())})")
-        if args.points:
+        if args.points or args.name:
             for p in pts.values():
                 heads = f", {p.heads} heads" if p.heads else ""
                 print(f"    {p.name:24s} {p.kind:5s} {p.nodes} nodes x {p.positions} positions{heads}")
@@ -263,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
     s.add_argument("--name", default="jobs", help="name of the comparison (its results go to _studies/NAME-compare-*)")
     s.set_defaults(fn=cmd_compare)
-    s = sub.add_parser("models", help="list registered models and their measurement points")
-    s.add_argument("--points", action="store_true")
+    s = sub.add_parser("models", help="list registered models (CCT, VGG, torchvision) and their measurement points")
+    s.add_argument("name", nargs="?", help="one model: its measurement points (module path, kind, size)")
+    s.add_argument("--points", action="store_true", help="every model's measurement points")
     s.set_defaults(fn=cmd_models)
     s = sub.add_parser("synth", help="write a synthetic dataset in an official layout")
     s.add_argument("layout", choices=["cifar100", "flowers102"])

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from snp_service.errors import SpecError
 from snp_service.models.registry import (
     CCTConfig,
+    TorchvisionConfig,
     list_models,
     match_points,
     measurement_points,
@@ -412,6 +413,11 @@ class JobSpec(_Strict):
         if isinstance(cfg, CCTConfig):
             if cfg.tokenizer_sizes(self.dataset.image_size)[-1] < 1:
                 raise ValueError(f"image_size {self.dataset.image_size} is too small for {self.model.name}'s tokenizer")
+        elif isinstance(cfg, TorchvisionConfig):
+            if self.dataset.image_size % cfg.multiple:
+                raise ValueError(f"{self.model.name} needs an image_size that is a multiple of {cfg.multiple} "
+                                 f"({'its patch size' if cfg.kind == 'vit' else 'five 2x halvings'}), "
+                                 f"not {self.dataset.image_size}")
         elif self.dataset.image_size < 32:
             raise ValueError(f"{self.model.name} needs image_size >= 32 (five 2x poolings)")
         available = self.points()

@@ -62,7 +62,8 @@ def read_comparison(store: Store, runs: list[Run]) -> dict[str, pl.DataFrame]:
             raise StoreError(f"job {r.job_id} has not finished its evaluate and snp stages; run it first")
         m = r.spec["model"]
         cfg = ModelSpec.model_validate(m).config()
-        family = "CNN" if cfg.family == "vgg" else "CCT"
+        family = ("ViT" if getattr(cfg, "kind", "") == "vit" else "CNN") if cfg.family in ("vgg", "torchvision") \
+            else "CCT"
         all_points = list(measurement_points(cfg, r.spec["dataset"]["image_size"]))
         layers.append(depth_table(r.label, r.seed, job.layers(), all_points, family))
         train = job.stage_result("train") or {}

@@ -11,7 +11,8 @@ PACKAGE = REPO / "snp_service"
 # lower numbers are lower layers: a module may import its own layer and the layers below it
 LAYERS = {
     0: ["snp_service", "errors", "units", "optim", "provenance", "checkpoints", "snp", "heads", "readout", "prune", "structural", "compare",
-        "figures", "synthetic", "models", "models.registry", "models.cct", "models.vgg"],  # pure core
+        "figures", "synthetic", "models", "models.registry", "models.cct", "models.vgg",
+        "models.torchvision_models"],  # pure core
     1: ["spec"],  # the job spec (config)
     2: ["measure", "store", "data"],  # per-point science on a spec; storage; datasets
     3: ["train", "actors", "report"],  # Ray Train, Ray actors, the report

@@ -9,6 +9,7 @@ from snp_service.models.registry import (
     REGISTRY,
     CCTConfig,
     PointInfo,
+    TorchvisionConfig,
     VGGConfig,
     list_models,
     measurement_points,
@@ -18,7 +19,7 @@ from snp_service.models.registry import (
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["REGISTRY", "CCTConfig", "VGGConfig", "PointInfo", "create_model", "list_models",
+__all__ = ["REGISTRY", "CCTConfig", "VGGConfig", "TorchvisionConfig", "PointInfo", "create_model", "list_models",
            "measurement_points", "model_config"]
 
 
@@ -29,11 +30,14 @@ def create_model(name: str, num_classes: int, img_size: int, *, num_heads: int |
     """A registered variant by name; the shape overrides apply to CCTs (VGGs take none)."""
     # the networks import torch: imported here so that the registry (and `snp-service validate`,
     # which imports it through the spec) stays free of torch
+    from snp_service.models import torchvision_models
     from snp_service.models.cct import CCT
     from snp_service.models.vgg import VGG
 
     cfg = model_config(name, num_heads=num_heads, num_layers=num_layers, embedding_dim=embedding_dim,
                        mlp_ratio=mlp_ratio)
+    if isinstance(cfg, TorchvisionConfig):
+        return torchvision_models.build(cfg, num_classes, img_size)
     if isinstance(cfg, CCTConfig):
         return CCT(cfg, num_classes, img_size, positional_embedding, attention, dropout, attention_dropout,
                    stochastic_depth)

@@ -60,6 +60,56 @@ class VGGConfig:
     family: str = "vgg"
 
 
+@dataclass(frozen=True)
+class TorchvisionConfig:
+    """A torchvision classification model by its builder name (torchvision.models.<arch>), random init
+    or a state_dict file (model.weights). Measurement points are module paths plus a kind:
+    (point name, module path, kind, nodes, stride): a conv point has (size / stride)^2 positions; a
+    ViT point has (size / patch)^2 + 1 tokens (with the class token). A ViT's MHA point is a probe
+    that receives the concatenated head outputs before the output projection (nn.MultiheadAttention
+    does not expose them to hooks; snp_service.models.torchvision_models computes them)."""
+
+    arch: str
+    points: tuple[tuple[str, str, str, int, int], ...]
+    kind: Literal["cnn", "vit"] = "cnn"
+    num_heads: int | None = None
+    patch: int = 16
+    family: str = "torchvision"
+
+    @property
+    def multiple(self) -> int:
+        """image_size must be a multiple of this (32 for the CNNs' five halvings; the ViT's patch)."""
+        return self.patch if self.kind == "vit" else 32
+
+
+def _resnet(arch: str, widths: tuple[int, int, int, int]) -> TorchvisionConfig:
+    return TorchvisionConfig(arch, tuple((f"layer{i + 1}", f"layer{i + 1}", "conv", w, 4 * 2 ** i)
+                                         for i, w in enumerate(widths)))
+
+
+def _tv_vgg(arch: str, layers: tuple) -> TorchvisionConfig:
+    pts, idx, channels, stride = [], 0, 3, 1
+    for v in layers:
+        if v == "M":
+            stride *= 2
+            pts.append((f"features.{idx}", f"features.{idx}", "conv", channels, stride))
+            idx += 1
+        else:
+            channels = int(v)
+            idx += 3  # Conv2d, BatchNorm2d, ReLU
+    return TorchvisionConfig(arch, tuple(pts))
+
+
+def _vit(arch: str, layers: int, heads: int, width: int, mlp: int, patch: int) -> TorchvisionConfig:
+    pts = []
+    for i in range(layers):
+        block = f"encoder.layers.encoder_layer_{i}"
+        pts += [(f"{block}.self_attention.heads", f"{block}.self_attention.heads", "mha", width, 0),
+                (f"{block}.mlp.hidden", f"{block}.mlp.1", "ff", mlp, 0),  # after GELU
+                (f"{block}.out", block, "block", width, 0)]
+    return TorchvisionConfig(arch, tuple(pts), kind="vit", num_heads=heads, patch=patch)
+
+
 _VGG_LAYERS = {
     "vgg11_bn": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
     "vgg16_bn": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
@@ -73,12 +123,22 @@ _CCT_VARIANTS = [
     (7, 7, 2, 224), (14, 7, 2, 224), (14, 7, 2, 384),
 ]
 
-REGISTRY: dict[str, CCTConfig | VGGConfig] = {}
+REGISTRY: dict[str, CCTConfig | VGGConfig | TorchvisionConfig] = {}
 for _size, _k, _n, _img in _CCT_VARIANTS:
     _l, _h, _m, _d = _CCT_SIZES[_size]
     REGISTRY[f"cct_{_size}_{_k}x{_n}_{_img}"] = CCTConfig(_l, _h, _m, _d, _k, _n, _img)
 for _name, _layers in _VGG_LAYERS.items():
     REGISTRY[_name] = VGGConfig(_layers)
+# torchvision's own models (ImageNet form); its VGGs as tv_* beside the CIFAR-form VGGs above
+REGISTRY["resnet18"] = _resnet("resnet18", (64, 128, 256, 512))
+REGISTRY["resnet34"] = _resnet("resnet34", (64, 128, 256, 512))
+REGISTRY["resnet50"] = _resnet("resnet50", (256, 512, 1024, 2048))
+REGISTRY["tv_vgg11_bn"] = _tv_vgg("vgg11_bn", _VGG_LAYERS["vgg11_bn"])
+REGISTRY["tv_vgg16_bn"] = _tv_vgg("vgg16_bn", _VGG_LAYERS["vgg16_bn"])
+REGISTRY["mobilenet_v3_small"] = TorchvisionConfig("mobilenet_v3_small", (
+    ("features.1", "features.1", "conv", 16, 4), ("features.3", "features.3", "conv", 24, 8),
+    ("features.8", "features.8", "conv", 48, 16), ("features.12", "features.12", "conv", 576, 32)))
+REGISTRY["vit_b_16"] = _vit("vit_b_16", 12, 12, 768, 3072, 16)
 
 
 def list_models() -> list[str]:
@@ -91,8 +151,9 @@ def model_config(name: str, **overrides) -> CCTConfig | VGGConfig:
         raise KeyError(name)
     cfg = REGISTRY[name]
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if isinstance(cfg, VGGConfig) and overrides:
-        raise ValueError(f"VGG models take no overrides, got {sorted(overrides)}")
+    if isinstance(cfg, (VGGConfig, TorchvisionConfig)) and overrides:
+        raise ValueError(f"{name} takes no shape overrides (num_heads, num_layers, embedding_dim, mlp_ratio are for "
+                         f"CCTs), got {sorted(overrides)}")
     return replace(cfg, **overrides)
 
 
@@ -111,10 +172,15 @@ class PointInfo:
     heads: int | None = None
 
 
-def measurement_points(cfg: CCTConfig | VGGConfig, img_size: int) -> dict[str, PointInfo]:
+def measurement_points(cfg: CCTConfig | VGGConfig | TorchvisionConfig, img_size: int) -> dict[str, PointInfo]:
     """Every measurement point of a model, in forward order, by stable name."""
     points: list[PointInfo] = []
-    if isinstance(cfg, CCTConfig):
+    if isinstance(cfg, TorchvisionConfig):
+        tokens = (img_size // cfg.patch) ** 2 + 1
+        for name, _path, kind, nodes, stride in cfg.points:
+            positions = tokens if cfg.kind == "vit" else max(1, img_size // stride) ** 2
+            points.append(PointInfo(name, kind, nodes, positions, cfg.num_heads if kind == "mha" else None))
+    elif isinstance(cfg, CCTConfig):
         sizes = cfg.tokenizer_sizes(img_size)
         for i, s in enumerate(sizes):
             channels = cfg.embedding_dim if i == len(sizes) - 1 else 64
