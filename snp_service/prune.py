@@ -60,7 +60,7 @@ def random_mask(counts: torch.Tensor, num_labels: int, seed: int) -> torch.Tenso
 
 def magnitude_mask(weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """(L, N): for node n, the counts[n] labels with the largest |W[k, n, :]|."""
-    norms = weight.detach().double().norm(dim=2).T  # (N, L)
+    norms = weight.detach().double().cpu().norm(dim=2).T  # (N, L)
     L = norms.shape[1]
     # stable sort by decreasing norm: ties keep the lower label first
     order = torch.from_numpy(np.argsort(-norms.numpy(), axis=1, kind="stable"))
@@ -139,7 +139,7 @@ def baseline_masks(andc: torch.Tensor, weight: torch.Tensor, methods: list[str],
 def masked(readout: Readout, mask: torch.Tensor) -> Readout:
     pruned = copy.deepcopy(readout)
     with torch.no_grad():
-        pruned.weight.mul_(mask[:, :, None].to(pruned.weight.dtype))
+        pruned.weight.mul_(mask[:, :, None].to(pruned.weight))
     return pruned
 
 
@@ -150,7 +150,7 @@ def finetune(readout: Readout, mask: torch.Tensor, train: np.ndarray, labels: np
     if epochs == 0:
         return tuned
     torch.manual_seed(seed)
-    m = mask[:, :, None].to(tuned.weight.dtype)
+    m = mask[:, :, None].to(tuned.weight)
     for p in tuned.parameters():
         p.requires_grad_(p is tuned.weight)
 

@@ -114,6 +114,11 @@ class Readout(nn.Module):
         return self.node_activations(feats).flatten(1) @ self.weight.flatten(1).T
 
 
+def feature_device(features: np.ndarray | torch.Tensor) -> torch.device:
+    """Where a point's features live (and so where its readout trains): a tensor's device, else the CPU."""
+    return features.device if isinstance(features, torch.Tensor) else torch.device("cpu")
+
+
 def batches(n: int, batch_size: int, rng: np.random.Generator | None):
     order = rng.permutation(n) if rng is not None else np.arange(n)
     for i in range(0, n, batch_size):
@@ -130,10 +135,13 @@ def release(arr: np.ndarray) -> None:
         m.madvise(mmap.MADV_DONTNEED)
 
 
-def load_rows(arr: np.memmap, idx: np.ndarray) -> torch.Tensor:
-    """Rows `idx` as float32. The float16 -> float32 conversion runs in torch (vectorised, several
-    times faster than numpy's, exact either way): reading rows is a large part of readout training
-    (bench/RESULTS.md, the SNP-stage profile)."""
+def load_rows(arr: np.memmap | torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    """Rows `idx` as float32, on the features' device. Features are a float16 memory-mapped file
+    (CPU) or a tensor already in device memory (a GPU keeps a point's features there). The float16 ->
+    float32 conversion runs in torch (vectorised, several times faster than numpy's, exact either
+    way): reading rows is a large part of readout training (bench/RESULTS.md, the SNP-stage profile)."""
+    if isinstance(arr, torch.Tensor):
+        return arr[torch.as_tensor(idx, device=arr.device)].float()
     rows = torch.from_numpy(np.ascontiguousarray(arr[idx])).float()
     release(arr)
     return rows
@@ -147,7 +155,7 @@ def train_readout(train: np.memmap, labels: np.ndarray, num_labels: int, kind: s
     `epochs`, weight decay 1e-4, batch 256; the loss plateaus well within 20 epochs on our runs."""
     torch.manual_seed(seed)
     _, nodes, positions = train.shape
-    readout = Readout(nodes, positions, num_labels, kind)
+    readout = Readout(nodes, positions, num_labels, kind).to(feature_device(train))
     fit_on_features(readout, list(readout.parameters()), train, labels, epochs, lr, 1e-4, seed, batch_size)
     return readout.eval()
 
@@ -159,11 +167,12 @@ def fit_on_features(module: nn.Module, params: list, train: np.memmap, labels: n
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(labels) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
-    y_all = torch.from_numpy(labels)
+    y_all = torch.as_tensor(labels, device=feature_device(train))
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         for idx in batches(len(labels), batch_size, rng):
-            optimiser_step(nn.functional.cross_entropy(module(load_rows(train, idx)), y_all[idx]), opt, sched)
+            y = y_all[torch.as_tensor(idx, device=y_all.device)]
+            optimiser_step(nn.functional.cross_entropy(module(load_rows(train, idx)), y), opt, sched)
             if after_step is not None:
                 after_step()
 
@@ -172,5 +181,5 @@ def fit_on_features(module: nn.Module, params: list, train: np.memmap, labels: n
 def readout_accuracy(readout: Readout, feats: np.memmap, labels: np.ndarray, batch_size: int = 512) -> float:
     correct = 0
     for idx in batches(len(labels), batch_size, None):
-        correct += (readout(load_rows(feats, idx)).argmax(1).numpy() == labels[idx]).sum()
+        correct += (readout(load_rows(feats, idx)).argmax(1).cpu().numpy() == labels[idx]).sum()
     return float(correct / max(1, len(labels)))

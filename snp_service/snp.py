@@ -57,7 +57,8 @@ class SNPAccumulator:
         self.correct = torch.zeros(N, L, dtype=torch.float64)
 
     def update(self, f: torch.Tensor, labels: torch.Tensor) -> None:
-        f, labels = f.detach().to(torch.float64), labels.to(torch.long)
+        # fields may come from any device; the sums stay float64 on the CPU
+        f, labels = f.detach().to("cpu", torch.float64), labels.to("cpu", torch.long)
         self.sums.index_add_(1, labels, f.permute(1, 0, 2))
         self.counts += torch.bincount(labels, minlength=self.num_labels).to(torch.float64)
         # a node whose field is equal on every output (a dead node: exactly zero) makes no

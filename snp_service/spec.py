@@ -157,8 +157,17 @@ class ModelSpec(_Strict):
         if "://" in v:
             raise ValueError(f"weights {v!r}: only local paths and s3:// URIs are supported")
         path = resolve_path(v)
-        if not path.exists():
-            raise ValueError(f"weights {str(path)!r} does not exist (a checkpoint file, or a finished job's folder)")
+        if not path.exists():  # a job's name: its one finished folder <name>-<hash> beside it
+            rx = re.compile(re.escape(path.name) + r"-[0-9a-f]{12}")
+            jobs = sorted(p for p in path.parent.glob(f"{path.name}-*") if rx.fullmatch(p.name)
+                          and (p / "manifest.json").is_file()) if path.parent.is_dir() else []
+            if len(jobs) > 1:
+                raise ValueError(f"weights {str(path)!r}: {len(jobs)} finished jobs of that name "
+                                 f"({', '.join(p.name for p in jobs)}); name one")
+            if not jobs:
+                raise ValueError(f"weights {str(path)!r} does not exist (a checkpoint file, a finished job's folder, "
+                                 "or a finished job's name in its results folder: run that job first)")
+            path = jobs[0]
         if path.is_dir() and not (path / "model" / "weights.pt").is_file():
             raise ValueError(f"weights {str(path)!r} is a folder but not a finished job of this service "
                              "(no model/weights.pt in it)")

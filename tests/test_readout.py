@@ -74,6 +74,25 @@ def test_measure_point_row():
     assert r.snp_matrices.max() <= 1.0 + 1e-9
 
 
+@pytest.mark.parametrize("readout", ["seqpool", "flatten"])
+def test_features_held_as_a_tensor_give_the_same_measurement_as_a_memmap(readout):
+    """The device path (features kept in device memory as a tensor; here a CPU tensor) gives the
+    memory-mapped path's per-layer row: the same readout training, fields and statistics."""
+    g = torch.Generator().manual_seed(3)
+    y = np.arange(240) % 4
+    x = (torch.randn(4, 12, 5, generator=g)[y] + 0.3 * torch.randn(240, 12, 5, generator=g)).half().numpy()
+    info = measurement_points(ModelSpec(name="cct_2_3x2_32").config(), 32)["blocks.0.mlp.hidden"]
+    from dataclasses import replace
+    info = replace(info, nodes=12, positions=5)
+    spec = AnalysisSpec(readout=readout, readout_epochs=5, bootstrap=50, null_permutations=2)
+    a = measure_point(info, x, y, x, y, 4, spec)
+    b = measure_point(info, torch.from_numpy(x), y, torch.from_numpy(x), y, 4, spec)
+    for k, v in a.row.items():
+        if isinstance(v, float) and not np.isnan(v):
+            assert b.row[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
+    torch.testing.assert_close(a.raw_matrices, b.raw_matrices, rtol=1e-6, atol=1e-9)
+
+
 def test_disk_full_while_capturing_is_a_clear_error_and_leaves_nothing(tmp_path):
     """A file-size limit (as a full disk would) hits the feature cache: SnpError, no partial files."""
     import subprocess

@@ -165,3 +165,27 @@ def test_spec_round_trips_through_json(tmp_path):
     spec = spec_from_dict(tiny_job(tmp_path))
     again = JobSpec.model_validate(json.loads(spec.model_dump_json()))
     assert again == spec and again.job_id() == spec.job_id()
+
+
+def test_weights_may_name_a_finished_job_by_its_name(tmp_path, monkeypatch):
+    """model.weights: results/<job name> resolves to that job's one finished folder (as the shipped
+    resnet18_cifar10_again.yaml does), never to a job whose name merely starts the same."""
+    from snp_service.errors import SpecError
+
+    monkeypatch.chdir(tmp_path)
+    job = tiny_job(tmp_path)
+    job.pop("train")
+    job["model"] = {**job["model"], "weights": "results/first"}
+    with pytest.raises(SpecError, match="run that job first"):
+        spec_from_dict(job)
+    for name in ("first-0123456789ab", "first-again-0123456789ab"):
+        (tmp_path / "results" / name / "model").mkdir(parents=True)
+        (tmp_path / "results" / name / "model" / "weights.pt").write_bytes(b"")
+        (tmp_path / "results" / name / "manifest.json").write_text("{}")
+    spec = spec_from_dict(job)
+    assert spec.model.weights == str(tmp_path / "results" / "first-0123456789ab")
+    assert spec.stage_names()[1] == "load" and spec.train.epochs == 1  # nothing is trained
+    (tmp_path / "results" / "first-fedcba987654" / "model").mkdir(parents=True)
+    (tmp_path / "results" / "first-fedcba987654" / "manifest.json").write_text("{}")
+    with pytest.raises(SpecError, match="2 finished jobs of that name"):
+        spec_from_dict(job)

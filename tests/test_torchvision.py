@@ -63,10 +63,12 @@ def test_image_sizes_the_network_cannot_take_are_refused(tmp_path, name, size, m
 @pytest.mark.slow
 @pytest.mark.parametrize("name, points", [
     ("resnet18", ["all"]),
-    ("vit_b_16", ["encoder.layers.encoder_layer_0.*", "encoder.layers.encoder_layer_11.self_attention.heads"]),
+    ("vit_b_16", ["encoder.layers.encoder_layer_0.*.heads", "encoder.layers.encoder_layer_0.mlp.hidden",
+                  "encoder.layers.encoder_layer_0.out", "encoder.layers.encoder_layer_11.self_attention.heads"]),
 ])
 def test_torchvision_models_run_through_the_service(tmp_path, ray_cluster, name, points):
     from snp_service import cli
+    from snp_service.spec import load_spec
     from snp_service.store import Store
 
     job = tiny_job(tmp_path, **{"model": {"name": name}, "measure.points": points, "train.epochs": 1,
@@ -75,10 +77,10 @@ def test_torchvision_models_run_through_the_service(tmp_path, ray_cluster, name,
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     assert cli.main(["run", str(path)]) == 0
-    store = Store.from_spec(__import__("snp_service.spec", fromlist=["x"]).load_spec(path).storage)
+    store = Store.from_spec(load_spec(path).storage)
     job_store = store.job(store.job_ids()[0])
     layers = job_store.layers()
-    assert len(layers) == (4 if name == "resnet18" else 4) and layers["snr"].is_not_null().all()
+    assert len(layers) == 4 and layers["snr"].is_not_null().all() and layers["null_snr"].is_not_null().all()
     if name == "vit_b_16":
         heads = job_store.heads()
         assert heads["point"].to_list() == ["encoder.layers.encoder_layer_0.self_attention.heads",
