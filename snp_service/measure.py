@@ -6,6 +6,7 @@ No I/O: the pipeline stores what this returns; Ray decides where it runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,7 +22,9 @@ from snp_service.snp import (
     permuted_labels,
     point_statistics,
 )
-from snp_service.spec import AnalysisSpec
+
+if TYPE_CHECKING:  # the pure core runs without pydantic (bench/paper_gpu.py on a bare GPU machine)
+    from snp_service.spec import AnalysisSpec
 
 
 @dataclass

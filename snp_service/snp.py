@@ -10,6 +10,7 @@ Pure tensor code: no Ray, no I/O, no globals. Shapes, by the paper's names:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ def fields_literal(acts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         silenced[:, n] = weight[:, n]
         out[:, n] = flat @ silenced.reshape(L, N * P).T
     return out
+
+
+_NORMAL = NormalDist()  # the standard normal (stdlib: the pure core needs no scipy)
 
 
 @dataclass
@@ -276,19 +280,16 @@ def bca_interval(theta: float, boot: np.ndarray, jack: np.ndarray, confidence: f
     where the jackknife is not finite the acceleration is taken as 0 (bias-corrected percentile)."""
     if not np.isfinite(theta) or np.isnan(boot).any() or len(boot) == 0:
         return float("nan"), float("nan")
-    from scipy.stats import norm
-
     b = len(boot)
     prop = ((boot < theta).sum() + 0.5 * (boot == theta).sum()) / b
-    z0 = norm.ppf(np.clip(prop, 0.5 / b, 1 - 0.5 / b))
+    z0 = _NORMAL.inv_cdf(float(np.clip(prop, 0.5 / b, 1 - 0.5 / b)))
     a = 0.0
     if np.isfinite(jack).all() and len(jack) > 2:
         d = jack.mean() - jack
         den = 6.0 * (d ** 2).sum() ** 1.5
         a = float((d ** 3).sum() / den) if den > 0 else 0.0
     alpha = (1 - confidence) / 2
-    z = norm.ppf([alpha, 1 - alpha])
-    q = norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+    q = [_NORMAL.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))) for z in (_NORMAL.inv_cdf(alpha), _NORMAL.inv_cdf(1 - alpha))]
     lo, hi = np.quantile(boot, q, method="inverted_cdf")
     return float(lo), float(hi)
 
