@@ -58,58 +58,127 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def feature_bytes(info, images: int) -> int:
+    """Bytes of one point's captured features: images x nodes x positions in float16."""
+    return images * info.nodes * info.positions * 2
+
+
+def point_groups(spec: JobSpec, points: list[str], images: int) -> list[list[str]]:
+    """Points in forward order, grouped so that each group's features fit compute.feature_budget_gb
+    (a point larger than the budget goes alone): an actor never holds more than one group."""
+    budget, info = spec.compute.feature_budget_gb * 2**30, spec.points()
+    groups: list[list[str]] = []
+    size = 0
+    for p in points:
+        b = feature_bytes(info[p], images)
+        if not groups or size + b > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += b
+    return groups
+
+
+def compute_device() -> torch.device:
+    """The device this process was given: a GPU when Ray assigned one (or CUDA is visible), else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 @contextmanager
-def captured(spec: JobSpec, weights: dict, points: list[str], threads: int) -> Iterator[tuple[Features, Features, int]]:
-    """Capture `points` of the trained network once on the training and evaluation splits (float16
-    files in a temporary folder, removed afterwards): (train, evaluation, number of labels)."""
+def captured_groups(spec: JobSpec, weights: dict, points: list[str],
+                    threads: int) -> Iterator[Iterator[tuple[list[str], Features, Features, int]]]:
+    """Capture the points group by group (point_groups) on the training and evaluation splits, each
+    group's float16 files removed before the next is captured: peak disk is one group's features, not
+    the network's. Yields an iterator of (group, train features, evaluation features, labels)."""
     features_dir = os.environ.get("SNP_FEATURES_DIR")  # default: the system temp dir
-    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="snp-features-", dir=features_dir) as tmp:
+    with torch_threads(threads):
         data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
+        device = compute_device()
         model = spec.model.build(data.num_classes, spec.dataset.image_size)
         model.load_state_dict(weights)
-        yield capture(model, data.train, points, Path(tmp) / "train"), \
-            capture(model, data.eval, points, Path(tmp) / "eval"), data.num_classes
+        model.to(device)
+
+        def groups():
+            images = len(data.train) + len(data.eval)
+            for group in point_groups(spec, points, images):
+                # on a GPU a group that fits in half its free memory stays there; else float16 files
+                in_memory = device.type == "cuda" and \
+                    sum(feature_bytes(spec.points()[p], images) for p in group) < torch.cuda.mem_get_info()[0] / 2
+                with tempfile.TemporaryDirectory(prefix="snp-features-", dir=features_dir) as tmp:
+                    yield group, capture(model, data.train, group, Path(tmp) / "train", device=device,
+                                         in_memory=in_memory), \
+                        capture(model, data.eval, group, Path(tmp) / "eval", device=device, in_memory=in_memory), \
+                        data.num_classes
+
+        yield groups()
+
+
+def prune_point_work(spec: JobSpec, p: str, readout: Readout, raw_eval: torch.Tensor, train: Features,
+                     evaluation: Features, num_labels: int, andc: bool) -> dict:
+    """The prune stage's work on one captured point: SNP matrices of the selection images
+    (pruning.selection_split), then ANDC and its baselines when `andc` (a point measured only for
+    structural pruning needs the selection matrices alone)."""
+    pr = spec.pruning
+    if pr.selection_split == "heldout":
+        rows = selection_rows(len(train.labels), pr.selection_fraction, pr.seed)
+        acc, _ = snp_accumulate(readout, train.points[p], train.labels, num_labels, rows=rows)
+        raw = acc.snp_matrices(centred=spec.analysis.normalise == "centred")
+        selection = f"heldout: {len(rows)} training images"
+    else:
+        raw = raw_eval.to(torch.float64)
+        selection = "eval: the scoring images (paper protocol)"
+    out = {"rows": [], "curve": [], "selection_raw": raw.numpy().astype("float32"), "selection": selection}
+    if andc:
+        threshold = spec.analysis.threshold if pr.threshold is None else pr.threshold
+        out["rows"], out["curve"] = prune_point(
+            p, readout, normalise(raw), train.points[p], train.labels, evaluation.points[p], evaluation.labels,
+            threshold, pr.curve_thresholds, pr.baselines, pr.finetune_epochs, pr.finetune_lr, pr.seed, selection)
+    return out
+
+
+def prune_plan(spec: JobSpec) -> dict[str, bool]:
+    """Points the prune stage works on -> whether their readout is ANDC-pruned (False: measured only
+    for structural pruning's unit scores). Empty when pruning is off."""
+    if not spec.pruning.enabled:
+        return {}
+    plan = {p: True for p in spec.prune_points()}
+    if spec.pruning.structural_fraction > 0:  # units are chosen on the selection images too
+        plan.update({p: False for p in spec.selected_points()
+                     if p not in plan and spec.points()[p].kind in ("ff", "mha")})
+    return plan
 
 
 def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int = 1) -> dict[str, PointResult]:
-    """The snp stage's work on `points`, in this process: readout, fields, SNP matrices, statistics."""
-    out = {}
-    with captured(spec, weights, points, threads) as (train, evaluation, num_labels):
-        for p in points:
-            t0 = time.perf_counter()
-            out[p] = measure_point(spec.points()[p], train.points[p], train.labels, evaluation.points[p],
-                                   evaluation.labels, num_labels, spec.analysis)
-            out[p].row["seconds"] = time.perf_counter() - t0
+    """The snp stage's work on `points`, in this process: readout, fields, SNP matrices, statistics.
+    With pruning enabled, the prune stage's work on the same captured features follows each point
+    (`PointResult.pruned`), so the two stages share one capture."""
+    out, plan = {}, prune_plan(spec)
+    with captured_groups(spec, weights, points, threads) as groups:
+        for group, train, evaluation, num_labels in groups:
+            for p in group:
+                t0 = time.perf_counter()
+                out[p] = measure_point(spec.points()[p], train.points[p], train.labels, evaluation.points[p],
+                                       evaluation.labels, num_labels, spec.analysis)
+                out[p].row["seconds"] = time.perf_counter() - t0
+                if p in plan:
+                    out[p].pruned = prune_point_work(spec, p, out[p].readout, out[p].raw_matrices, train, evaluation,
+                                                     num_labels, plan[p])
     return out
 
 
 def prune_points(spec: JobSpec, weights: dict, points: list[str], inputs: dict, threads: int = 1) -> dict[str, dict]:
-    """The prune stage's work on `points`, in this process. inputs[point]: the stored readout state
-    ("readout"), the raw SNP matrices of the evaluation split ("raw") and whether to prune it
-    ("andc"; a point measured only for structural pruning needs its selection matrices alone).
-    Returns per point: ANDC rows and curve, and the raw SNP matrices of the selection images."""
-    pr, info = spec.pruning, spec.points()
-    out = {}
-    with captured(spec, weights, points, threads) as (train, evaluation, num_labels):
-        for p in points:
-            readout = Readout(info[p].nodes, info[p].positions, num_labels, readout_kind(info[p], spec.analysis))
-            readout.load_state_dict(inputs[p]["readout"])
-            readout.eval()
-            if pr.selection_split == "heldout":
-                rows = selection_rows(len(train.labels), pr.selection_fraction, pr.seed)
-                acc, _ = snp_accumulate(readout, train.points[p], train.labels, num_labels, rows=rows)
-                raw = acc.snp_matrices(centred=spec.analysis.normalise == "centred")
-                selection = f"heldout: {len(rows)} training images"
-            else:
-                raw = torch.as_tensor(inputs[p]["raw"], dtype=torch.float64)
-                selection = "eval: the scoring images (paper protocol)"
-            out[p] = {"rows": [], "curve": [], "selection_raw": raw.numpy().astype("float32"), "selection": selection}
-            if inputs[p].get("andc", True):
-                threshold = spec.analysis.threshold if pr.threshold is None else pr.threshold
-                out[p]["rows"], out[p]["curve"] = prune_point(
-                    p, readout, normalise(raw), train.points[p], train.labels, evaluation.points[p],
-                    evaluation.labels, threshold, pr.curve_thresholds, pr.baselines, pr.finetune_epochs,
-                    pr.finetune_lr, pr.seed, selection)
+    """The prune stage's work on `points` when the snp stage's shared capture cannot serve it (e.g. a
+    job that changed only its pruning settings reuses another job's snp stage). inputs[point]: the
+    stored readout state ("readout"), the raw SNP matrices of the evaluation split ("raw"), and
+    whether to prune it ("andc")."""
+    info, out = spec.points(), {}
+    with captured_groups(spec, weights, points, threads) as groups:
+        for group, train, evaluation, num_labels in groups:
+            for p in group:
+                readout = Readout(info[p].nodes, info[p].positions, num_labels, readout_kind(info[p], spec.analysis))
+                readout.load_state_dict(inputs[p]["readout"])
+                out[p] = prune_point_work(spec, p, readout.eval(), torch.as_tensor(inputs[p]["raw"]), train,
+                                          evaluation, num_labels, inputs[p].get("andc", True))
     return out
 
 
@@ -147,11 +216,19 @@ class PointWorker:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def start_workers(spec: JobSpec, n_workers: int, threads: int, cpus: float) -> list:
+def gpus_per_worker(spec: JobSpec) -> float:
+    """compute.snp_gpus_per_actor, with `auto` decided now (when the stage starts, so an autoscaling
+    cluster that has gained GPUs uses them): 1 when the cluster has GPUs, else 0."""
+    g = spec.compute.snp_gpus_per_actor
+    if g == "auto":
+        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return float(g)
+
+
+def start_workers(spec: JobSpec, n_workers: int, threads: int, cpus: float, gpus: float = 0.0) -> list:
     # DEFAULT: not inside the caller's placement group (a Tune trial reserves almost nothing itself)
-    return [PointWorker.options(num_cpus=cpus, scheduling_strategy="DEFAULT").remote(spec.model_dump(mode="json"),
-                                                                                      threads)
-            for _ in range(n_workers)]
+    return [PointWorker.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy="DEFAULT").remote(
+        spec.model_dump(mode="json"), threads) for _ in range(n_workers)]
 
 
 def _scatter(spec: JobSpec, points: list[str], workers: list, call: Callable, what: str, progress: Progress) -> dict:
@@ -192,8 +269,9 @@ def workers_for(spec: JobSpec, points: list[str], what: str, progress: Progress)
     if n > fit:  # more would wait forever for CPUs on a fixed-size cluster
         progress(f"{what}: the cluster holds {fit} worker(s) of {c.cpus_per_worker} CPU(s), not {n}; using {fit}")
         n = fit
-    workers = start_workers(spec, n, max(1, int(c.cpus_per_worker)), c.cpus_per_worker)
-    progress(f"{what}: {len(points)} points on {len(workers)} Ray worker(s)")
+    gpus = gpus_per_worker(spec)
+    workers = start_workers(spec, n, max(1, int(c.cpus_per_worker)), c.cpus_per_worker, gpus)
+    progress(f"{what}: {len(points)} points on {len(workers)} Ray worker(s)" + (f", {gpus:g} GPU each" if gpus else ""))
     try:
         yield workers
     finally:

@@ -35,6 +35,7 @@ class PointResult:
     raw_matrices: torch.Tensor  # (N, L, L) float64 before normalisation: sums over nodes stay exact (heads)
     node_label_accuracy: torch.Tensor  # (N, L)
     nodes: dict[str, list]  # per-node statistics, column-wise
+    pruned: dict | None = None  # the prune stage's work on the same capture (snp_service.actors)
 
 
 def readout_kind(info: PointInfo, analysis: AnalysisSpec) -> str:

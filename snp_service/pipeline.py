@@ -25,7 +25,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from snp_service.actors import ensure_ray, measure_on, prune_on, workers_for
+from snp_service.actors import ensure_ray, measure_on, prune_on, prune_plan, workers_for
 from snp_service.checkpoints import load_weights, sha256
 from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
@@ -141,6 +141,10 @@ def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
         job.write_point(p, "node_label_accuracy", r.node_label_accuracy.numpy())
         job.write_point(p, "nodes", r.nodes)
         job.write_point(p, "readout", r.readout.state_dict())
+        if r.pruned is not None:  # the prune stage's work, done on this capture
+            job.write_point(p, "staged_selection_raw", r.pruned["selection_raw"])
+            job.write_point(p, "staged_prune", {"pruning": pruning_key(spec), "rows": r.pruned["rows"],
+                                                "curve": r.pruned["curve"], "selection": r.pruned["selection"]})
         rows.append(r.row)
         progress(f"snp: {p:22s} readout acc {r.row['readout_accuracy']:.3f}  cluster size "
                  f"{r.row['mean_cluster_size']:.2f}  noise {r.row['mean_noise']:.2f}  SNR {r.row['snr']:.2f} "
@@ -151,6 +155,11 @@ def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     return {"points": len(rows), "actors": n_workers, "readout": spec.analysis.readout,
             "threshold": spec.analysis.threshold, "eval_images": data.get("eval_size"),
             "train_images": data.get("train_size")}
+
+
+def pruning_key(spec: JobSpec) -> str:
+    """What the prune stage's work depends on beyond the snp stage's inputs: the pruning section."""
+    return hashlib.sha256(json.dumps(spec.pruning.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
@@ -248,13 +257,22 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
         progress("prune: skipped (pruning.enabled is false)")
         return {"points": 0, "skipped": "pruning.enabled is false"}
     points = spec.prune_points()
-    task_points = list(points)
-    if spec.pruning.structural_fraction > 0:  # units are chosen on the selection images too
-        task_points += [p for p in spec.selected_points() if p not in points and spec.points()[p].kind in ("ff", "mha")]
-    inputs = {p: {"readout": job.read_point(p, "readout"), "raw": job.read_point(p, "snp_raw"), "andc": p in points}
-              for p in task_points}
-    with workers_for(spec, task_points, "prune", progress) as workers:
-        results = prune_on(workers, spec, job.read_torch(FILES["weights"]), task_points, inputs, progress)
+    plan = prune_plan(spec)
+    task_points = list(plan)
+    results, todo = {}, []
+    for p in task_points:  # the snp stage's shared capture did this work already, for these settings?
+        staged = job.read_point(p, "staged_prune") if job.has_point(p, "staged_prune") else None
+        if staged is not None and staged["pruning"] == pruning_key(spec):
+            results[p] = {**staged, "selection_raw": job.read_point(p, "staged_selection_raw")}
+        else:
+            todo.append(p)
+    if results:
+        progress(f"prune: {len(results)} point(s) pruned on the snp stage's capture")
+    if todo:
+        inputs = {p: {"readout": job.read_point(p, "readout"), "raw": job.read_point(p, "snp_raw"), "andc": plan[p]}
+                  for p in todo}
+        with workers_for(spec, todo, "prune", progress) as workers:
+            results.update(prune_on(workers, spec, job.read_torch(FILES["weights"]), todo, inputs, progress))
     for p in task_points:
         job.write_point(p, "selection_raw", results[p]["selection_raw"])
     if task_points:

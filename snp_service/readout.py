@@ -33,9 +33,10 @@ def as_nodes_positions(act: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Features:
-    """Captured features of one split: point name -> memmap (X, N, P) float16, and labels (X,)."""
+    """Captured features of one split: point name -> (X, N, P) float16, a memory-mapped file or a
+    tensor in device memory, and labels (X,)."""
 
-    points: dict[str, np.memmap]
+    points: dict[str, np.memmap | torch.Tensor]
     labels: np.ndarray
 
     def __len__(self) -> int:
@@ -44,9 +45,12 @@ class Features:
 
 @torch.no_grad()
 def capture(model: nn.Module, dataset: Dataset, points: list[str], directory: Path, batch_size: int = 256,
-            progress=None) -> Features:
-    """Run the frozen model once over `dataset`, storing the activations at `points`."""
+            progress=None, device: torch.device | None = None, in_memory: bool = False) -> Features:
+    """Run the frozen model once over `dataset` (on `device`, default the model's), storing the
+    activations at `points`: in float16 files under `directory`, or with `in_memory` as float16
+    tensors on the device (a GPU keeps a group of points there when it fits)."""
     model.eval()
+    device = device or next(model.parameters()).device
     modules = model.point_modules()
     directory.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
@@ -57,20 +61,26 @@ def capture(model: nn.Module, dataset: Dataset, points: list[str], directory: Pa
     start = 0
     try:
         for i, (x, y) in enumerate(DataLoader(dataset, batch_size=batch_size, shuffle=False)):
-            model(x)
+            model(x.to(device))
             for p in points:
                 a = as_nodes_positions(batch[p])
+                if in_memory:
+                    if p not in store:
+                        store[p] = torch.empty((n,) + tuple(a.shape[1:]), dtype=torch.float16, device=device)
+                    store[p][start:start + len(y)] = a.to(torch.float16)
+                    continue
                 if p not in store:
                     store[p] = np.lib.format.open_memmap(directory / f"{p}.npy", mode="w+", dtype=np.float16,
                                                          shape=(n,) + tuple(a.shape[1:]))
-                store[p][start:start + len(y)] = a.to(torch.float16).numpy()
+                store[p][start:start + len(y)] = a.to(torch.float16).cpu().numpy()
                 release(store[p])  # written pages go to the file, not the process's RSS
             labels[start:start + len(y)] = y.numpy()
             start += len(y)
             if progress and i % 20 == 0:
                 progress(f"capture: {start}/{n} images")
         for m in store.values():
-            m.flush()
+            if not in_memory:
+                m.flush()
     except OSError as e:  # disk full (ENOSPC), file size limit (EFBIG): say so, leave nothing behind
         need = sum(int(np.prod(m.shape)) * 2 for m in store.values())
         store.clear()

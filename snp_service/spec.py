@@ -344,6 +344,12 @@ class ComputeSpec(_Strict):
     snp_actors: int = Field(1, ge=1, le=1024, description="Ray actors that share the SNP stage's points")
     max_failures: int = Field(2, ge=0, le=100, description="training worker failures Ray Train recovers from "
                               "(restarting from the last checkpoint)")
+    snp_gpus_per_actor: Literal["auto"] | Annotated[float, Field(ge=0.0, le=16.0)] = Field(
+        "auto", description="GPUs each SNP / prune actor asks Ray for (fractions allowed); auto: 1 when the cluster "
+        "has GPUs when the stage starts, else 0")
+    feature_budget_gb: float = Field(
+        4.0, gt=0.0, le=10_000.0, description="captured features an actor holds at once (disk, or device memory on a "
+        "GPU): points are captured in groups that fit, processed and released; a larger point goes alone")
 
 
 class CompareModel(_Strict):

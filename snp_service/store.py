@@ -42,6 +42,8 @@ POINT_FILES = {  # per measurement point: name -> (stage folder, file name)
     "readout": ("snp", "readout.pt"), "heads_labels": ("heads", "heads_labels.npy"),
     "head_matrices": ("heads", "head_matrices.npy"), "head_stats": ("heads", "heads.parquet"),
     "heads_null": ("heads", "null.npy"), "selection_raw": ("prune", "selection_raw.npy"),
+    # the prune stage's work done on the snp stage's capture, for the prune stage to take over
+    "staged_prune": ("snp", "prune_staged.json"), "staged_selection_raw": ("snp", "prune_staged_selection_raw.npy"),
 }
 
 
@@ -290,10 +292,10 @@ class JobStore:
         return self.exists(self.point_path(point, what))
 
     def read_point(self, point: str, what: str) -> Any:
-        """A point's artefact, read by its kind (.npy array, .parquet table, .pt torch object)."""
+        """A point's artefact, read by its kind (.npy array, .parquet table, .json, .pt torch object)."""
         rel = self.point_path(point, what)
         return (self.read_array(rel) if rel.endswith(".npy") else self.read_table(rel) if rel.endswith(".parquet")
-                else self.read_torch(rel))
+                else self.read_json(rel) if rel.endswith(".json") else self.read_torch(rel))
 
     def write_point(self, point: str, what: str, obj: Any) -> str:
         rel = self.point_path(point, what)
@@ -301,6 +303,8 @@ class JobStore:
             return self.write_array(rel, obj)
         if rel.endswith(".parquet"):
             return self.write_table(rel, obj if isinstance(obj, pl.DataFrame) else pl.DataFrame(obj))
+        if rel.endswith(".json"):
+            return self.write_json(rel, obj)
         return self.write_torch(rel, obj)
 
     # --- stages and manifest ---------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_compare_section_expands_into_one_job_per_model_and_seed(tmp_path):
     (lambda j: j["compare"]["models"][1].update(analysis={"threshold": 0.5}), "shared by every model"),
     (lambda j: j["compare"]["models"][0].update(pruning={"structural_fraction": 0.5}),
      "compare model 'vgg' (seed 0)"),
-    (lambda j: j["compare"]["models"][0].update(model={"name": "resnet50"}), "unknown model 'resnet50'"),
+    (lambda j: j["compare"]["models"][0].update(model={"name": "resnet51"}), "unknown model 'resnet51'"),
     (lambda j: j.update(sweep={"threshold": [0.2, 0.4]}), "compare and sweep exclude each other"),
 ])
 def test_bad_compare_sections_are_refused_naming_the_problem(tmp_path, change, message):
