@@ -25,6 +25,15 @@ from snp_service.store import TABLES, Store
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.job)
     print(f"# {args.job}: valid; job id {spec.job_id()}; measurement points: {', '.join(spec.selected_points())}")
+    est = spec.feature_estimate()
+    kb = 1024
+    line = (f"# features (float16): {est['largest_point_bytes_per_image'] / kb:.0f} KB per image at the largest point "
+            f"({est['largest_point']}), {est['all_points_bytes_per_image'] / kb:.0f} KB at all selected points")
+    if "images" in est:
+        line += (f"; at {est['images']:,} images an SNP actor holds at most {est['actor_peak_gb']:.2f} GB at once "
+                 f"(disk, or GPU memory; compute.feature_budget_gb {spec.compute.feature_budget_gb:g}) instead of "
+                 f"{est['all_points_gb']:.2f} GB for all points")
+    print(line)
     stages = spec.stage_names()
     print(f"# stages: {', '.join(stages)}" + (f" (load: the network from {spec.model.weights}, no training)"
                                                if "load" in stages else ""))

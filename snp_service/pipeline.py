@@ -345,7 +345,8 @@ def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) ->
         model.pop("weights_format", None)
     elif weights_digest is not None:
         model["weights"] = f"sha256:{weights_digest}"
-    spec_json = {**spec_json, "model": model}
+    train = {k: v for k, v in (spec_json.get("train") or {}).items() if k != "compile"}  # noise only
+    spec_json = {**spec_json, "model": model, "train": train}
     picked = {}
     for section, fields in STAGE_INPUTS[stage]:
         value = spec_json.get(section) or {}

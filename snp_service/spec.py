@@ -86,6 +86,20 @@ class DatasetSpec(_Strict):
         # resolved once where the job is loaded, so Ray workers (another working directory) find it
         return v if "://" in v else str(resolve_path(v))
 
+    def known_sizes(self) -> tuple[int, int] | None:
+        """(training, evaluation) images, where the spec alone tells them (None for image folders)."""
+        if self.synthetic is not None:
+            s = self.synthetic
+            sizes = (s.num_classes * s.train_per_class, s.num_classes * s.test_per_class)
+        else:
+            sizes = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
+                     "flowers102": (2_040 if self.train_split == "trainval" else 1_020, 6_149)}.get(self.name)
+            if sizes is None:
+                return None
+        classes = self.known_classes() or 1
+        return (min(sizes[0], (self.max_per_class or sizes[0]) * classes),
+                min(sizes[1], (self.eval_max_per_class or sizes[1]) * classes))
+
     def known_classes(self) -> int | None:
         """The number of classes, where the spec alone tells it (None for an image-folder tree)."""
         if self.synthetic is not None:
@@ -221,6 +235,8 @@ class TrainSpec(_Strict):
         "auto", description="auto: bf16 autocast on a GPU or on a CPU with AMX/AVX-512 bf16, else fp32")
     seed: int = 0
     checkpoint_keep: int = Field(2, ge=1, le=100)
+    compile: bool = Field(False, description="torch.compile the training forward pass (for GPU runs); it changes "
+                          "results only by floating-point noise, so it is left out of the job id and stage keys")
 
     @model_validator(mode="after")
     def _warmup(self) -> TrainSpec:
@@ -493,6 +509,24 @@ class JobSpec(_Strict):
                     raise SpecError(f"compare: {e}") from None
         return out
 
+    def feature_estimate(self) -> dict:
+        """Captured features of the selected points (float16: images x nodes x positions x 2 bytes),
+        per image and, where the split sizes are known, for the job: what one SNP / prune actor holds at
+        most (one group of points, compute.feature_budget_gb, or the largest point when it alone is
+        larger) against the whole network's. The README states the same formula."""
+        info = self.points()
+        per_image = {p: info[p].nodes * info[p].positions * 2 for p in self.selected_points()}
+        out = {"largest_point_bytes_per_image": max(per_image.values()), "all_points_bytes_per_image":
+               sum(per_image.values()), "largest_point": max(per_image, key=per_image.get)}
+        sizes = self.dataset.known_sizes()
+        if sizes:
+            images = sum(sizes)
+            out["images"] = images
+            out["all_points_gb"] = out["all_points_bytes_per_image"] * images / 2**30
+            out["actor_peak_gb"] = max(out["largest_point_bytes_per_image"] * images / 2**30,
+                                       min(self.compute.feature_budget_gb, out["all_points_gb"]))
+        return out
+
     def stage_names(self) -> list[str]:
         """The stages this job runs, in order: with model.weights, `load` takes the place of `train`."""
         return [("load" if s == "train" and self.model.weights else s) for s in STAGE_ORDER]
@@ -535,6 +569,7 @@ class JobSpec(_Strict):
             path = Path(value)
             if path.is_absolute() and path.is_relative_to(Path.cwd()):
                 content[section][key] = path.relative_to(Path.cwd()).as_posix()
+        content["train"].pop("compile", None)  # floating-point noise only (TrainSpec.compile)
         if content["model"].get("weights") is None:  # jobs without weights keep the ids they had
             content["model"].pop("weights", None)
             content["model"].pop("weights_format", None)

@@ -121,6 +121,8 @@ def train_loop_per_worker(config: dict) -> None:
     # img/s, bench/RESULTS.md section 1); the same arithmetic up to float rounding
     model = spec.model.build(data.num_classes, spec.dataset.image_size).to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
+    # the forward pass runs compiled; checkpoints keep the plain module's keys (no _orig_mod. prefix)
+    forward = torch.compile(model) if t.compile else model
     device = ray.train.torch.get_device()
     dtype = autocast_dtype(t.precision, device)
     optimizer = make_optimizer(model, t)
@@ -161,7 +163,7 @@ def train_loop_per_worker(config: dict) -> None:
             if mixer is not None:
                 x, target = mixer(x, y)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = model(x)
+                logits = forward(x)
             loss = criterion(logits.float(), target)
             optimiser_step(loss, optimizer, scheduler)
             loss_sum += loss.item() * len(y)

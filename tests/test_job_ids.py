@@ -24,3 +24,18 @@ def test_the_quickstart_and_its_derived_jobs_keep_their_ids(monkeypatch):
     assert [v.job_id() for _, _, v in spec_from_dict(d).compare_jobs()] == [
         "quickstart-vgg-s0-aff768fa5d71", "quickstart-cct-s0-2fd66c5a1892", "quickstart-vgg-s1-2ba7b87c4906",
         "quickstart-cct-s1-b218b0c928ea"]
+
+
+def test_settings_that_change_results_only_by_noise_or_placement_keep_ids_and_stage_keys(monkeypatch):
+    """train.compile, compute.* (GPUs per actor, feature budget): same job id, same stage keys."""
+    from snp_service.pipeline import STAGE_INPUTS, stage_key
+
+    monkeypatch.chdir(REPO)
+    d = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
+    base = spec_from_dict(d)
+    d["train"]["compile"] = True
+    d["compute"] = {**d["compute"], "snp_gpus_per_actor": 0.5, "feature_budget_gb": 1.0}
+    other = spec_from_dict(d)
+    assert other.job_id() == base.job_id() == "quickstart-b0c9e520d390"
+    a, b = base.model_dump(mode="json"), other.model_dump(mode="json")
+    assert all(stage_key(a, s) == stage_key(b, s) for s in STAGE_INPUTS)

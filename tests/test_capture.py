@@ -1,0 +1,77 @@
+"""Bounded capture (issue 18): points are captured in groups that fit compute.feature_budget_gb and
+released before the next, giving the same results as one capture of everything; and the snp stage's
+capture serves the prune stage's work (the same rows as a separate prune capture)."""
+
+import os
+
+import torch
+
+from snp_service import actors
+from snp_service.actors import feature_bytes, measure_points, point_groups, prune_points
+from snp_service.spec import spec_from_dict
+from tests.conftest import tiny_job
+
+
+def _spec(tmp, **extra):
+    return spec_from_dict(tiny_job(tmp, **{"analysis.readout_epochs": 2, "analysis.bootstrap": 50,
+                                           "analysis.null_permutations": 1, **extra}))
+
+
+def test_groups_fit_the_budget_and_keep_forward_order(tmp_path):
+    spec = _spec(tmp_path)
+    points, info = spec.selected_points(), spec.points()
+    sizes = {p: feature_bytes(info[p], 1000) for p in points}
+    budget = max(sizes.values()) + 1
+    spec = _spec(tmp_path, **{"compute.feature_budget_gb": budget / 2**30})
+    groups = point_groups(spec, points, 1000)
+    assert [p for g in groups for p in g] == points
+    assert all(sum(sizes[p] for p in g) <= budget for g in groups) and len(groups) > 1
+    tiny = _spec(tmp_path, **{"compute.feature_budget_gb": 1e-9})
+    assert point_groups(tiny, points, 1000) == [[p] for p in points]  # a point over the budget goes alone
+
+
+def test_one_group_at_a_time_on_disk_and_the_same_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNP_FEATURES_DIR", str(tmp_path / "features"))
+    (tmp_path / "features").mkdir()
+    big = _spec(tmp_path)
+    small = _spec(tmp_path, **{"compute.feature_budget_gb": 1e-9})
+    torch.manual_seed(0)
+    weights = big.model.build(4, 32).state_dict()
+    points = big.selected_points()
+    seen = []
+    real_capture = actors.capture
+
+    def spying_capture(model, dataset, group, directory, **kw):
+        seen.append(sorted(os.listdir(tmp_path / "features")))  # feature folders alive at this moment
+        return real_capture(model, dataset, group, directory, **kw)
+
+    monkeypatch.setattr(actors, "capture", spying_capture)
+    a = measure_points(small, weights, points)
+    assert max(len(s) for s in seen) == 1  # never two groups' folders at once
+    b = measure_points(big, weights, points)
+    for p in points:
+        for k, v in a[p].row.items():
+            if k != "seconds":
+                assert v == b[p].row[k] or (v != v and b[p].row[k] != b[p].row[k]), (p, k)
+        assert torch.equal(a[p].raw_matrices, b[p].raw_matrices)
+    assert not os.listdir(tmp_path / "features")  # everything released
+
+
+def test_the_snp_capture_does_the_prune_work_as_a_separate_capture_would(tmp_path):
+    spec = _spec(tmp_path, **{"pruning.enabled": True, "pruning.finetune_epochs": 1,
+                              "pruning.curve_thresholds": [0.3], "pruning.points": ["blocks.0.mlp.hidden"],
+                              "pruning.structural_fraction": 0.5})
+    torch.manual_seed(0)
+    weights = spec.model.build(4, 32).state_dict()
+    points = spec.selected_points()
+    shared = measure_points(spec, weights, points)
+    plan = actors.prune_plan(spec)
+    assert plan["blocks.0.mlp.hidden"] is True and plan["blocks.0.attn.heads"] is False  # structural only
+    assert {p for p in points if shared[p].pruned is not None} == set(plan)
+    inputs = {p: {"readout": shared[p].readout.state_dict(), "raw": shared[p].raw_matrices.numpy(), "andc": plan[p]}
+              for p in plan}
+    separate = prune_points(spec, weights, list(plan), inputs)
+    for p in plan:
+        assert shared[p].pruned["rows"] == separate[p]["rows"]
+        assert (shared[p].pruned["selection_raw"] == separate[p]["selection_raw"]).all()
+    assert shared["blocks.0.attn.heads"].pruned["rows"] == []
