@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import REPO, stamp, table, verdict, write_section
+from snp_service.localdev import RAY_CLI
 
 TITLE = "4. Service overhead of `ray job submit`"
 
@@ -65,7 +66,7 @@ def run_submitted(w: Path, address: str, *entrypoint: str, expect: str = "done:"
     entrypoint = entrypoint or ("python", "-m", "snp_service.cli", "run", "job.yaml")
     t0 = time.perf_counter()
     r = subprocess.run(
-        ["ray", "job", "submit", "--address", address, "--working-dir", str(w),
+        [RAY_CLI, "job", "submit", "--address", address, "--working-dir", str(w),
          "--submission-id", f"bench-{uuid.uuid4().hex[:8]}",
          "--runtime-env-json", '{"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}', "--", *entrypoint],
         capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "token"})

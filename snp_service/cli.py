@@ -93,7 +93,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _store(root: str):
-    return Store.from_spec(StorageSpec(root=root, endpoint=os.environ.get("SNP_S3_ENDPOINT")
+    endpoint = os.environ.get("SNP_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    return Store.from_spec(StorageSpec(root=root, endpoint=endpoint
                                        if root.startswith("s3://") else None))
 
 

@@ -19,6 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# Ray's CLI of the running interpreter's environment (also when the venv is not activated)
+RAY_CLI = str(Path(sys.executable).with_name("ray"))
+
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
@@ -62,7 +65,7 @@ class RayHead:
         self.temp = tempfile.mkdtemp(prefix="ray-head-", dir="/tmp")
         gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = free_ports(9)
         self.process = subprocess.Popen(
-            ["ray", "start", "--head", "--block", f"--temp-dir={self.temp}", "--node-ip-address=127.0.0.1",
+            [RAY_CLI, "start", "--head", "--block", f"--temp-dir={self.temp}", "--node-ip-address=127.0.0.1",
              f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
              f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
              f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",

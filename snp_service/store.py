@@ -117,14 +117,15 @@ class Store:
             from urllib.parse import urlparse
 
             kwargs: dict[str, Any] = {}
-            if storage.endpoint:
-                u = urlparse(storage.endpoint)
+            endpoint = storage.endpoint or os.environ.get("AWS_ENDPOINT_URL")  # the AWS CLI's variable too
+            if endpoint:
+                u = urlparse(endpoint)
                 kwargs.update(endpoint_override=u.netloc, scheme=u.scheme)
             kwargs["region"] = storage.region or "us-east-1"
-            key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-            if key and secret:  # explicit, so Ray Train workers that unpickle the filesystem have them too
-                kwargs.update(access_key=key, secret_key=secret)
-            # credentials come only from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
+            # credentials come only from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+            # AWS_SESSION_TOKEN, read by the AWS SDK in every process that uses the filesystem) and are
+            # never passed in: a pickled filesystem (Ray Train's storage_filesystem, Tune's tuner.pkl in
+            # the bucket) then holds no secret. Ray workers get them from their environment (runtime_env).
             fs = pafs.S3FileSystem(**kwargs, connect_timeout=5, request_timeout=60,
                                    retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
             return cls(fs, storage.root[5:].rstrip("/"), storage.root.rstrip("/"), storage.endpoint)

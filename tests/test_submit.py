@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from snp_service import submit
+from snp_service.localdev import RAY_CLI
 from snp_service.spec import load_spec
 from snp_service.store import Store
 from tests.conftest import S3_SECRET, tiny_job
@@ -60,7 +61,7 @@ def test_submit_tiny_job_end_to_end_into_the_bucket(tmp_path, s3_server, ray_hea
     import os
 
     plain = subprocess.run(
-        ["ray", "job", "submit", "--address", ray_head, "--working-dir", str(work), "--submission-id", f"{sid}-plain",
+        [RAY_CLI, "job", "submit", "--address", ray_head, "--working-dir", str(work), "--submission-id", f"{sid}-plain",
          "--runtime-env-json", '{"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}', "--",
          "python", "-m", "snp_service.cli", "run", "job.yaml"],
         capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "token"}, timeout=600)
@@ -101,6 +102,12 @@ def test_tune_sweep_lands_its_table_in_the_bucket(tmp_path, s3_server, ray_clust
     assert second.stage_result("train")["reused_from"] == table["job_id"][0]  # the threshold trial did not retrain
     studies = [f.path for f in st.job("_studies").files()]
     assert any(p.endswith("sweep.parquet") for p in studies) and any(p.endswith("sweep.png") for p in studies)
+    # no object the sweep wrote (Tune's tuner.pkl and trial state, checkpoints, tables) holds the secret
+    objects = [f for jid in st.job_ids() + ["_studies"] for f in st.job(jid).files()]
+    assert any(f.path.endswith(".pkl") for f in objects)  # Tune pickles its state into the bucket
+    for f in objects:
+        with st.fs.open_input_stream(f.path) as stream:
+            assert S3_SECRET.encode() not in stream.read(), f.path
 
 
 def test_s3_down_for_good_mid_job_fails_clearly_and_writes_no_manifest(tmp_path, s3_server, ray_head):
@@ -120,7 +127,7 @@ def test_s3_down_for_good_mid_job_fails_clearly_and_writes_no_manifest(tmp_path,
     sid = f"{spec.job_id()}-outage"
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     runtime_env = '{"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "SNP_STORE_RETRY_SECONDS": "5"}}'
-    r = subprocess.run(["ray", "job", "submit", "--address", ray_head, "--working-dir", str(work), "--no-wait",
+    r = subprocess.run([RAY_CLI, "job", "submit", "--address", ray_head, "--working-dir", str(work), "--no-wait",
                         "--submission-id", sid, "--runtime-env-json", runtime_env, "--",
                         "python", "-m", "snp_service.cli", "run", "job.yaml"],
                        capture_output=True, text=True, env=env, timeout=300)
