@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ def stage_train(spec: JobSpec, job: JobStore, progress: Progress, callbacks: Seq
              f"({spec.compute.num_workers} worker(s)); checkpoints in {storage_path}")
     result = fit(spec, storage_path, fs, callbacks=list(callbacks))
     state = result.state
+    bad = next((h for h in state["history"] if not math.isfinite(h["train_loss"])), None)
+    if bad is not None:
+        raise SnpError(f"train: training diverged (non-finite loss in epoch {bad['epoch'] + 1} at lr {bad['lr']:.3g}); "
+                       "lower train.lr or train.warmup_epochs' peak, or use precision: fp32; nothing is recorded")
     job.write_torch(FILES["weights"], state["model"])
     job.put_table("train", state["history"])
     last = state["history"][-1]

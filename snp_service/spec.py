@@ -35,7 +35,11 @@ Fraction01 = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # strict: `epochs: yes` is not 1, and `lr: "1e-3"` not a number; no inf or nan anywhere
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False)
+
+
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="random seed (0 to 2^32 - 1, what the generators take)")]
 
 
 class SyntheticSpec(_Strict):
@@ -50,7 +54,7 @@ class SyntheticSpec(_Strict):
     test_per_class: int = Field(20, ge=1, le=1000)
     image_size: int = Field(32, ge=8, le=512, description="side of the stored images (CIFAR layout: always 32)")
     noise: float = Field(0.8, ge=0.0, le=4.0, description="pixel noise relative to the class pattern")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class AugmentSpec(_Strict):
@@ -233,7 +237,7 @@ class TrainSpec(_Strict):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU or on a CPU with AMX/AVX-512 bf16, else fp32")
-    seed: int = 0
+    seed: Seed = 0
     checkpoint_keep: int = Field(2, ge=1, le=100)
     compile: bool = Field(False, description="torch.compile the training forward pass (for GPU runs); it changes "
                           "results only by floating-point noise, so it is left out of the job id and stage keys")
@@ -267,7 +271,7 @@ class AnalysisSpec(_Strict):
     null_permutations: int = Field(
         3, ge=0, le=100, description="label permutations of the evaluation inputs for each point's chance-level "
         "(null) SNR: same nodes, readout and fields, labels shuffled (0: no null level)")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class HeadsSpec(_Strict):
@@ -304,7 +308,7 @@ class PruningSpec(_Strict):
         0.0, ge=0.0, lt=1.0,
         description="fraction of FF hidden units and of heads removed from every block of the network (0: off)")
     structural_finetune_epochs: int = Field(0, ge=0, le=1000, description="fine-tune of the pruned network")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class SweepSpec(_Strict):
@@ -313,7 +317,6 @@ class SweepSpec(_Strict):
     num_heads: list[Annotated[int, Field(ge=1, le=64)]] | None = None
     threshold: list[Fraction01] | None = None
     lr: list[Annotated[float, Field(gt=0.0, le=10.0)]] | None = None
-    num_samples: int = Field(1, ge=1, le=1000)
     asha: bool = False
     max_concurrent_trials: int = Field(1, ge=1, le=1000)
 
@@ -328,6 +331,8 @@ class StorageSpec(_Strict):
     @field_validator("root")
     @classmethod
     def _root(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("storage root contains a NUL character")
         if v.startswith("s3://"):
             bucket = v[5:].split("/", 1)[0]
             if not bucket:
@@ -603,6 +608,8 @@ def is_valid_name(name: str) -> bool:
 
 def resolve_path(p: str) -> Path:
     """Expand ~ and $VARS; relative paths resolve against the working directory."""
+    if "\x00" in p:
+        raise ValueError(f"path {p!r} contains a NUL character")
     return Path(os.path.expandvars(os.path.expanduser(p))).resolve()
 
 
@@ -621,6 +628,22 @@ def _count_nodes(node: Any, limit: int) -> None:
             stack.extend(n)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML's last-one-wins would
+    silently drop the first: `epochs:` twice)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(text: bytes | str, source: str) -> Any:
     if isinstance(text, bytes):
         if len(text) > MAX_YAML_BYTES:
@@ -630,7 +653,9 @@ def parse_yaml(text: bytes | str, source: str) -> Any:
         except UnicodeDecodeError as e:
             raise SpecError(f"{source}: not UTF-8 text (byte {e.start}); job files are UTF-8 YAML") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise SpecError(f"{source}: nested too deeply to be a job file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -671,7 +696,10 @@ def load_spec(path: str | os.PathLike) -> JobSpec:
     """Read and validate a job YAML; raises SpecError naming the file and field on any problem."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        if p.exists() and not p.is_dir() and not p.is_file():  # a FIFO would block, a device never end
+            raise SpecError(f"{p}: not a regular file; a job file is a YAML file")
+        with p.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)  # bounded: /dev/zero or a huge file is refused, not read whole
     except FileNotFoundError:
         raise SpecError(f"{p}: job file not found") from None
     except IsADirectoryError:

@@ -165,6 +165,9 @@ def train_loop_per_worker(config: dict) -> None:
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = forward(x)
             loss = criterion(logits.float(), target)
+            if not torch.isfinite(loss):  # diverged: stop, report it; the driver fails the stage
+                loss_sum = float("nan")
+                break
             optimiser_step(loss, optimizer, scheduler)
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
@@ -190,6 +193,8 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+        if not math.isfinite(metrics["train_loss"]):
+            break
         if config.get("fail_after_epoch") == epoch:  # fault injection, used by the resume tests
             raise RuntimeError(f"injected failure after epoch {epoch}")
 

@@ -169,3 +169,17 @@ def test_driver_killed_mid_job_then_rerun_resumes_and_matches(tmp_path, ray_clus
     drop = ["seconds"]
     assert jb.read_table("snp/layers.parquet").drop(drop).equals(cj.read_table("snp/layers.parquet").drop(drop))
     assert out.stages["evaluate"]["accuracy"] == cj.stage_result("evaluate")["accuracy"]
+
+
+def test_a_diverging_training_fails_its_stage_clearly_and_records_nothing(tmp_path, ray_cluster):
+    """A learning rate that sends the loss to inf/nan: the train stage fails with one message naming
+    the epoch, and the job gets no manifest (never `complete` with NaN tables)."""
+    from snp_service.errors import SnpError
+
+    spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 2, "train.optimizer": "sgd", "train.lr": 10.0,
+                                                "train.momentum": 0.99, "train.weight_decay": 0.0,
+                                                "train.label_smoothing": 0.0, "train.precision": "fp32"}))
+    with pytest.raises(SnpError, match="training diverged"):
+        pipeline.run(spec, progress=lambda m: None)
+    job = Store.from_spec(spec.storage).job(spec.job_id())
+    assert job.manifest() is None and job.stage_result("train") is None
