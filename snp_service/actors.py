@@ -27,6 +27,7 @@ import ray
 import torch
 
 from snp_service.data import build_datasets
+from snp_service.errors import SnpError
 from snp_service.measure import PointResult, measure_point, readout_kind, snp_accumulate
 from snp_service.prune import prune_point, selection_rows
 from snp_service.readout import Features, Readout, capture
@@ -37,15 +38,29 @@ MAX_RESTARTS = 3
 Progress = Callable[[str], None]
 
 
+def ray_address(spec: JobSpec) -> str | None:
+    """The Ray cluster a driver running here joins: compute.address, else RAY_ADDRESS, else None (a
+    local Ray for the job). Checked before anything is written (pipeline.run)."""
+    address = spec.compute.address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        raise SnpError(f"Ray address {address!r} (compute.address or RAY_ADDRESS) is a dashboard's job API: "
+                       "`snp-service submit` uses it; a driver running here needs the cluster's address (host:6379, "
+                       "`auto` on a cluster node, or ray://host:10001), or no address for a local Ray")
+    return address
+
+
 def ensure_ray(spec: JobSpec) -> None:
-    """Connect to the job's Ray cluster (compute.address, or RAY_ADDRESS), or start a local one."""
+    """Connect to the job's Ray cluster (ray_address), or start a local one."""
     if ray.is_initialized():
         return
-    address = spec.compute.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:  # a single-node Ray for this job alone: nothing else joins it, so it listens on loopback only
-        ray.init(log_to_driver=True, _node_ip_address="127.0.0.1")
+    address = ray_address(spec)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:  # a single-node Ray for this job alone: nothing else joins it, so it listens on loopback only
+            ray.init(log_to_driver=True, _node_ip_address="127.0.0.1")
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise SnpError(f"cannot connect to the Ray cluster at {address!r}: {str(e).splitlines()[0][:200]}") from None
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import yaml
 
 from snp_service.errors import CheckpointError, DatasetError, SnpError, SpecError, StoreError
 from snp_service.models.registry import list_models, measurement_points, model_config
+from snp_service.provenance import code_version
 from snp_service.spec import StorageSpec, is_valid_name, json_schema, load_spec
 from snp_service.store import TABLES, Store
 
@@ -233,6 +234,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="snp-service", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"snp-service {code_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("validate", help="check a job file and print the normalised spec")
     s.add_argument("job")
@@ -244,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("submit", help="submit a job YAML to a Ray cluster (ray job submit; id = job id)")
     s.add_argument("job")
-    s.add_argument("--address", help="Ray dashboard address, default $RAY_ADDRESS or http://127.0.0.1:8265")
+    s.add_argument("--address", help="the cluster's job API (dashboard) address; default $RAY_API_SERVER_ADDRESS, then an http(s) "
+                   "$RAY_ADDRESS, then http://127.0.0.1:8265")
     s.add_argument("--wait", action="store_true", help="wait for the job and exit 0 only if it succeeded")
     s.add_argument("--pass-credentials", action="store_true",
                    help="send AWS_* from this shell in the job's runtime_env (visible in Ray's job metadata)")
@@ -252,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, text in (("status", cmd_status, "a submitted job's status"), ("logs", cmd_logs, "a submitted job's logs")):
         s = sub.add_parser(name, help=text)
         s.add_argument("job_id")
-        s.add_argument("--address")
+        s.add_argument("--address", help="the cluster's job API address (as for submit)")
         s.set_defaults(fn=fn)
     s = sub.add_parser("report", help="(re)build a job's report.html from its stored results")
     s.add_argument("job_id")

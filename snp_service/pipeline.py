@@ -26,7 +26,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from snp_service.actors import ensure_ray, measure_on, prune_on, prune_plan, workers_for
+from snp_service.actors import ensure_ray, measure_on, prune_on, prune_plan, ray_address, workers_for
 from snp_service.checkpoints import load_weights, sha256
 from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
@@ -406,6 +406,7 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks: Sequence = (
     train_callbacks: Ray Train callbacks for the train stage (a Tune trial passes TuneReportCallback)."""
     store = Store.from_spec(spec.storage)
     store.check()  # unreachable store or bad credentials: fail before any compute or write
+    ray_address(spec)  # an address no driver can join: likewise
     job = store.job(spec.job_id())
     # a bad dataset (missing, wrong layout, corrupt archive) fails here, before anything is written;
     # the data stage then records this bundle instead of building it again

@@ -26,10 +26,26 @@ EXCLUDES = [".venv", ".venv-ci", "results", ".cache", ".local", ".git", ".test-a
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
+def job_api_address(address: str | None) -> str:
+    """The cluster's job API, the one way every command finds it: --address, else
+    RAY_API_SERVER_ADDRESS, else RAY_ADDRESS when it is an http(s) address (Ray's own convention for
+    the job CLI), else the local default http://127.0.0.1:8265. A bare host:port is taken as http."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if not address:
+        env = os.environ.get("RAY_ADDRESS", "")
+        address = env if env.startswith(("http://", "https://")) else "http://127.0.0.1:8265"
+    if "://" not in address:
+        address = f"http://{address}"
+    if not address.startswith(("http://", "https://")):
+        raise SnpError(f"cluster address {address!r}: the job API is an http(s) address (the dashboard's, e.g. "
+                       "http://head:8265); ray:// and GCS addresses are for drivers, not for submitting")
+    return address
+
+
 def _client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
-    address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    address = job_api_address(address)
     # Ray 2.60 clusters enable token auth when a token exists (~/.ray/auth_token); its job client
     # only sends the token with RAY_AUTH_MODE=token (`ray job submit` needs it exported by hand).
     # Ray's own helper switches it on, for this process, when RAY_AUTH_MODE is unset and a token exists.
