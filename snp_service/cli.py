@@ -24,7 +24,7 @@ from snp_service.store import TABLES, Store
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    spec = load_spec(args.job)
+    spec = load_spec(args.job, args.set, args.store)
     print(f"# {args.job}: valid; job id {spec.job_id()}; measurement points: {', '.join(spec.selected_points())}")
     est = spec.feature_estimate()
     kb = 1024
@@ -53,7 +53,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from snp_service import pipeline, studies  # local: see the note at the top
 
-    spec = load_spec(args.job)
+    spec = load_spec(args.job, args.set, args.store)
     progress = lambda m: print(f"[snp-service] {m}", flush=True)  # noqa: E731
     if spec.compare is not None:
         try:
@@ -138,16 +138,40 @@ def cmd_results(args: argparse.Namespace) -> int:
     if not job.has(args.table):
         raise StoreError(f"job {args.job_id} has no {args.table} table ({TABLES[args.table]}); its stage did not run")
     df = job.table(args.table)
-    if args.columns:
-        unknown = [c for c in args.columns.split(",") if c not in df.columns]
-        if unknown:
-            raise StoreError(f"table {args.table} has no column(s) {', '.join(unknown)}; it has {', '.join(df.columns)}")
-        df = df.select(args.columns.split(","))
-    fmt = {"tbl_formatting": "MARKDOWN", "tbl_hide_column_data_types": True, "tbl_hide_dataframe_shape": True} \
-        if args.markdown else {}
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3, **fmt):
+    columns = (df.columns if args.columns == "all" else args.columns.split(",") if args.columns
+               else [c for c in DEFAULT_COLUMNS.get(args.table, df.columns) if c in df.columns])
+    unknown = [c for c in columns if c not in df.columns]
+    if unknown:
+        raise StoreError(f"table {args.table} has no column(s) {', '.join(unknown)}; it has {', '.join(df.columns)}")
+    df = df.select(columns)
+    if args.markdown:
+        print(markdown(df))
+        return 0
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
         print(df)
     return 0
+
+
+# the columns `results --table` shows unless --columns says otherwise (`--columns all`: every one)
+DEFAULT_COLUMNS = {
+    "layers": ["point", "kind", "readout", "readout_accuracy", "mean_cluster_size", "mean_noise", "noise_per_label",
+               "snr", "snr_lo", "snr_hi", "null_snr", "mean_node_accuracy", "frac_no_cluster"],
+    "heads": ["point", "heads", "mean_labels_per_head", "mean_heads_per_label", "observed_jaccard", "null_mean",
+              "overlap_deficit", "p_value", "p_min", "status"],
+    "andc": ["point", "method", "selection", "kept_fraction", "accuracy_full", "accuracy_pruned", "accuracy_finetuned"],
+}
+
+
+def markdown(df) -> str:
+    """A Markdown table that never wraps: one line per row, floats to 3 decimals."""
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "n/a" if v != v else f"{v:.3f}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.iter_rows()]
+    return "\n".join(lines)
 
 
 def cmd_heads_study(args: argparse.Namespace) -> int:
@@ -155,7 +179,7 @@ def cmd_heads_study(args: argparse.Namespace) -> int:
 
     from snp_service.studies import run_heads_study  # local: see the note at the top
 
-    table = run_heads_study(load_spec(args.job), args.heads, progress=lambda m: print(f"[snp-service] {m}", flush=True))
+    table = run_heads_study(load_spec(args.job, args.set, args.store), args.heads, progress=lambda m: print(f"[snp-service] {m}", flush=True))
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
         print(table.drop("job_id", "reason"))
     return 0
@@ -166,8 +190,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     from snp_service import submit  # local: see the note at the top
 
-    spec = load_spec(args.job)  # a bad file is refused here, before anything is uploaded
-    sid = submit.submit(spec, Path(args.job), args.address, pass_credentials=args.pass_credentials)
+    spec = load_spec(args.job, args.set, args.store)  # a bad file is refused here, before anything is uploaded
+    sid = submit.submit(spec, Path(args.job), args.address, pass_credentials=args.pass_credentials,
+                        sets=args.set, store=args.store)
     print(f"submitted {sid}; follow with `snp-service logs {sid}`, results with `snp-service results {sid}`")
     if args.wait:
         final = submit.wait(sid, args.address, progress=print)
@@ -195,7 +220,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from snp_service.sweep import run_sweep  # local: see the note at the top
 
-    table = run_sweep(load_spec(args.job), progress=lambda m: print(f"[snp-service] {m}", flush=True))
+    table = run_sweep(load_spec(args.job, args.set, args.store), progress=lambda m: print(f"[snp-service] {m}", flush=True))
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
         print(table.drop("job_id"))
     return 0
@@ -232,20 +257,30 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("job", help="the job's YAML file")
+    s.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field of the job file (repeatable), e.g. --set train.epochs=3; validated like "
+                        "the file, and the job id follows from the result")
+    s.add_argument("--store", help="results root for this run (local path or s3://bucket/prefix), instead of the "
+                                   "job file's storage.root")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="snp-service", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"snp-service {code_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("validate", help="check a job file and print the normalised spec")
-    s.add_argument("job")
+    s = sub.add_parser("validate", help="check a job file and print the normalised spec, its job id, stages and "
+                       "the feature estimate")
+    _job_args(s)
     s.set_defaults(fn=cmd_validate)
     s = sub.add_parser("schema", help="print the job spec's JSON schema")
     s.set_defaults(fn=cmd_schema)
-    s = sub.add_parser("run", help="run a job (stages already finished for its job id are reused)")
-    s.add_argument("job")
+    s = sub.add_parser("run", help="run a job here (stages already finished for its job id are reused)")
+    _job_args(s)
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("submit", help="submit a job YAML to a Ray cluster (ray job submit; id = job id)")
-    s.add_argument("job")
+    _job_args(s)
     s.add_argument("--address", help="the cluster's job API (dashboard) address; default $RAY_API_SERVER_ADDRESS, then an http(s) "
                    "$RAY_ADDRESS, then http://127.0.0.1:8265")
     s.add_argument("--wait", action="store_true", help="wait for the job and exit 0 only if it succeeded")
@@ -264,15 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("results", help="list jobs in a store, or print one job's table")
     s.add_argument("job_id", nargs="?")
     s.add_argument("--table", choices=sorted(TABLES), default="layers")
-    s.add_argument("--columns", help="comma-separated columns to show")
-    s.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    s.add_argument("--columns", help="comma-separated columns to show, or all (default: a readable set for layers, "
+                                     "heads and andc; every column for the other tables)")
+    s.add_argument("--markdown", action="store_true", help="print a Markdown table (one line per row, never wrapped)")
     s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
     s.set_defaults(fn=cmd_results)
     s = sub.add_parser("sweep", help="Ray Tune grid over the job's sweep: section (heads, threshold, lr)")
-    s.add_argument("job")
+    _job_args(s)
     s.set_defaults(fn=cmd_sweep)
     s = sub.add_parser("heads-study", help="run a job at several head counts (width fixed) and compare the heads")
-    s.add_argument("job")
+    _job_args(s)
     s.add_argument("--heads", type=int, nargs="+", default=[1, 2, 4, 8])
     s.set_defaults(fn=cmd_heads_study)
     s = sub.add_parser("compare", help="compare finished jobs (e.g. a CNN and a CCT, several seeds) along "

@@ -692,8 +692,34 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> JobSpec:
         raise SpecError(format_validation_error(e, source)) from None
 
 
-def load_spec(path: str | os.PathLike) -> JobSpec:
-    """Read and validate a job YAML; raises SpecError naming the file and field on any problem."""
+def apply_overrides(data: dict, sets: list[str], store: str | None, source: str) -> dict:
+    """`--set path=value` (value read as YAML: numbers, booleans, lists; a dotted path into the job's
+    sections) and `--store ROOT` applied to a parsed job file; the result is validated like the file."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in sets:
+        path, eq, text = item.partition("=")
+        keys = [k for k in path.strip().split(".") if k]
+        if not eq or not keys:
+            raise SpecError(f"{source}: --set {item!r}: expected path=value, e.g. --set train.epochs=3")
+        try:
+            value = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        except yaml.YAMLError:
+            value = text
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise SpecError(f"{source}: --set {item!r}: {k} is not a section")
+            node[k] = dict(node.get(k) or {})
+            node = node[k]
+        node[keys[-1]] = value
+    if store is not None:
+        data["storage"] = {**(data.get("storage") or {}), "root": store}
+    return data
+
+
+def load_spec(path: str | os.PathLike, sets: list[str] = (), store: str | None = None) -> JobSpec:
+    """Read and validate a job YAML (with `--set` overrides and `--store`, if given); raises SpecError
+    naming the file and field on any problem."""
     p = Path(path)
     try:
         if p.exists() and not p.is_dir() and not p.is_file():  # a FIFO would block, a device never end
@@ -706,7 +732,8 @@ def load_spec(path: str | os.PathLike) -> JobSpec:
         raise SpecError(f"{p}: is a directory, expected a job YAML file") from None
     except OSError as e:
         raise SpecError(f"{p}: cannot read: {e.strerror}") from None
-    return spec_from_dict(parse_yaml(raw, str(p)), str(p))
+    source = str(p) + (f" (with {', '.join('--set ' + s for s in sets)})" if sets else "")
+    return spec_from_dict(apply_overrides(parse_yaml(raw, str(p)), list(sets), store, str(p)), source)
 
 
 def json_schema() -> dict:

@@ -14,6 +14,7 @@ for clusters without them; Ray then stores them in the job's runtime_env, which 
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,7 +64,7 @@ def _client(address: str | None):
 
 
 def submit(spec: JobSpec, job_file: Path, address: str | None = None, working_dir: Path | None = None,
-           pass_credentials: bool = False) -> str:
+           pass_credentials: bool = False, sets: list[str] = (), store: str | None = None) -> str:
     working_dir = (working_dir or Path.cwd()).resolve()
     try:
         rel = job_file.resolve().relative_to(working_dir)
@@ -89,7 +90,9 @@ def submit(spec: JobSpec, job_file: Path, address: str | None = None, working_di
     while True:
         try:
             return client.submit_job(
-                entrypoint=f"python -m snp_service.cli run {rel.as_posix()}", submission_id=sid,
+                entrypoint=" ".join(["python -m snp_service.cli run", shlex.quote(rel.as_posix())]
+                                    + [f"--set {shlex.quote(x)}" for x in sets]
+                                    + ([f"--store {shlex.quote(store)}"] if store else [])), submission_id=sid,
                 runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env},
                 metadata={"job_id": sid, "model": spec.model.name, "dataset": spec.dataset.name})
         except RuntimeError as e:  # a head that has just started: its job agent is not up yet

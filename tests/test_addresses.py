@@ -34,3 +34,31 @@ def test_running_here_with_a_dashboard_address_is_refused_before_anything_is_wri
     err = capsys.readouterr().err
     assert "dashboard's job API" in err and "Traceback" not in err
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
+def test_set_and_store_override_the_job_file_and_are_validated_like_it(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(tiny_job(tmp_path)))
+    assert main(["validate", str(path)]) == 0
+    plain = capsys.readouterr().out
+    assert main(["validate", str(path), "--set", "train.epochs=7", "--set", "analysis.threshold=0.4",
+                 "--store", str(tmp_path / "elsewhere")]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 7" in out and "threshold: 0.4" in out and str(tmp_path / "elsewhere") in out
+    job_id = lambda text: text.split("job id ")[1].split(";")[0]  # noqa: E731
+    assert job_id(out) != job_id(plain)  # the id follows from the overridden spec
+    assert main(["validate", str(path), "--set", "train.epochs=yes"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+    assert main(["validate", str(path), "--set", "train.epochs"]) == 2
+    assert "expected path=value" in capsys.readouterr().err
+
+
+def test_markdown_tables_never_wrap():
+    import polars as pl
+
+    from snp_service.cli import markdown
+
+    df = pl.DataFrame({"a_rather_long_column_name": [0.123456, float("nan")], "point": ["blocks.0.attn.heads", "x|y"]})
+    lines = markdown(df).splitlines()
+    assert lines[0] == "| a_rather_long_column_name | point |" and len(lines) == 4
+    assert lines[2] == "| 0.123 | blocks.0.attn.heads |" and lines[3] == "| n/a | x\\|y |"
