@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 STATE=.local
 S3_PORT=${SNP_S3_PORT:-9000}
 DASH_PORT=${SNP_DASHBOARD_PORT:-8265}
-BUCKET=${SNP_BUCKET:-snp}
+BUCKET=${SNP_BUCKET:-snp-results}
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
 case "${1:-}" in
@@ -35,7 +35,7 @@ up)
   cat <<MSG
 Ray head: http://127.0.0.1:$DASH_PORT    S3: http://127.0.0.1:$S3_PORT (bucket $BUCKET)
 Use it:
-  export RAY_ADDRESS=http://127.0.0.1:$DASH_PORT
+  export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASH_PORT
   $( [ -f "$STATE/credentials.env" ] && echo ". $STATE/credentials.env" )
   snp-service submit jobs/quickstart_s3.yaml --wait
   snp-service results --store s3://$BUCKET/results     (with SNP_S3_ENDPOINT=http://127.0.0.1:$S3_PORT)
