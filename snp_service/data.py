@@ -69,6 +69,43 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# Limits on a dataset archive, checked from its member list before anything is extracted. Image
+# datasets barely compress (JPEG, PNG; CIFAR's pickles ~1.1x), so a ratio far above MAX_RATIO is a
+# decompression bomb, not a dataset.
+MAX_MEMBERS = int(os.environ.get("SNP_MAX_ARCHIVE_MEMBERS", 5_000_000))
+MAX_BYTES = int(os.environ.get("SNP_MAX_ARCHIVE_BYTES", 200 * 2**30))
+MAX_RATIO = 100
+
+
+def check_archive(archive: Path, tf: tarfile.TarFile) -> None:
+    """Refuse, before extracting, an archive with links (a link can make a directory cycle that the
+    dataset scan follows forever), more than MAX_MEMBERS members, more than MAX_BYTES unpacked, or
+    unpacked over MAX_RATIO x its own size."""
+    members = total = 0
+    for m in tf:
+        members += 1
+        if m.issym() or m.islnk():
+            raise DatasetError(f"dataset archive {archive}: member {m.name!r} is a link (to {m.linkname!r}); "
+                               "dataset archives may hold only folders and files")
+        total += m.size
+        if members > MAX_MEMBERS:
+            raise DatasetError(f"dataset archive {archive}: more than {MAX_MEMBERS:,} members "
+                               "(SNP_MAX_ARCHIVE_MEMBERS raises the limit)")
+        if total > MAX_BYTES or total > MAX_RATIO * max(archive.stat().st_size, 1):
+            raise DatasetError(f"dataset archive {archive}: unpacks to more than {total:,} bytes from "
+                               f"{archive.stat().st_size:,} (limits: {MAX_BYTES:,} bytes, SNP_MAX_ARCHIVE_BYTES; "
+                               f"{MAX_RATIO}x the archive): refused as a decompression bomb")
+
+
+def check_folder(root: Path) -> None:
+    """Refuse a dataset folder with a link to a directory (the scan follows links: a cycle never ends)."""
+    for d, dirs, _files in os.walk(root, followlinks=False):
+        for name in dirs:
+            if os.path.islink(os.path.join(d, name)):
+                raise DatasetError(f"dataset folder {root}: {os.path.join(d, name)} is a link to a directory; "
+                                   "dataset folders may not link to directories (a link can make a cycle)")
+
+
 def extract_archive(archive: Path) -> Path:
     """Extract a .tar(.gz) once into the cache (keyed by its SHA-256); returns the extracted dir."""
     digest = synthetic.sha256_file(archive)[:16]
@@ -82,7 +119,11 @@ def extract_archive(archive: Path) -> Path:
         tmp.mkdir(parents=True)
         try:
             with tarfile.open(archive) as tf:
+                check_archive(archive, tf)
                 tf.extractall(tmp, filter="data")
+        except DatasetError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise DatasetError(f"dataset archive {archive} is corrupt or unreadable: {e}") from None
@@ -177,6 +218,7 @@ def materialise(ds: DatasetSpec, endpoint: str | None = None) -> Path:
         raise DatasetError(f"dataset root {root} does not exist")
     if ds.name == "imagefolder":
         base = extract_archive(root) if root.is_file() else root
+        check_folder(base)
         return _split_root(base, root)
     if ds.download:
         root.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,60 @@
+"""Hostile datasets (issue 20, item 1): archives and folders whose links make directory cycles, and
+archives that unpack far beyond their size, are refused with one message before anything is
+extracted or scanned."""
+
+import io
+import os
+import tarfile
+
+import pytest
+
+from snp_service.data import build_datasets
+from snp_service.errors import DatasetError
+from snp_service.spec import DatasetSpec
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w:gz") as tf:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+            elif kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, payload
+                tf.addfile(info)
+            else:
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+
+
+def _spec(root):
+    return DatasetSpec(name="imagefolder", root=str(root))
+
+
+def test_an_archive_with_links_back_to_its_folders_is_refused(tmp_path, cache_env):
+    arch = tmp_path / "cycle.tar.gz"
+    _tar(arch, [("train", "dir", None), ("train/a", "dir", None), ("train/a/l1", "link", "."),
+                ("train/a/l2", "link", "."), ("test", "dir", None), ("test/a", "dir", None)])
+    with pytest.raises(DatasetError, match="is a link"):
+        build_datasets(_spec(arch))
+    assert not list(cache_env.rglob("l1"))  # nothing was extracted
+
+
+def test_an_archive_that_unpacks_far_beyond_its_size_is_refused(tmp_path, cache_env):
+    arch = tmp_path / "bomb.tar.gz"
+    _tar(arch, [("train", "dir", None), ("train/a", "dir", None), ("train/a/x.jpg", "file", b"\0" * 50_000_000),
+                ("test", "dir", None)])
+    assert arch.stat().st_size < 200_000
+    with pytest.raises(DatasetError, match="decompression bomb"):
+        build_datasets(_spec(arch))
+
+
+def test_a_folder_linking_back_to_itself_is_refused_quickly(tmp_path):
+    root = tmp_path / "ds"
+    (root / "train" / "a").mkdir(parents=True)
+    (root / "test" / "a").mkdir(parents=True)
+    os.symlink(".", root / "train" / "a" / "l1")
+    os.symlink(".", root / "train" / "a" / "l2")
+    with pytest.raises(DatasetError, match="link to a directory"):
+        build_datasets(_spec(root))
