@@ -97,6 +97,39 @@ def check_archive(archive: Path, tf: tarfile.TarFile) -> None:
                                f"{MAX_RATIO}x the archive): refused as a decompression bomb")
 
 
+def image_problem(path: str) -> str | None:
+    """Why an image file cannot be a training image, from its header and its end (cheap: no decode),
+    or None: unreadable or unknown format, empty, or a JPEG / PNG cut short (no end marker)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with Image.open(path) as im:
+            fmt = im.format
+        with open(path, "rb") as f:
+            f.seek(max(0, size - 16))
+            tail = f.read()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        return f"not a readable image ({type(e).__name__})"
+    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+        return "JPEG cut short (no end-of-image marker)"
+    if fmt == "PNG" and b"IEND" not in tail:
+        return "PNG cut short (no IEND chunk)"
+    return None
+
+
+def check_images(paths: list[str], root: Path) -> None:
+    """The dataset preflight's rule: every image must pass image_problem, else the dataset is refused
+    naming the files (a bad image found mid-training would fail it late, or be learnt from)."""
+    bad = [(p, why) for p in paths if (why := image_problem(p))]
+    if bad:
+        shown = "; ".join(f"{os.path.relpath(p, root)}: {why}" for p, why in bad[:5])
+        raise DatasetError(f"dataset {root}: {len(bad)} of {len(paths)} image(s) cannot be read ({shown}"
+                           f"{' ...' if len(bad) > 5 else ''}); remove or replace them")
+
+
 def check_folder(root: Path) -> None:
     """Refuse a dataset folder with a link to a directory (the scan follows links: a cycle never ends)."""
     for d, dirs, _files in os.walk(root, followlinks=False):
@@ -343,6 +376,11 @@ def build_datasets(ds: DatasetSpec, seed: int = 0, augment: bool = True, endpoin
             evald = tvd.ImageFolder(str(root / "test"), transform=ev)
             if train.classes != evald.classes:
                 raise DatasetError(f"{root}: train/ and test/ have different class folders")
+            checked = root.parent / ".images-checked" if (root.parent / ".complete").exists() else None
+            if checked is None or not checked.exists():  # an extracted archive is checked once (content-keyed)
+                check_images([p for p, _ in train.samples + evald.samples], root)
+                if checked is not None:
+                    checked.touch()
             classes, splits = list(train.classes), ("train", "test")
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise DatasetError(f"{ds.name} at {root}: {e} (expected the official layout under this root)") from None

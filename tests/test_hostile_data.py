@@ -58,3 +58,24 @@ def test_a_folder_linking_back_to_itself_is_refused_quickly(tmp_path):
     os.symlink(".", root / "train" / "a" / "l2")
     with pytest.raises(DatasetError, match="link to a directory"):
         build_datasets(_spec(root))
+
+
+def test_bad_images_are_found_in_the_preflight_and_named(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "ds"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(root / split / c / f"{i}.png")
+    build_datasets(_spec(root))  # the clean set loads
+    (root / "train" / "a" / "empty.png").write_bytes(b"")
+    good = (root / "train" / "a" / "0.png").read_bytes()
+    (root / "train" / "b" / "cut.png").write_bytes(good[: len(good) // 2])
+    (root / "test" / "a" / "notes.jpg").write_text("not an image at all")
+    with pytest.raises(DatasetError) as e:
+        build_datasets(_spec(root))
+    msg = str(e.value)
+    assert "3 of 11 image(s) cannot be read" in msg
+    assert "train/a/empty.png: empty file" in msg and "train/b/cut.png" in msg and "test/a/notes.jpg" in msg
