@@ -8,6 +8,8 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
+# user text (class names, point and job names) is literal: `$\\bad$` must not be read as mathtext
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402

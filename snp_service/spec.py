@@ -29,6 +29,11 @@ from snp_service.units import units_removed
 
 STAGE_ORDER = ("data", "train", "evaluate", "snp", "heads", "prune", "report")  # snp_service.pipeline.STAGES
 MAX_YAML_BYTES = 1_000_000
+# documented limits, checked in bounded time before anything runs (README, "Job spec in brief")
+MAX_GRID_VALUES = 100  # values of one sweep dimension
+MAX_TRIALS = 500  # sweep trials
+MAX_COMPARE_RUNS = 200  # (model, seed) jobs of one comparison
+MAX_PARAMETERS = 2_000_000_000  # a CCT's parameters (a 64-block 4096-wide CCT has 13 billion)
 MAX_YAML_NODES = 100_000  # bounds alias expansion ("billion laughs") before validation
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # job and study names: they name folders
 Fraction01 = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -216,6 +221,12 @@ class ModelSpec(_Strict):
             cfg = self.config()
         except ValueError as e:
             raise ValueError(str(e)) from None
+        if isinstance(cfg, CCTConfig):
+            d, layers = cfg.embedding_dim, cfg.num_layers
+            params = layers * (4 * d * d + 2 * d * cfg.mlp_hidden)  # attention + MLP weights dominate
+            if params > MAX_PARAMETERS:
+                raise ValueError(f"{layers} blocks of width {d} (mlp {cfg.mlp_hidden}) is about {params / 1e9:.1f} "
+                                 f"billion parameters; at most {MAX_PARAMETERS / 1e9:.0f} billion")
         if isinstance(cfg, CCTConfig) and cfg.embedding_dim % cfg.num_heads:
             raise ValueError(f"num_heads {cfg.num_heads} does not divide embedding_dim {cfg.embedding_dim}")
         if isinstance(cfg, CCTConfig) and self.positional_embedding == "sine" and cfg.embedding_dim % 2:
@@ -293,7 +304,7 @@ class PruningSpec(_Strict):
     points: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
                               description="points whose readouts are pruned; all: every selected point")
     threshold: Fraction01 | None = Field(None, description="Boolean threshold of the ANDC mask; default analysis.threshold")
-    curve_thresholds: list[Fraction01] = Field(
+    curve_thresholds: list[Fraction01] = Field(min_length=1, max_length=100,
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
         description="thresholds of the accuracy vs kept-fraction curve (accuracy without fine-tune)")
     finetune_epochs: int = Field(3, ge=0, le=1000, description="fine-tune of the surviving readout weights (mask fixed)")
@@ -314,11 +325,20 @@ class PruningSpec(_Strict):
 class SweepSpec(_Strict):
     """Ray Tune search space; every list is a grid dimension."""
 
-    num_heads: list[Annotated[int, Field(ge=1, le=64)]] | None = None
-    threshold: list[Fraction01] | None = None
-    lr: list[Annotated[float, Field(gt=0.0, le=10.0)]] | None = None
+    num_heads: list[Annotated[int, Field(ge=1, le=64)]] | None = Field(None, max_length=MAX_GRID_VALUES)
+    threshold: list[Fraction01] | None = Field(None, max_length=MAX_GRID_VALUES)
+    lr: list[Annotated[float, Field(gt=0.0, le=10.0)]] | None = Field(None, max_length=MAX_GRID_VALUES)
     asha: bool = False
     max_concurrent_trials: int = Field(1, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _size(self) -> SweepSpec:
+        trials = 1
+        for dim in (self.num_heads, self.threshold, self.lr):
+            trials *= len(dim or [1])
+        if trials > MAX_TRIALS:
+            raise ValueError(f"the grid has {trials:,} trials; at most {MAX_TRIALS} (each trial is a whole job)")
+        return self
 
 
 class StorageSpec(_Strict):
@@ -397,7 +417,8 @@ class CompareSpec(_Strict):
     seed: every (model, seed) is a full job of its own, then one comparison along relative depth."""
 
     models: list[CompareModel] = Field(..., min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="train.seed of each run")
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, max_length=MAX_COMPARE_RUNS,
+                              description="train.seed of each run")
 
     @model_validator(mode="after")
     def _unique(self) -> CompareSpec:
@@ -476,6 +497,10 @@ class JobSpec(_Strict):
                 if not names:
                     raise ValueError(f"pruning.points: {pat!r} matches no selected measurement point "
                                      f"({', '.join(selected)})")
+        if self.sweep is not None and self.sweep.num_heads and isinstance(cfg, CCTConfig):
+            bad = [h for h in self.sweep.num_heads if cfg.embedding_dim % h]
+            if bad:
+                raise ValueError(f"sweep.num_heads: {bad} do not divide the width embedding_dim {cfg.embedding_dim}")
         frac = self.pruning.structural_fraction
         if frac > 0:
             if not isinstance(cfg, CCTConfig):
@@ -488,6 +513,10 @@ class JobSpec(_Strict):
         if self.compare is not None:
             if self.sweep is not None:
                 raise ValueError("compare and sweep exclude each other; run the sweep on one model's job")
+            runs = len(self.compare.models) * len(self.compare.seeds)
+            if runs > MAX_COMPARE_RUNS:
+                raise ValueError(f"compare: {len(self.compare.models)} models x {len(self.compare.seeds)} seeds = "
+                                 f"{runs:,} jobs; at most {MAX_COMPARE_RUNS}")
             try:
                 self.compare_jobs()  # every (model, seed) must be a valid job
             except SpecError as e:

@@ -79,3 +79,16 @@ def test_bad_images_are_found_in_the_preflight_and_named(tmp_path):
     msg = str(e.value)
     assert "3 of 11 image(s) cannot be read" in msg
     assert "train/a/empty.png: empty file" in msg and "train/b/cut.png" in msg and "test/a/notes.jpg" in msg
+
+
+def test_user_text_in_figures_is_literal_not_mathtext(tmp_path):
+    """A class folder named like `$\\bad$` used to break every report (matplotlib read it as mathtext)."""
+    import numpy as np
+
+    from snp_service import figures
+
+    names = ["$\\bad$", "a_b^c", "$x", "plain"]
+    fig = figures.heads_figure("p", np.eye(2, 4, dtype=bool), None,
+                               {"status": "undefined", "reason": "$\\bad$ reason", "observed_jaccard": 0.0}, names)
+    fig.savefig(tmp_path / "heads.png")
+    assert (tmp_path / "heads.png").stat().st_size > 1000
