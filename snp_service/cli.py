@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 import yaml
@@ -94,12 +95,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _store(root: str):
+    from pydantic import ValidationError
+
     endpoint = os.environ.get("SNP_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
-    return Store.from_spec(StorageSpec(root=root, endpoint=endpoint
-                                       if root.startswith("s3://") else None))
+    try:
+        storage = StorageSpec(root=root, endpoint=endpoint if root.startswith("s3://") else None)
+    except ValidationError as e:
+        raise SpecError(f"--store {root!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    return Store.from_spec(storage)
+
+
+def _check_job_id(job_id: str) -> str:
+    """Job ids name folders and travel in URLs (status, logs): the job-name rule, nothing else."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,120}", job_id) or ".." in job_id:
+        raise SpecError(f"{job_id!r} is not a job id (letters, digits, _ . - only)")
+    return job_id
 
 
 def _job(store, job_id: str):
+    _check_job_id(job_id)
     if job_id not in store.job_ids():
         raise StoreError(f"no job {job_id!r} in {store.uri}; `snp-service results --store {store.uri}` lists them")
     return store.job(job_id)
@@ -124,9 +138,10 @@ def cmd_results(args: argparse.Namespace) -> int:
             m = job.manifest()
             spec = job.spec_json() if job.has("spec") else {}
             ev = job.stage_result("evaluate") or {}
+            status = (m or {}).get("status", "incomplete")
             rows.append({"job_id": jid, "model": (spec.get("model") or {}).get("name"),
                          "dataset": (spec.get("dataset") or {}).get("name"),
-                         "status": (m or {}).get("status", "incomplete"), "accuracy": ev.get("accuracy"),
+                         "status": status, "accuracy": ev.get("accuracy"),
                          "date": (m or {}).get("written")})
         if not rows:
             print(f"no jobs in {store.uri}")
@@ -135,9 +150,20 @@ def cmd_results(args: argparse.Namespace) -> int:
             print(pl.DataFrame(rows))
         return 0
     job = _job(store, args.job_id)
+    damage = job.verify()
+    if damage:
+        print(f"snp-service: warning: job {args.job_id} is damaged ({'; '.join(damage[:3])}"
+              f"{' ...' if len(damage) > 3 else ''}); `snp-service run` of its job file recomputes it",
+              file=sys.stderr)
     if not job.has(args.table):
         raise StoreError(f"job {args.job_id} has no {args.table} table ({TABLES[args.table]}); its stage did not run")
-    df = job.table(args.table)
+    try:
+        df = job.table(args.table)
+    except StoreError:
+        raise
+    except Exception as e:  # a damaged file: polars / pyarrow say so in their own words
+        raise StoreError(f"job {args.job_id}: its {args.table} table ({TABLES[args.table]}) cannot be read "
+                         f"({type(e).__name__}); the job is damaged: `snp-service verify` lists what") from None
     columns = (df.columns if args.columns == "all" else args.columns.split(",") if args.columns
                else [c for c in DEFAULT_COLUMNS.get(args.table, df.columns) if c in df.columns])
     unknown = [c for c in columns if c not in df.columns]
@@ -146,10 +172,27 @@ def cmd_results(args: argparse.Namespace) -> int:
     df = df.select(columns)
     if args.markdown:
         print(markdown(df))
-        return 0
+        return 1 if damage else 0
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
         print(df)
-    return 0
+    return 1 if damage else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Every job of a store against its manifest (sizes and SHA-256 of every artefact)."""
+    store = _store(args.store)
+    damaged, jobs = 0, args.job_ids or store.job_ids()
+    if not jobs:
+        print(f"no jobs in {store.uri}")
+    for jid in jobs:
+        job = _job(store, jid)
+        if job.manifest() is None:
+            print(f"{jid}: incomplete (no manifest: a run in progress, or one that failed)")
+            continue
+        damage = job.verify()
+        damaged += bool(damage)
+        print(f"{jid}: " + ("intact" if not damage else "DAMAGED: " + "; ".join(damage)))
+    return 1 if damaged else 0
 
 
 # the columns `results --table` shows unless --columns says otherwise (`--columns all`: every one)
@@ -203,7 +246,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from snp_service import submit  # local: see the note at the top
 
-    st = submit.status(args.job_id, args.address)
+    st = submit.status(_check_job_id(args.job_id), args.address)
     print(f"{st['job_id']}: {st['status']}" + (f" ({st['message']})" if st["message"] else ""))
     return 0
 
@@ -211,7 +254,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from snp_service import submit  # local: see the note at the top
 
-    print(submit.logs(args.job_id, args.address), end="")
+    print(submit.logs(_check_job_id(args.job_id), args.address), end="")
     return 0
 
 
@@ -304,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--markdown", action="store_true", help="print a Markdown table (one line per row, never wrapped)")
     s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
     s.set_defaults(fn=cmd_results)
+    s = sub.add_parser("verify", help="check every artefact of the store's jobs (or the named ones) against their "
+                       "manifests; exit 1 when any is damaged")
+    s.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
+    s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("sweep", help="Ray Tune grid over the job's sweep: section (heads, threshold, lr)")
     _job_args(s)
     s.set_defaults(fn=cmd_sweep)

@@ -359,6 +359,22 @@ def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) ->
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def damaged_from(job: JobStore, stages: list[str], progress: Progress) -> int:
+    """Index of the first stage whose stored outputs fail the job's manifest (size, SHA-256, missing);
+    that stage and every later one run again. len(stages) when nothing is damaged or there is no
+    manifest to check against (an unfinished job)."""
+    damage = job.verify()
+    if not damage:
+        return len(stages)
+    paths = [d.split(":", 1)[0] for d in damage]
+    bad = [i for i, name in enumerate(stages)
+           if any(p.startswith(prefix) for p in paths for prefix in STAGE_OUTPUTS.get(name, ()))]
+    first = min(bad) if bad else 0  # damage outside every stage's outputs (the manifest itself): all again
+    progress(f"damaged results: {'; '.join(damage[:3])}{' ...' if len(damage) > 3 else ''}; running again "
+             f"from the {stages[first]} stage")
+    return first
+
+
 def find_reusable(store: Store, job: JobStore, stage: str, key: str) -> JobStore | None:
     """Another job in `store` that finished `stage` with the same key (oldest job id first)."""
     for other_id in store.job_ids():
@@ -372,6 +388,9 @@ def find_reusable(store: Store, job: JobStore, stage: str, key: str) -> JobStore
         if other_key is None and other.has("spec"):  # markers written before keys were recorded
             other_key = stage_key(other.spec_json(), stage)
         if other_key == key:
+            damage = [d for d in other.verify() if any(d.startswith(p) for p in STAGE_OUTPUTS[stage])]
+            if damage:  # never spread damage: recompute instead
+                continue
             return other
     return None
 
@@ -417,6 +436,7 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks: Sequence = (
     if checkpoint and not spec.dataset.known_classes():
         checkpoint.fitted(spec, prepared.num_classes if prepared else len(job.class_names()))
     progress(f"job {job.job_id} -> {job.uri}")
+    first_damaged = damaged_from(job, spec.stage_names(), progress)
     job.invalidate_manifest()
     spec_json = spec.model_dump(mode="json")
     job.write_json(FILES["spec"], spec_json)
@@ -425,10 +445,10 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks: Sequence = (
              "train": functools.partial(stage_train, callbacks=train_callbacks),
              "load": functools.partial(stage_load, checkpoint=checkpoint)}
     summaries = {}
-    for name in spec.stage_names():
+    for i, name in enumerate(spec.stage_names()):
         fn = bound.get(name) or dict(STAGES)[name]
         key = stage_key(spec_json, name, checkpoint.digest if checkpoint else None)
-        done = job.stage_result(name)
+        done = job.stage_result(name) if i < first_damaged else None
         if done is not None and done.get("key", key) == key:
             progress(f"{name}: already finished ({done['finished']}), reusing")
             summaries[name] = done

@@ -138,7 +138,8 @@ class Store:
     def job_ids(self) -> list[str]:
         infos = self.call("listing jobs", self.fs.get_file_info, pafs.FileSelector(self.base, allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
-                      and not i.base_name.startswith("_"))  # _studies etc. are not jobs
+                      and not i.base_name.startswith("_")  # _studies etc. are not jobs
+                      and self.fs.get_file_info(posixpath.join(i.path, FILES["spec"])).type == pafs.FileType.File)
 
 
 @dataclass(frozen=True)
@@ -310,9 +311,16 @@ class JobStore:
 
     # --- stages and manifest ---------------------------------------------------------------
     def stage_result(self, stage: str) -> dict | None:
-        """The recorded summary of a finished stage, or None if it has not finished."""
+        """The recorded summary of a finished stage, or None if it has not finished (a damaged marker
+        counts as not finished: the stage runs again; it never takes a run down)."""
         rel = f"{STAGES}/{stage}.json"
-        return self.read_json(rel) if self.exists(rel) else None
+        if not self.exists(rel):
+            return None
+        try:
+            marker = self.read_json(rel)
+        except ValueError:
+            return None
+        return marker if isinstance(marker, dict) and "finished" in marker else None
 
     def finish_stage(self, stage: str, summary: dict, seconds: float) -> None:
         self.write_json(f"{STAGES}/{stage}.json", {"stage": stage, "seconds": round(seconds, 3),
@@ -324,7 +332,44 @@ class JobStore:
             self.store.call("removing the old manifest", self.store.fs.delete_file, self.path(MANIFEST))
 
     def manifest(self) -> dict | None:
-        return self.read_json(MANIFEST) if self.exists(MANIFEST) else None
+        """The manifest; a damaged one (truncated, not JSON) reads as {"status": "damaged", ...}."""
+        if not self.exists(MANIFEST):
+            return None
+        try:
+            m = self.read_json(MANIFEST)
+        except ValueError:
+            return {"status": "damaged", "damage": [f"{MANIFEST}: not readable JSON"], "artefacts": []}
+        if not isinstance(m, dict) or not isinstance(m.get("artefacts"), list):
+            return {"status": "damaged", "damage": [f"{MANIFEST}: not a manifest"], "artefacts": []}
+        return m
+
+    def verify(self) -> list[str]:
+        """Every artefact the manifest lists, checked against its size and SHA-256: the damaged ones
+        ("path: why"); empty when all are intact. A job without a manifest has nothing to check."""
+        m = self.manifest()
+        if m is None:
+            return []
+        damage = list(m.get("damage", []))
+        sizes = {posixpath.relpath(i.path, self.base): i.size for i in self.files()}
+        for entry in m["artefacts"]:
+            rel = entry.get("path", "")
+            if rel not in sizes:
+                damage.append(f"{rel}: missing")
+            elif sizes[rel] != entry.get("size"):
+                damage.append(f"{rel}: {sizes[rel]} bytes, the manifest says {entry.get('size')}")
+            elif self.sha256(rel) != entry.get("sha256"):
+                damage.append(f"{rel}: content differs from the manifest's SHA-256")
+        return damage
+
+    def sha256(self, rel: str) -> str:
+        def digest(path=self.path(rel)):
+            h = hashlib.sha256()
+            with self.store.fs.open_input_stream(path, compression=None) as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            return h
+
+        return self.store.call(f"hashing {rel}", digest).hexdigest()
 
     def write_manifest(self, extra: dict) -> dict:
         """List every artefact with size and SHA-256; written last, so its presence means complete."""
@@ -333,15 +378,7 @@ class JobStore:
             rel = posixpath.relpath(info.path, self.base)
             if rel == MANIFEST or ".tmp-" in rel:
                 continue
-            def digest(path=info.path):
-                h = hashlib.sha256()
-                with self.store.fs.open_input_stream(path, compression=None) as f:
-                    while chunk := f.read(1 << 20):
-                        h.update(chunk)
-                return h
-
-            h = self.store.call(f"hashing {rel}", digest)
-            entries.append({"path": rel, "size": info.size, "sha256": h.hexdigest()})
+            entries.append({"path": rel, "size": info.size, "sha256": self.sha256(rel)})
         manifest = {"job_id": self.job_id, "written": _now(), "code_version": code_version(),
                     "host": platform.node(), "artefacts": entries, **extra}
         self.write_json(MANIFEST, manifest)

@@ -1,0 +1,77 @@
+"""Damaged results (issue 20, item 2): artefacts are checked against the manifest's sizes and
+SHA-256; a damaged job is reported as damaged (`results`, `verify`), never takes another job
+down, and a re-run recomputes it from the first damaged stage."""
+
+import json
+
+import polars as pl
+import pytest
+
+from snp_service.cli import main
+from snp_service.spec import StorageSpec
+from snp_service.store import Store
+from tests.conftest import tiny_job
+
+
+def _finished(tmp_path, job_id="done-0123456789ab"):
+    store = Store.from_spec(StorageSpec(root=str(tmp_path / "results")))
+    job = store.job(job_id)
+    job.write_json("spec.json", {"name": "done", "model": {"name": "cct_2_3x2_32"}, "dataset": {"name": "x"}})
+    job.put_table("layers", pl.DataFrame({"point": ["a", "b"], "snr": [1.0, 2.0]}))
+    job.write_bytes("model/weights.pt", b"weights")
+    job.finish_stage("snp", {"key": "k"}, 1.0)
+    job.write_manifest({"status": "complete"})
+    return store, job
+
+
+def test_intact_and_damaged_jobs_are_told_apart(tmp_path, capsys):
+    store, job = _finished(tmp_path)
+    assert job.verify() == []
+    (tmp_path / "results" / job.job_id / "snp" / "layers.parquet").write_bytes(b"PAR1 garbage")
+    (tmp_path / "results" / job.job_id / "model" / "weights.pt").unlink()
+    damage = job.verify()
+    assert any(d.startswith("snp/layers.parquet") for d in damage) and "model/weights.pt: missing" in damage
+    assert main(["verify", "--store", str(tmp_path / "results")]) == 1
+    assert "DAMAGED" in capsys.readouterr().out
+    assert main(["results", job.job_id, "--store", str(tmp_path / "results")]) in (1, 2)
+    assert "is damaged" in capsys.readouterr().err
+
+
+def test_a_truncated_manifest_or_marker_takes_no_job_down(tmp_path, capsys):
+    store, job = _finished(tmp_path)
+    _, other = _finished(tmp_path, "other-0123456789ab")
+    base = tmp_path / "results"
+    (base / job.job_id / "manifest.json").write_text('{"job_id": "done-01')  # truncated
+    (base / other.job_id / "stages" / "snp.json").write_text('{"stage": "sn')
+    assert job.manifest()["status"] == "damaged" and job.verify()
+    assert other.stage_result("snp") is None  # a damaged marker: the stage runs again
+    assert main(["results", "--store", str(base)]) == 0  # the listing survives
+    out = capsys.readouterr().out
+    assert "damaged" in out and "other-0123456789ab" in out
+
+
+def test_folders_that_are_not_jobs_are_not_listed(tmp_path):
+    store, job = _finished(tmp_path)
+    (tmp_path / "results" / "not-a-job").mkdir()
+    (tmp_path / "results" / "etc-like" / "x").mkdir(parents=True)
+    assert store.job_ids() == [job.job_id]
+
+
+@pytest.mark.slow
+def test_a_rerun_recomputes_from_the_first_damaged_stage(tmp_path, ray_cluster):
+    from snp_service import pipeline
+    from snp_service.spec import spec_from_dict
+
+    spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 1, "analysis.readout_epochs": 2,
+                                                "analysis.bootstrap": 50, "heads.null_draws": 200}))
+    first = pipeline.run(spec, progress=lambda m: None)
+    job = Store.from_spec(spec.storage).job(first.job_id)
+    layers = tmp_path / "results" / first.job_id / "snp" / "layers.parquet"
+    layers.write_bytes(layers.read_bytes()[:-40])  # truncated
+    messages = []
+    again = pipeline.run(spec, progress=messages.append)
+    text = "\n".join(messages)
+    assert "damaged results: snp/layers.parquet" in text and "from the snp stage" in text
+    assert "train: already finished" in text and "snp: already finished" not in text
+    assert job.verify() == [] and again.manifest["status"] == "complete"
+    assert json.loads((tmp_path / "results" / first.job_id / "manifest.json").read_text())["status"] == "complete"
