@@ -34,4 +34,6 @@ def test_stages_are_recorded(tmp_path):
     assert job.stage_result("train") is None
     job.finish_stage("train", {"eval_accuracy": 0.5}, 1.25)
     assert job.stage_result("train")["eval_accuracy"] == 0.5
+    assert store.job_ids() == []  # a folder is a job once its spec.json is written (the run's first write)
+    job.write_json("spec.json", {"name": "j"})
     assert store.job_ids() == ["j-2"]
