@@ -17,7 +17,10 @@ see SNPAccumulator.merge, but the readout training would have to be shared first
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +57,9 @@ def ensure_ray(spec: JobSpec) -> None:
     if ray.is_initialized():
         return
     address = ray_address(spec)
+    # ray.init installs its own SIGTERM handler in a driver (a bare exit); the caller's (the CLI's:
+    # clean up, say so, exit 143) is put back
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         if address:
             ray.init(address=address, log_to_driver=True)
@@ -61,6 +67,9 @@ def ensure_ray(spec: JobSpec) -> None:
             ray.init(log_to_driver=True, _node_ip_address="127.0.0.1")
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise SnpError(f"cannot connect to the Ray cluster at {address!r}: {str(e).splitlines()[0][:200]}") from None
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -94,6 +103,37 @@ def point_groups(spec: JobSpec, points: list[str], images: int) -> list[list[str
     return groups
 
 
+def features_root() -> str:
+    """Where captured features go: SNP_FEATURES_DIR, default the system temp dir."""
+    return os.environ.get("SNP_FEATURES_DIR") or tempfile.gettempdir()
+
+
+def remove_stale_features(root: str, pids: set[int] | None = None) -> int:
+    """Remove feature folders (`snp-features-<pid>-*`) of processes that are gone (a worker killed by
+    an interrupt leaves its folder behind), or of the given pids; returns how many were removed."""
+    removed = 0
+    for d in Path(root).glob("snp-features-*-*"):
+        try:
+            pid = int(d.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        alive = (pid not in (pids or set())) and _alive(pid)
+        if not alive:
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def compute_device() -> torch.device:
     """The device this process was given: a GPU when Ray assigned one (or CUDA is visible), else the CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -105,7 +145,8 @@ def captured_groups(spec: JobSpec, weights: dict, points: list[str],
     """Capture the points group by group (point_groups) on the training and evaluation splits, each
     group's float16 files removed before the next is captured: peak disk is one group's features, not
     the network's. Yields an iterator of (group, train features, evaluation features, labels)."""
-    features_dir = os.environ.get("SNP_FEATURES_DIR")  # default: the system temp dir
+    features_dir = features_root()
+    remove_stale_features(features_dir)
     with torch_threads(threads):
         data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
         device = compute_device()
@@ -119,7 +160,7 @@ def captured_groups(spec: JobSpec, weights: dict, points: list[str],
                 # on a GPU a group that fits in half its free memory stays there; else float16 files
                 in_memory = device.type == "cuda" and \
                     sum(feature_bytes(spec.points()[p], images) for p in group) < torch.cuda.mem_get_info()[0] / 2
-                with tempfile.TemporaryDirectory(prefix="snp-features-", dir=features_dir) as tmp:
+                with tempfile.TemporaryDirectory(prefix=f"snp-features-{os.getpid()}-", dir=features_dir) as tmp:
                     yield group, capture(model, data.train, group, Path(tmp) / "train", device=device,
                                          in_memory=in_memory), \
                         capture(model, data.eval, group, Path(tmp) / "eval", device=device, in_memory=in_memory), \
@@ -287,8 +328,11 @@ def workers_for(spec: JobSpec, points: list[str], what: str, progress: Progress)
     gpus = gpus_per_worker(spec)
     workers = start_workers(spec, n, max(1, int(c.cpus_per_worker)), c.cpus_per_worker, gpus)
     progress(f"{what}: {len(points)} points on {len(workers)} Ray worker(s)" + (f", {gpus:g} GPU each" if gpus else ""))
+    pids = set(ray.get([w.pid.remote() for w in workers]))
     try:
         yield workers
     finally:
         for w in workers:
             ray.kill(w)
+        # a killed worker (an interrupt, a failure) cannot remove its features; on this node we can
+        remove_stale_features(features_root(), pids)

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 
 import yaml
@@ -380,8 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that every `finally` and context manager runs (temporary
+    files removed, Ray workers stopped) before the process exits with 143."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if args.fn in LONG_COMMANDS else None
     try:
         return args.fn(args)
     except SnpError as e:
@@ -389,9 +400,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # e.g. piped into head
         return 0
+    except Terminated:
+        print("snp-service: terminated (SIGTERM); finished stages are kept: run the same job again to resume",
+              file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("snp-service: interrupted", file=sys.stderr)
+        print("snp-service: interrupted; finished stages are kept: run the same job again to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+LONG_COMMANDS = {cmd_run, cmd_sweep, cmd_heads_study, cmd_submit}
 
 
 if __name__ == "__main__":

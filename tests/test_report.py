@@ -53,6 +53,8 @@ def test_cli_results_lists_and_prints_tables(full_job):
                            text=True)
     assert table.returncode == 0 and "magnitude" in table.stdout
     missing = subprocess.run(run + ["results", "../etc", "--store", root], capture_output=True, text=True)
-    assert missing.returncode == 2 and "no job" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "not a job id" in missing.stderr and "Traceback" not in missing.stderr
+    absent = subprocess.run(run + ["results", "nothere-0123", "--store", root], capture_output=True, text=True)
+    assert absent.returncode == 2 and "no job" in absent.stderr and "Traceback" not in absent.stderr
     rebuilt = subprocess.run(run + ["report", job.job_id, "--store", root], capture_output=True, text=True)
     assert rebuilt.returncode == 0, rebuilt.stderr

@@ -75,8 +75,8 @@ def test_same_result_for_any_number_of_actors(three_node_cluster, setup, n_actor
 
 def test_killed_actor_is_restarted_and_result_unchanged(three_node_cluster, setup, tmp_path):
     _, weights, points, _ = setup
-    # long enough readouts that the kill lands mid-task
-    spec = spec_from_dict(tiny_job(tmp_path, analysis={"readout_epochs": 40, "bootstrap": 200}))
+    # long enough readouts that the kill lands mid-task, also when starting the killer task takes seconds
+    spec = spec_from_dict(tiny_job(tmp_path, analysis={"readout_epochs": 250, "bootstrap": 200}))
     reference = measure_points(spec, weights, points, threads=1)
     actors = start_workers(spec, 2, threads=1, cpus=1)
     first_pid = ray.get(actors[0].pid.remote())
