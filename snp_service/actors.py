@@ -326,6 +326,11 @@ def workers_for(spec: JobSpec, points: list[str], what: str, progress: Progress)
         progress(f"{what}: the cluster holds {fit} worker(s) of {c.cpus_per_worker} CPU(s), not {n}; using {fit}")
         n = fit
     gpus = gpus_per_worker(spec)
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if not c.autoscaling and not any(r.get("CPU", 0) >= c.cpus_per_worker and r.get("GPU", 0) >= gpus for r in nodes):
+        raise SnpError(f"{what}: a worker of {c.cpus_per_worker:g} CPU(s){f' and {gpus:g} GPU' if gpus else ''} fits no "
+                       "node of this Ray cluster; lower compute.cpus_per_worker or snp_gpus_per_actor, or set "
+                       "compute.autoscaling: true on a cluster that adds nodes")
     workers = start_workers(spec, n, max(1, int(c.cpus_per_worker)), c.cpus_per_worker, gpus)
     progress(f"{what}: {len(points)} points on {len(workers)} Ray worker(s)" + (f", {gpus:g} GPU each" if gpus else ""))
     pids = set(ray.get([w.pid.remote() for w in workers]))

@@ -385,6 +385,8 @@ class ComputeSpec(_Strict):
     snp_actors: int = Field(1, ge=1, le=1024, description="Ray actors that share the SNP stage's points")
     max_failures: int = Field(2, ge=0, le=100, description="training worker failures Ray Train recovers from "
                               "(restarting from the last checkpoint)")
+    autoscaling: bool = Field(False, description="the cluster adds nodes on demand: a training or SNP request no "
+                              "current node can hold waits for the autoscaler instead of being refused")
     snp_gpus_per_actor: Literal["auto"] | Annotated[float, Field(ge=0.0, le=16.0)] = Field(
         "auto", description="GPUs each SNP / prune actor asks Ray for (fractions allowed); auto: 1 when the cluster "
         "has GPUs when the stage starts, else 0")

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from snp_service.data import build_datasets
+from snp_service.errors import SnpError
 from snp_service.optim import optimiser_step
 from snp_service.spec import JobSpec, TrainSpec
 
@@ -222,6 +223,24 @@ class TrainResult:
     checkpoint_path: str
 
 
+def check_fits_cluster(spec: JobSpec, use_gpu: bool, nodes: list[dict]) -> None:
+    """Refuse a training request no node of the cluster can hold (Ray Train would wait for it, then
+    time out and retry): each worker needs compute.cpus_per_worker CPUs, and a GPU with use_gpu.
+    compute.autoscaling: the cluster adds nodes on demand, so nothing is refused here."""
+    if spec.compute.autoscaling:
+        return
+    c = spec.compute
+    need = {"CPU": c.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
+    holds = sum(int(min(n.get(k, 0.0) // v for k, v in need.items())) for n in nodes)
+    if holds < c.num_workers:
+        biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+        raise SnpError(f"train: {c.num_workers} worker(s) of {c.cpus_per_worker:g} CPU(s)"
+                       f"{' and 1 GPU' if use_gpu else ''} do not fit this Ray cluster (it holds {holds}; its "
+                       f"largest node has {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs); "
+                       "lower compute.num_workers or cpus_per_worker, set use_gpu: false or auto, or set "
+                       "compute.autoscaling: true on a cluster that adds nodes")
+
+
 def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: str | None = None,
         max_failures: int | None = None, fail_after_epoch: int | None = None, callbacks=(),
         kill_mid_epoch: dict | None = None) -> TrainResult:
@@ -234,6 +253,7 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
     use_gpu = spec.compute.use_gpu
     if use_gpu == "auto":
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    check_fits_cluster(spec, bool(use_gpu), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
     threads = max(1, int(spec.compute.cpus_per_worker))
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -62,3 +62,18 @@ def test_markdown_tables_never_wrap():
     lines = markdown(df).splitlines()
     assert lines[0] == "| a_rather_long_column_name | point |" and len(lines) == 4
     assert lines[2] == "| 0.123 | blocks.0.attn.heads |" and lines[3] == "| n/a | x\\|y |"
+
+
+def test_training_that_no_node_can_hold_is_refused_with_what_is_missing(tmp_path):
+    from snp_service.spec import spec_from_dict
+    from snp_service.train import check_fits_cluster
+
+    nodes = [{"CPU": 2.0}, {"CPU": 8.0}]
+    spec = lambda **c: spec_from_dict(tiny_job(tmp_path, **{f"compute.{k}": v for k, v in c.items()}))  # noqa: E731
+    check_fits_cluster(spec(num_workers=2, cpus_per_worker=2), False, nodes)  # 1 + 4 workers fit
+    with pytest.raises(SnpError, match="1 GPU do not fit") as e:
+        check_fits_cluster(spec(cpus_per_worker=1), True, nodes)
+    assert "0 GPUs" in str(e.value)
+    with pytest.raises(SnpError, match="256 CPU"):
+        check_fits_cluster(spec(cpus_per_worker=256), False, nodes)
+    check_fits_cluster(spec(cpus_per_worker=256, autoscaling=True), False, nodes)  # the autoscaler may add one
