@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,7 +272,15 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
             callbacks=list(callbacks),
         ),
     )
-    result = trainer.fit()
+    # Ray Train installs its own SIGINT handler (abort the run gracefully) and leaves it in place after
+    # the run: an interrupt during a later stage would then be swallowed. The caller's are put back.
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        result = trainer.fit()
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as d:
