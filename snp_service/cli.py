@@ -65,6 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_study(study.tables)
         print(f"comparison: {study.uri}/report/report.html")
         return 0
+    if spec.sweep is not None:  # a sweep file runs its sweep (so `submit` runs it as one Ray job)
+        return cmd_sweep(args)
     try:
         outcome = pipeline.run(spec, progress=progress)
     except (CheckpointError, DatasetError, StoreError) as e:
@@ -236,11 +238,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.job, args.set, args.store)  # a bad file is refused here, before anything is uploaded
     sid = submit.submit(spec, Path(args.job), args.address, pass_credentials=args.pass_credentials,
-                        sets=args.set, store=args.store)
-    print(f"submitted {sid}; follow with `snp-service logs {sid}`, results with `snp-service results {sid}`")
-    if args.wait:
-        final = submit.wait(sid, args.address, progress=print)
+                        sets=args.set, store=args.store, allow_local_store=args.allow_local_store)
+    print(f"submitted {sid}; follow with `snp-service logs {spec.job_id()} --follow`, results with "
+          f"`snp-service results {spec.job_id()}`", flush=True)
+    if args.wait:  # the logs as they come, for as long as the job runs
+        final = submit.follow(sid, args.address, write=lambda chunk: print(chunk, end="", flush=True))
+        print(f"{sid}: {final}")
         return 0 if final == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from snp_service import submit  # local: see the note at the top
+
+    print(submit.stop(_check_job_id(args.job_id), args.address))
     return 0
 
 
@@ -255,7 +266,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from snp_service import submit  # local: see the note at the top
 
-    print(submit.logs(_check_job_id(args.job_id), args.address), end="")
+    if args.follow:
+        final = submit.follow(_check_job_id(args.job_id), args.address,
+                              write=lambda chunk: print(chunk, end="", flush=True))
+        return 0 if final == "SUCCEEDED" else 1
+    print(submit.logs(_check_job_id(args.job_id), args.address, args.attempt), end="")
     return 0
 
 
@@ -327,14 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
     _job_args(s)
     s.add_argument("--address", help="the cluster's job API (dashboard) address; default $RAY_API_SERVER_ADDRESS, then an http(s) "
                    "$RAY_ADDRESS, then http://127.0.0.1:8265")
-    s.add_argument("--wait", action="store_true", help="wait for the job and exit 0 only if it succeeded")
+    s.add_argument("--wait", action="store_true", help="stream the job's logs until it ends (no time limit); exit 0 "
+                   "only if it succeeded")
+    s.add_argument("--allow-local-store", action="store_true",
+                   help="accept a local storage.root: the results then stay on the cluster's head")
     s.add_argument("--pass-credentials", action="store_true",
                    help="send AWS_* from this shell in the job's runtime_env (visible in Ray's job metadata)")
     s.set_defaults(fn=cmd_submit)
-    for name, fn, text in (("status", cmd_status, "a submitted job's status"), ("logs", cmd_logs, "a submitted job's logs")):
+    for name, fn, text in (("status", cmd_status, "a submitted job's status (its latest attempt)"),
+                           ("logs", cmd_logs, "a submitted job's logs (its latest attempt)"),
+                           ("stop", cmd_stop, "stop a submitted job (its latest attempt)")):
         s = sub.add_parser(name, help=text)
-        s.add_argument("job_id")
+        s.add_argument("job_id", help="the job id (or one attempt's submission id)")
         s.add_argument("--address", help="the cluster's job API address (as for submit)")
+        if name == "logs":
+            s.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
+            s.add_argument("--attempt", type=int, help="an earlier attempt's logs (1: the first submission)")
         s.set_defaults(fn=fn)
     s = sub.add_parser("report", help="(re)build a job's report.html from its stored results")
     s.add_argument("job_id")
@@ -412,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-LONG_COMMANDS = {cmd_run, cmd_sweep, cmd_heads_study, cmd_submit}
+LONG_COMMANDS = {cmd_run, cmd_sweep, cmd_heads_study, cmd_submit, cmd_logs}
 
 
 if __name__ == "__main__":

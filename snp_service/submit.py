@@ -63,27 +63,47 @@ def _client(address: str | None):
                        "(start one with `deploy/local.sh up` or pass --address http://HEAD:8265)") from None
 
 
+def attempts(client, job_id: str) -> list[str]:
+    """Submission ids of a job on this cluster, oldest first: `<job id>`, then `<job id>-2`, `-3`... (a
+    re-submission gets a new id, so every attempt's logs stay readable)."""
+    ids = []
+    for info in client.list_jobs():
+        sid = getattr(info, "submission_id", None) or ""
+        suffix = sid[len(job_id) + 1:] if sid.startswith(job_id + "-") else None
+        if sid == job_id:
+            ids.append((1, sid))
+        elif suffix is not None and suffix.isdigit():
+            ids.append((int(suffix), sid))
+    return [sid for _, sid in sorted(ids)]
+
+
 def submit(spec: JobSpec, job_file: Path, address: str | None = None, working_dir: Path | None = None,
-           pass_credentials: bool = False, sets: list[str] = (), store: str | None = None) -> str:
+           pass_credentials: bool = False, sets: list[str] = (), store: str | None = None,
+           allow_local_store: bool = False) -> str:
+    """Submit the job file (a plain job, a sweep or a compare study: `snp-service run` runs each kind)
+    as one Ray job; returns the submission id."""
     working_dir = (working_dir or Path.cwd()).resolve()
     try:
         rel = job_file.resolve().relative_to(working_dir)
     except ValueError:
         raise SnpError(f"{job_file} is outside the working directory {working_dir}, which is what gets uploaded; "
                        "put the job file inside it") from None
+    if not spec.storage.root.startswith("s3://") and not allow_local_store:
+        raise SnpError(f"storage.root {spec.storage.root!r} is a local path: on a cluster the results would land in "
+                       "Ray's copy of the working directory on the head. Use an s3:// store (--store s3://bucket/"
+                       "prefix), or --allow-local-store if you want them there")
     client = _client(address)
-    sid = spec.job_id()
-    try:
-        info = client.get_job_info(sid)
-    except Exception:  # not found
-        info = None
-    if info is not None:
-        if str(info.status) not in TERMINAL:
-            raise SnpError(f"job {sid} is already {info.status} on this cluster; `snp-service logs {sid}` follows it")
-        client.delete_job(sid)  # a finished or failed submission: resubmit under the same id
+    job_id = spec.job_id()
+    earlier = attempts(client, job_id)
+    for sid in earlier:
+        st = str(client.get_job_info(sid).status)
+        if st not in TERMINAL:
+            raise SnpError(f"job {job_id} is already {st} on this cluster ({sid}); `snp-service logs {job_id} --follow` "
+                           "follows it")
+    sid = job_id if not earlier else f"{job_id}-{len(earlier) + 1}"  # earlier attempts and their logs are kept
     env = {"PYTHONUNBUFFERED": "1"}
     if pass_credentials:
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             if os.environ.get(k):
                 env[k] = os.environ[k]
     deadline = time.time() + 120
@@ -94,28 +114,77 @@ def submit(spec: JobSpec, job_file: Path, address: str | None = None, working_di
                                     + [f"--set {shlex.quote(x)}" for x in sets]
                                     + ([f"--store {shlex.quote(store)}"] if store else [])), submission_id=sid,
                 runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env},
-                metadata={"job_id": sid, "model": spec.model.name, "dataset": spec.dataset.name})
+                metadata={"job_id": job_id, "model": spec.model.name, "dataset": spec.dataset.name})
         except RuntimeError as e:  # a head that has just started: its job agent is not up yet
             if "No available agent" not in str(e) or time.time() > deadline:
                 raise SnpError(f"submitting {sid} failed: {str(e).splitlines()[0]}") from None
             time.sleep(2)
 
 
-def status(job_id: str, address: str | None = None) -> dict:
-    client = _client(address)
+def _latest(client, job_id: str) -> str:
+    """The latest attempt of a job id, or the submission id itself when given one."""
+    ids = attempts(client, job_id)
+    if ids:
+        return ids[-1]
     try:
-        info = client.get_job_info(job_id)
+        client.get_job_info(job_id)
+        return job_id
     except Exception:
         raise SnpError(f"no submission {job_id!r} on this Ray cluster") from None
-    return {"job_id": job_id, "status": str(info.status), "message": info.message or "",
+
+
+def status(job_id: str, address: str | None = None) -> dict:
+    client = _client(address)
+    sid = _latest(client, job_id)
+    info = client.get_job_info(sid)
+    return {"job_id": sid, "status": str(info.status), "message": info.message or "",
             "start_time": info.start_time, "end_time": info.end_time}
 
 
-def wait(job_id: str, address: str | None = None, timeout: float = 3600.0,
+def follow(job_id: str, address: str | None = None, write: Callable[[str], None] = print) -> str:
+    """Stream a submission's logs until it ends (no time limit); returns its final status."""
+    import asyncio
+
+    client = _client(address)
+    sid = _latest(client, job_id)
+
+    async def tail():
+        async for chunk in client.tail_job_logs(sid):
+            write(chunk)
+
+    asyncio.run(tail())
+    while True:  # the log stream ends with the job; its status follows a moment later
+        st = str(client.get_job_info(sid).status)
+        if st in TERMINAL:
+            return st
+        time.sleep(1)
+
+
+def stop(job_id: str, address: str | None = None) -> str:
+    client = _client(address)
+    sid = _latest(client, job_id)
+    if str(client.get_job_info(sid).status) in TERMINAL:
+        return f"{sid} had already ended ({client.get_job_info(sid).status})"
+    client.stop_job(sid)
+    return f"{sid}: stop requested"
+
+
+def logs(job_id: str, address: str | None = None, attempt: int | None = None) -> str:
+    client = _client(address)
+    ids = attempts(client, job_id)
+    sid = (ids[attempt - 1] if attempt and 0 < attempt <= len(ids) else _latest(client, job_id))
+    try:
+        return client.get_job_logs(sid)
+    except Exception:
+        raise SnpError(f"no submission {sid!r} on this Ray cluster") from None
+
+
+def wait(job_id: str, address: str | None = None, timeout: float | None = None,
          progress: Callable[[str], None] = lambda _m: None) -> str:
-    deadline = time.time() + timeout
+    """Poll a submission until it ends (no limit unless `timeout`); returns its final status."""
+    deadline = None if timeout is None else time.time() + timeout
     last = None
-    while time.time() < deadline:
+    while deadline is None or time.time() < deadline:
         st = status(job_id, address)["status"]
         if st != last:
             progress(f"{job_id}: {st}")
@@ -124,11 +193,3 @@ def wait(job_id: str, address: str | None = None, timeout: float = 3600.0,
             return st
         time.sleep(2)
     raise SnpError(f"job {job_id} did not finish within {timeout:.0f} s (still {last})")
-
-
-def logs(job_id: str, address: str | None = None) -> str:
-    client = _client(address)
-    try:
-        return client.get_job_logs(job_id)
-    except Exception:
-        raise SnpError(f"no submission {job_id!r} on this Ray cluster") from None

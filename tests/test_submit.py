@@ -57,6 +57,19 @@ def test_submit_tiny_job_end_to_end_into_the_bucket(tmp_path, s3_server, ray_hea
                          capture_output=True, text=True)
     assert cli.returncode == 0 and "SUCCEEDED" in cli.stdout
 
+    # submitted again: a new attempt (every stage reused), the first attempt's logs kept; --wait streams
+    again = subprocess.run([sys.executable, "-m", "snp_service.cli", "submit", str(work / "job.yaml"), "--address",
+                            ray_head, "--wait"], capture_output=True, text=True, cwd=work, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"submitted {sid}-2" in again.stdout and "train: already finished" in again.stdout
+    assert "SUCCEEDED" in again.stdout.splitlines()[-1]
+    first = subprocess.run([sys.executable, "-m", "snp_service.cli", "logs", sid, "--attempt", "1", "--address",
+                            ray_head], capture_output=True, text=True)
+    assert first.returncode == 0 and "done:" in first.stdout and "already finished" not in first.stdout
+    local = subprocess.run([sys.executable, "-m", "snp_service.cli", "submit", str(work / "job.yaml"), "--address",
+                            ray_head, "--store", str(work / "results")], capture_output=True, text=True, cwd=work)
+    assert local.returncode == 2 and "--allow-local-store" in local.stderr
+
     # the plain form users type works too, and finds every stage finished (same content-derived job id)
     import os
 
