@@ -351,6 +351,9 @@ def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) ->
     elif weights_digest is not None:
         model["weights"] = f"sha256:{weights_digest}"
     train = {k: v for k, v in (spec_json.get("train") or {}).items() if k != "compile"}  # noise only
+    workers = (spec_json.get("compute") or {}).get("num_workers", 1)
+    if workers != 1:  # batch_size is per worker: N workers train another network (1: keys as before)
+        train["workers"] = workers
     spec_json = {**spec_json, "model": model, "train": train}
     picked = {}
     for section, fields in STAGE_INPUTS[stage]:

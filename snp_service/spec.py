@@ -606,6 +606,8 @@ class JobSpec(_Strict):
             if path.is_absolute() and path.is_relative_to(Path.cwd()):
                 content[section][key] = path.relative_to(Path.cwd()).as_posix()
         content["train"].pop("compile", None)  # floating-point noise only (TrainSpec.compile)
+        if self.compute.num_workers != 1:  # batch_size is per worker: N workers train another network
+            content["train"]["workers"] = self.compute.num_workers
         if content["model"].get("weights") is None:  # jobs without weights keep the ids they had
             content["model"].pop("weights", None)
             content["model"].pop("weights_format", None)

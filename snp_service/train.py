@@ -117,7 +117,9 @@ def train_loop_per_worker(config: dict) -> None:
     eval_loader = DataLoader(data.eval, batch_size=max(t.batch_size, 256), shuffle=False,
                              num_workers=spec.dataset.num_workers, pin_memory=torch.cuda.is_available())
     train_loader = ray.train.torch.prepare_data_loader(train_loader)
-    eval_loader = ray.train.torch.prepare_data_loader(eval_loader)
+    # every rank evaluates the whole evaluation split: the metrics are the 1-worker run's, exactly
+    # (a distributed sampler would give rank 0 a 1/N shard, padded with repeats)
+    eval_loader = ray.train.torch.prepare_data_loader(eval_loader, add_dist_sampler=False)
 
     # channels_last: the conv tokenizer / VGG convs run faster on it (cct_2_3x2_32 on CPU: 1.2x train
     # img/s, bench/RESULTS.md section 1); the same arithmetic up to float rounding
@@ -175,11 +177,15 @@ def train_loop_per_worker(config: dict) -> None:
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
         train_s = time.perf_counter() - t0
+        if world > 1:  # training loss and accuracy over every rank's batches, not rank 0's alone
+            totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(totals)
+            loss_sum, correct, seen = totals[0].item(), totals[1].item(), int(totals[2].item())
         ev = evaluate(model, eval_loader, device, dtype, data.num_classes)
         metrics = {
             "epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
             "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "lr": scheduler.get_last_lr()[0],
-            "train_seconds": train_s, "train_images_per_s": seen * world / train_s,
+            "train_seconds": train_s, "train_images_per_s": seen / train_s,
             "precision": str(dtype).removeprefix("torch.") if dtype else "float32", "device": device.type,
         }
         history.append(metrics)

@@ -183,3 +183,20 @@ def test_a_diverging_training_fails_its_stage_clearly_and_records_nothing(tmp_pa
         pipeline.run(spec, progress=lambda m: None)
     job = Store.from_spec(spec.storage).job(spec.job_id())
     assert job.manifest() is None and job.stage_result("train") is None
+
+
+def test_two_training_workers_report_the_whole_evaluation_and_get_their_own_job_id(tmp_path, ray_cluster):
+    """2 CPU workers: the per-epoch evaluation covers the whole evaluation split (the evaluate stage,
+    run on the same final weights in one process, gives the same accuracy), the training metrics are
+    summed over both ranks, and the job is not the 1-worker job (batch_size is per worker)."""
+    one = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 1, "analysis.readout_epochs": 2,
+                                               "analysis.bootstrap": 50}))
+    two = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 1, "analysis.readout_epochs": 2,
+                                               "analysis.bootstrap": 50, "compute.num_workers": 2,
+                                               "compute.cpus_per_worker": 1}))
+    assert one.job_id() != two.job_id()
+    out = pipeline.run(two, progress=lambda m: None)
+    train, ev = out.stages["train"], out.stages["evaluate"]
+    assert train["eval_accuracy"] == ev["accuracy"]
+    metrics = Store.from_spec(two.storage).job(out.job_id).table("train")
+    assert metrics["train_images_per_s"][0] > 0
