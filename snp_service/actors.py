@@ -82,6 +82,26 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+@contextmanager
+def progress_bar(desc: str, total: int) -> Iterator:
+    """A progress bar that shows in the driver's console also from a Ray actor (Ray's tqdm
+    integration); SNP_QUIET=1 (snp-service --quiet) turns bars off."""
+    if os.environ.get("SNP_QUIET") == "1" or not ray.is_initialized():
+        class _Silent:
+            def update(self, _n: int) -> None:
+                pass
+
+        yield _Silent()
+        return
+    from ray.experimental.tqdm_ray import tqdm
+
+    bar = tqdm(total=total, desc=desc)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def feature_bytes(info, images: int) -> int:
     """Bytes of one point's captured features: images x nodes x positions in float16."""
     return images * info.nodes * info.positions * 2
@@ -160,11 +180,20 @@ def captured_groups(spec: JobSpec, weights: dict, points: list[str],
                 # on a GPU a group that fits in half its free memory stays there; else float16 files
                 in_memory = device.type == "cuda" and \
                     sum(feature_bytes(spec.points()[p], images) for p in group) < torch.cuda.mem_get_info()[0] / 2
-                with tempfile.TemporaryDirectory(prefix=f"snp-features-{os.getpid()}-", dir=features_dir) as tmp:
-                    yield group, capture(model, data.train, group, Path(tmp) / "train", device=device,
-                                         in_memory=in_memory), \
-                        capture(model, data.eval, group, Path(tmp) / "eval", device=device, in_memory=in_memory), \
-                        data.num_classes
+                with tempfile.TemporaryDirectory(prefix=f"snp-features-{os.getpid()}-", dir=features_dir) as tmp, \
+                        progress_bar(f"capture {group[0]}{' +' if len(group) > 1 else ''}", images) as bar:
+                    seen = [0]
+
+                    def advance(done: int, _total: int, offset: int = 0) -> None:
+                        bar.update(offset + done - seen[0])
+                        seen[0] = offset + done
+
+                    train = capture(model, data.train, group, Path(tmp) / "train", device=device,
+                                    in_memory=in_memory, progress=advance)
+                    evaluation = capture(model, data.eval, group, Path(tmp) / "eval", device=device,
+                                         in_memory=in_memory,
+                                         progress=lambda d, t: advance(d, t, offset=len(data.train)))
+                    yield group, train, evaluation, data.num_classes
 
         yield groups()
 
@@ -213,8 +242,10 @@ def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int
         for group, train, evaluation, num_labels in groups:
             for p in group:
                 t0 = time.perf_counter()
-                out[p] = measure_point(spec.points()[p], train.points[p], train.labels, evaluation.points[p],
-                                       evaluation.labels, num_labels, spec.analysis)
+                with progress_bar(f"snp {p}", 1) as bar:
+                    out[p] = measure_point(spec.points()[p], train.points[p], train.labels, evaluation.points[p],
+                                           evaluation.labels, num_labels, spec.analysis)
+                    bar.update(1)
                 out[p].row["seconds"] = time.perf_counter() - t0
                 if p in plan:
                     out[p].pruned = prune_point_work(spec, p, out[p].readout, out[p].raw_matrices, train, evaluation,

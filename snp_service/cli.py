@@ -1,4 +1,4 @@
-"""`snp-service`: validate, schema, run, sweep, submit, status, logs, report, results, compare, heads-study, models, synth.
+"""`snp-service`: validate, schema, run, sweep, submit, status, logs, stop, report, results, verify, compare, heads-study, models, synth.
 
 User errors (a bad job file, a missing dataset, an unreachable store) print one paragraph and
 exit with code 2, never a traceback.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import signal
@@ -20,6 +21,21 @@ from snp_service.models.registry import list_models, measurement_points, model_c
 from snp_service.provenance import code_version
 from snp_service.spec import StorageSpec, is_valid_name, json_schema, load_spec
 from snp_service.store import TABLES, Store
+
+LOG = logging.getLogger("snp_service")  # progress lines: `[snp-service] ...` on stdout (--quiet, --verbose)
+
+
+def configure_logging(quiet: bool, verbose: bool) -> None:
+    """Progress to stdout as `[snp-service] message`; --quiet keeps warnings and errors only (and no
+    progress bars); --verbose also shows Ray Train's per-report and checkpoint lines, hidden by default."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[snp-service] %(message)s"))
+    LOG.handlers[:] = [handler]
+    LOG.propagate = False
+    LOG.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    os.environ["SNP_QUIET"] = "1" if quiet else "0"  # Ray workers started from here inherit these
+    os.environ["SNP_VERBOSE"] = "1" if verbose else "0"
+
 
 # The commands import the Ray, torch and storage layers inside their functions: `snp-service
 # validate` and `--help` must stay fast and work without them being loaded.
@@ -56,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from snp_service import pipeline, studies  # local: see the note at the top
 
     spec = load_spec(args.job, args.set, args.store)
-    progress = lambda m: print(f"[snp-service] {m}", flush=True)  # noqa: E731
+    progress = LOG.info
     if spec.compare is not None:
         try:
             study = studies.run_comparison(spec, progress)
@@ -92,7 +108,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise SpecError(f"--name {args.name!r}: use letters, digits, _ . - (no path separators)")
     store = _store(args.store)
     runs = studies.runs_from_store(store, args.job_ids)
-    study = studies.write_comparison(store, args.name, runs, progress=print)
+    study = studies.write_comparison(store, args.name, runs, progress=LOG.info)
     _print_study(study.tables)
     return 0
 
@@ -126,7 +142,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from snp_service.report import build  # local: see the note at the top
 
     job = _job(_store(args.store), args.job_id)
-    build(job, progress=print)
+    build(job, progress=LOG.info)
     return 0
 
 
@@ -225,7 +241,7 @@ def cmd_heads_study(args: argparse.Namespace) -> int:
 
     from snp_service.studies import run_heads_study  # local: see the note at the top
 
-    table = run_heads_study(load_spec(args.job, args.set, args.store), args.heads, progress=lambda m: print(f"[snp-service] {m}", flush=True))
+    table = run_heads_study(load_spec(args.job, args.set, args.store), args.heads, progress=LOG.info)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
         print(table.drop("job_id", "reason"))
     return 0
@@ -279,7 +295,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from snp_service.sweep import run_sweep  # local: see the note at the top
 
-    table = run_sweep(load_spec(args.job, args.set, args.store), progress=lambda m: print(f"[snp-service] {m}", flush=True))
+    table = run_sweep(load_spec(args.job, args.set, args.store), progress=LOG.info)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
         print(table.drop("job_id"))
     return 0
@@ -328,6 +344,8 @@ def _job_args(s: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="snp-service", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"snp-service {code_version()}")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress lines or bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="also Ray Train's per-report and checkpoint lines")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("validate", help="check a job file and print the normalised spec, its job id, stages and "
                        "the feature estimate")
@@ -409,12 +427,17 @@ class Terminated(KeyboardInterrupt):
     files removed, Ray workers stopped) before the process exits with 143."""
 
 
+_TERMINATED: list[int] = []  # set by the SIGTERM handler: a library may re-raise its exception as another
+
+
 def _terminate(signum, frame):
+    _TERMINATED.append(signum)
     raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.quiet, args.verbose)
     previous = signal.signal(signal.SIGTERM, _terminate) if args.fn in LONG_COMMANDS else None
     try:
         return args.fn(args)
@@ -423,11 +446,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # e.g. piped into head
         return 0
-    except Terminated:
-        print("snp-service: terminated (SIGTERM); finished stages are kept: run the same job again to resume",
-              file=sys.stderr)
-        return 143
     except KeyboardInterrupt:
+        if _TERMINATED:
+            print("snp-service: terminated (SIGTERM); finished stages are kept: run the same job again to resume",
+                  file=sys.stderr)
+            return 143
         print("snp-service: interrupted; finished stages are kept: run the same job again to resume", file=sys.stderr)
         return 130
     finally:

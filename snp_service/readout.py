@@ -76,8 +76,8 @@ def capture(model: nn.Module, dataset: Dataset, points: list[str], directory: Pa
                 release(store[p])  # written pages go to the file, not the process's RSS
             labels[start:start + len(y)] = y.numpy()
             start += len(y)
-            if progress and i % 20 == 0:
-                progress(f"capture: {start}/{n} images")
+            if progress is not None:
+                progress(start, n)
         for m in store.values():
             if not in_memory:
                 m.flush()

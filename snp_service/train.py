@@ -7,6 +7,7 @@ TorchTrainer whose checkpoints live in the job's results folder.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -103,6 +104,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     spec = JobSpec.model_validate(config["spec"])
     t = spec.train
+    if not config.get("verbose"):  # Ray Train's per-report and checkpoint lines, unless --verbose
+        for name in ("ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(t.seed)
@@ -266,7 +270,7 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "torch_threads": threads,
                            "fail_after_epoch": fail_after_epoch, "kill_mid_epoch": kill_mid_epoch,
-                           "resume_from": resume_from,
+                           "resume_from": resume_from, "verbose": os.environ.get("SNP_VERBOSE") == "1",
                            "resume_filesystem": storage_filesystem},
         scaling_config=ScalingConfig(num_workers=spec.compute.num_workers, use_gpu=bool(use_gpu),
                                      resources_per_worker={"CPU": spec.compute.cpus_per_worker}),
