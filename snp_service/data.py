@@ -385,7 +385,9 @@ def build_datasets(ds: DatasetSpec, seed: int = 0, augment: bool = True, endpoin
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise DatasetError(f"{ds.name} at {root}: {e} (expected the official layout under this root)") from None
     except (FileNotFoundError, OSError, ValueError) as e:
-        raise DatasetError(f"{ds.name} at {root}: cannot load: {e}") from None
+        text = str(e)  # torchvision lists every class folder it found empty: thousands, on one line
+        text = text if len(text) <= 300 else f"{text[:300]} ... ({len(text):,} characters in all)"
+        raise DatasetError(f"{ds.name} at {root}: cannot load: {text}") from None
     _check_classes(classes, root)
     train = subset_per_class(train, ds.max_per_class, seed)
     evald = subset_per_class(evald, ds.eval_max_per_class, seed)

@@ -58,6 +58,10 @@ def trial_spec(spec: JobSpec, overrides: dict) -> JobSpec:
     return derive_job(spec, f"{spec.name}-{suffix}", nested, f"{spec.name} trial {overrides}")
 
 
+def _trial_id(spec_json: dict) -> str:
+    return JobSpec.model_validate(spec_json).job_id()
+
+
 def summarise(job: JobStore, spec: JobSpec) -> dict:
     """A trial's numbers for the sweep table (the last measured point of each kind)."""
     out = {"accuracy": (job.stage_result("evaluate") or {}).get("accuracy")}
@@ -113,8 +117,10 @@ def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.Data
         tuner = Tuner(trainable, param_space={"spec": param},
                       tune_config=TuneConfig(metric="eval_accuracy", mode="max", scheduler=scheduler,
                                              max_concurrent_trials=spec.sweep.max_concurrent_trials,
-                                             trial_dirname_creator=lambda t: t.config["spec"]["name"],
-                                             trial_name_creator=lambda t: t.config["spec"]["name"]),
+                                             # job ids, not names: names of long jobs are cut at 64
+                                             # characters and could collide; ids carry their hash
+                                             trial_dirname_creator=lambda t: _trial_id(t.config["spec"]),
+                                             trial_name_creator=lambda t: _trial_id(t.config["spec"])),
                       run_config=RunConfig(name=name, storage_path=storage, storage_filesystem=fs))
     results = tuner.fit()
     rows = []

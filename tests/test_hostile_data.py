@@ -92,3 +92,26 @@ def test_user_text_in_figures_is_literal_not_mathtext(tmp_path):
                                {"status": "undefined", "reason": "$\\bad$ reason", "observed_jaccard": 0.0}, names)
     fig.savefig(tmp_path / "heads.png")
     assert (tmp_path / "heads.png").stat().st_size > 1000
+
+
+def test_ten_thousand_empty_class_folders_give_a_short_message(tmp_path):
+    root = tmp_path / "ds"
+    for split in ("train", "test"):
+        for i in range(10_000):
+            (root / split / f"class_{i:05d}").mkdir(parents=True)
+    with pytest.raises(DatasetError) as e:
+        build_datasets(_spec(root))
+    assert len(str(e.value)) < 600 and "characters in all" in str(e.value)
+
+
+def test_sweep_trials_of_long_job_names_get_distinct_folders(tmp_path):
+    from snp_service.spec import spec_from_dict
+    from snp_service.sweep import _trial_id, grid, trial_spec
+    from tests.conftest import tiny_job
+
+    job = tiny_job(tmp_path, name="n" * 64)
+    job["sweep"] = {"threshold": [0.3, 0.4], "lr": [0.001, 0.002]}
+    spec = spec_from_dict(job)
+    trials = [trial_spec(spec, o) for o in grid(spec)]
+    assert len({t.name for t in trials}) < len(trials)  # names cut at 64 characters collide
+    assert len({_trial_id(t.model_dump(mode="json")) for t in trials}) == len(trials)
