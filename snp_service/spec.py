@@ -643,7 +643,10 @@ def resolve_path(p: str) -> Path:
     """Expand ~ and $VARS; relative paths resolve against the working directory."""
     if "\x00" in p:
         raise ValueError(f"path {p!r} contains a NUL character")
-    return Path(os.path.expandvars(os.path.expanduser(p))).resolve()
+    try:
+        return Path(os.path.expandvars(os.path.expanduser(p))).resolve()
+    except (RuntimeError, OSError) as e:  # a symbolic-link loop, a name too long
+        raise ValueError(f"path {p!r} cannot be resolved ({e})") from None
 
 
 def _count_nodes(node: Any, limit: int) -> None:

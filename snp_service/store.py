@@ -129,7 +129,10 @@ class Store:
             fs = pafs.S3FileSystem(**kwargs, connect_timeout=5, request_timeout=60,
                                    retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
             return cls(fs, storage.root[5:].rstrip("/"), storage.root.rstrip("/"), storage.endpoint)
-        path = resolve_path(storage.root)  # created on the first write, not before
+        try:
+            path = resolve_path(storage.root)  # created on the first write, not before
+        except ValueError as e:
+            raise StoreError(f"results store {storage.root!r}: {e}") from None
         return cls(pafs.LocalFileSystem(), str(path), str(path))
 
     def job(self, job_id: str) -> JobStore:

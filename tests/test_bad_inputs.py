@@ -24,6 +24,9 @@ def _materialise(src: Path, tmp: Path) -> tuple[Path, str]:
     (tmp / "notes.txt").write_text("not an archive")
     if b".pth'" in raw:
         _checkpoints(tmp)
+    if b"@TMP@/loopa" in raw:  # a symbolic-link loop
+        (tmp / "loopa").symlink_to(tmp / "loopb")
+        (tmp / "loopb").symlink_to(tmp / "loopa")
     path = tmp / src.name
     path.write_bytes(raw.replace(b"@TMP@", str(tmp).encode()))
     return path, expect

@@ -133,3 +133,31 @@ def test_a_job_with_weights_runs_without_training_and_shares_its_load_stage(tmp_
     assert cli.main(["run", str(job("again", Path(first.uri), **{"measure.points": ["blocks.0.mlp.hidden"]}))]) == 0
     out = capsys.readouterr().out
     assert "(job tiny-" in out and "snp: 1 points" in out
+
+
+def test_weights_from_the_bucket_a_file_or_a_finished_job(s3_server, tmp_path, monkeypatch):
+    """model.weights: s3://bucket/key.pth, or s3://bucket/prefix/<job-id> (a finished job's weights),
+    read through the store's filesystem with the environment's credentials and endpoint."""
+    import uuid
+
+    from snp_service.pipeline import Checkpoint
+    from snp_service.spec import StorageSpec, spec_from_dict
+    from snp_service.store import Store
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    prefix = f"weights-{uuid.uuid4().hex[:8]}"
+    bucket = Store.from_spec(StorageSpec(root=f"s3://snp-test/{prefix}", endpoint=s3_server.endpoint))
+    state = _small().build(4, 32).state_dict()
+    bucket.job("files").write_bytes("model.pth", _bytes({"state_dict": state}))
+    finished = bucket.job("tiny-0123456789ab")
+    finished.write_torch("model/weights.pt", state)
+    for weights, is_job in ((f"s3://snp-test/{prefix}/files/model.pth", False),
+                            (f"s3://snp-test/{prefix}/tiny-0123456789ab", True)):
+        job = tiny_job(tmp_path)
+        job.pop("train")
+        job["model"] = {**job["model"], "weights": weights}
+        spec = spec_from_dict(job)
+        ckpt = Checkpoint.read(spec)
+        assert ckpt.finished_job is is_job
+        loaded = ckpt.fitted(spec, 4)
+        assert all(torch.equal(loaded[k], v) for k, v in state.items())
