@@ -29,3 +29,24 @@ def test_paper_gpu_smoke_runs_the_whole_path(tmp_path):
     andc = pd.read_parquet(out / "andc.parquet")
     assert set(andc["method"]) == {"andc", "random", "magnitude"} and andc["selection"].str.startswith("heldout").all()
     assert (out / "layers.png").stat().st_size > 10_000
+
+
+def test_the_gpu_script_needs_none_of_the_shell_packages():
+    """The GPU machine has torch, numpy, pandas and matplotlib but no Ray, pydantic, polars or scipy:
+    the script and the pure core it uses import without them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('pydantic', 'polars', 'scipy', 'ray', 'yaml', 'boto3'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+import bench.paper_gpu
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
