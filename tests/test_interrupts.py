@@ -38,9 +38,7 @@ def _wait_for(proc, text, timeout=300):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code, when", [
-    (signal.SIGINT, 130, "snp: "), (signal.SIGTERM, 143, "snp: "), (signal.SIGTERM, 143, "epoch 1/4"),
-])
+@pytest.mark.parametrize("sig, code, when", [(signal.SIGINT, 130, "snp: "), (signal.SIGTERM, 143, "epoch 1/4")])
 def test_an_interrupted_run_says_so_cleans_up_and_resumes(tmp_path, sig, code, when):
     features = tmp_path / "features"
     features.mkdir()
