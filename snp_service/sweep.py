@@ -58,7 +58,8 @@ def trial_spec(spec: JobSpec, overrides: dict) -> JobSpec:
     return derive_job(spec, f"{spec.name}-{suffix}", nested, f"{spec.name} trial {overrides}")
 
 
-def _trial_id(spec_json: dict) -> str:
+def trial_id(spec_json: dict) -> str:
+    """A trial's folder and name in Tune: its job id (unique where cut names are not)."""
     return JobSpec.model_validate(spec_json).job_id()
 
 
@@ -119,8 +120,8 @@ def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.Data
                                              max_concurrent_trials=spec.sweep.max_concurrent_trials,
                                              # job ids, not names: names of long jobs are cut at 64
                                              # characters and could collide; ids carry their hash
-                                             trial_dirname_creator=lambda t: _trial_id(t.config["spec"]),
-                                             trial_name_creator=lambda t: _trial_id(t.config["spec"])),
+                                             trial_dirname_creator=lambda t: trial_id(t.config["spec"]),
+                                             trial_name_creator=lambda t: trial_id(t.config["spec"])),
                       run_config=RunConfig(name=name, storage_path=storage, storage_filesystem=fs))
     results = tuner.fit()
     rows = []

@@ -106,7 +106,7 @@ def test_ten_thousand_empty_class_folders_give_a_short_message(tmp_path):
 
 def test_sweep_trials_of_long_job_names_get_distinct_folders(tmp_path):
     from snp_service.spec import spec_from_dict
-    from snp_service.sweep import _trial_id, grid, trial_spec
+    from snp_service.sweep import trial_id, grid, trial_spec
     from tests.conftest import tiny_job
 
     job = tiny_job(tmp_path, name="n" * 64)
@@ -114,4 +114,4 @@ def test_sweep_trials_of_long_job_names_get_distinct_folders(tmp_path):
     spec = spec_from_dict(job)
     trials = [trial_spec(spec, o) for o in grid(spec)]
     assert len({t.name for t in trials}) < len(trials)  # names cut at 64 characters collide
-    assert len({_trial_id(t.model_dump(mode="json")) for t in trials}) == len(trials)
+    assert len({trial_id(t.model_dump(mode="json")) for t in trials}) == len(trials)
