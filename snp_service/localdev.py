@@ -71,7 +71,10 @@ class RayHead:
              f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
              f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_mgr}",
              f"--object-manager-port={obj_mgr}", f"--num-cpus={self.num_cpus}", "--disable-usage-stats"],
-            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, start_new_session=True,
+            # the head's jobs run `python ...`: the interpreter running this, also when its venv is not activated
+            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])},
+            start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.address = f"http://127.0.0.1:{dash}"
         deadline = time.time() + timeout
