@@ -17,6 +17,7 @@ see SNPAccumulator.merge, but the readout training would have to be shared first
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -49,6 +50,10 @@ def ray_address(spec: JobSpec) -> str | None:
         raise SnpError(f"Ray address {address!r} (compute.address or RAY_ADDRESS) is a dashboard's job API: "
                        "`snp-service submit` uses it; a driver running here needs the cluster's address (host:6379, "
                        "`auto` on a cluster node, or ray://host:10001), or no address for a local Ray")
+    if address and address not in ("auto", "local") and not re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}",
+                                                                          address):
+        raise SnpError(f"Ray address {address!r} (compute.address or RAY_ADDRESS) is not an address: expected "
+                       "host:port (the cluster's GCS, e.g. head:6379), ray://host:10001, or auto")
     return address
 
 

@@ -748,8 +748,11 @@ def apply_overrides(data: dict, sets: list[str], store: str | None, source: str)
             node[k] = dict(node.get(k) or {})
             node = node[k]
         node[keys[-1]] = value
-    if store is not None:
-        data["storage"] = {**(data.get("storage") or {}), "root": store}
+    if store is not None:  # a local store has no endpoint; an s3:// one keeps the file's
+        storage = {**(data.get("storage") or {}), "root": store}
+        if not store.startswith("s3://"):
+            storage.pop("endpoint", None)
+        data["storage"] = storage
     return data
 
 

@@ -77,3 +77,14 @@ def test_training_that_no_node_can_hold_is_refused_with_what_is_missing(tmp_path
     with pytest.raises(SnpError, match="256 CPU"):
         check_fits_cluster(spec(cpus_per_worker=256), False, nodes)
     check_fits_cluster(spec(cpus_per_worker=256, autoscaling=True), False, nodes)  # the autoscaler may add one
+
+
+@pytest.mark.parametrize("address", ["garbage", "head:notaport", "http//x", "ray:/head"])
+def test_a_garbage_ray_address_is_refused_before_anything_is_written(tmp_path, capsys, address):
+    job = tiny_job(tmp_path)
+    job["compute"] = {**job["compute"], "address": address}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["run", str(path)]) == 2
+    assert "not an address" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
