@@ -31,7 +31,7 @@ from snp_service.checkpoints import load_weights, sha256
 from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
 from snp_service.heads import analyse_heads
-from snp_service.prune import Criterion, SNPCriterion, WeightMagnitude
+from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS, Criterion, SNPCriterion, WeightMagnitude
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
 from snp_service.spec import JobSpec
@@ -290,8 +290,8 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
                  f"{by['andc']['accuracy_full']:.3f}, " + ", ".join(
                      f"{m} {r['accuracy_pruned']:.3f}/{r['accuracy_finetuned']:.3f}" for m, r in by.items())
                  + " (pruned/fine-tuned)")
-    job.put_table("andc", rows)
-    job.put_table("curve", curve)
+    job.put_table("andc", pl.DataFrame(rows).select(ANDC_COLUMNS) if rows else rows)
+    job.put_table("curve", pl.DataFrame(curve).select(CURVE_COLUMNS) if curve else curve)
     summary = {"points": len(points), "selection": spec.pruning.selection_split,
                "threshold": spec.analysis.threshold if spec.pruning.threshold is None else spec.pruning.threshold}
     if spec.pruning.structural_fraction > 0:

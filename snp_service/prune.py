@@ -165,6 +165,12 @@ def finetune(readout: Readout, mask: torch.Tensor, train: np.ndarray, labels: np
     return tuned.eval()
 
 
+# column order of the ANDC table and the curve (rows may come back from JSON with keys sorted)
+ANDC_COLUMNS = ["point", "method", "selection", "threshold", "kept_fraction", "nodes_without_connection",
+                "accuracy_full", "accuracy_pruned", "accuracy_finetuned", "finetune_epochs"]
+CURVE_COLUMNS = ["point", "threshold", "selection", "kept_fraction", "accuracy_pruned", "accuracy_full", "labels"]
+
+
 def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train: np.ndarray, train_labels: np.ndarray,
                 evaluation: np.ndarray, eval_labels: np.ndarray, threshold: float, curve_thresholds: list[float],
                 methods: list[str], finetune_epochs: int, finetune_lr: float, seed: int = 0,
