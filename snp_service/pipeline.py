@@ -98,11 +98,10 @@ class Checkpoint:
         return load_weights(model, self.data, self.source, fmt, num_classes, spec.dataset.image_size)
 
 
-def stage_load(spec: JobSpec, job: JobStore, progress: Progress, checkpoint: Checkpoint) -> dict:
-    """Instead of training: the network from model.weights, mapped to the model's keys and stored as
-    the job's weights (every later stage reads them as if the job had trained them)."""
-    classes = job.class_names()
-    state = checkpoint.fitted(spec, len(classes))
+def stage_load(spec: JobSpec, job: JobStore, progress: Progress, checkpoint: Checkpoint, state: dict) -> dict:
+    """Instead of training: the network from model.weights, mapped to the model's keys (`state`, as the
+    run's preflight checked and loaded it) and stored as the job's weights (every later stage reads them
+    as if the job had trained them)."""
     job.write_torch(FILES["weights"], state)
     progress(f"load: {spec.model.name} from {checkpoint.source} (sha256 {checkpoint.digest[:12]}, "
              f"{sum(v.numel() for v in state.values()):,} values)")
@@ -433,11 +432,12 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks: Sequence = (
     # a bad dataset (missing, wrong layout, corrupt archive) fails here, before anything is written;
     # the data stage then records this bundle instead of building it again
     checkpoint = Checkpoint.read(spec) if spec.model.weights else None
+    state = None  # the checkpoint fitted to the model: checked once here, stored by the load stage
     if checkpoint and spec.dataset.known_classes():  # a checkpoint that does not fit fails before any data
-        checkpoint.fitted(spec, spec.dataset.known_classes())
+        state = checkpoint.fitted(spec, spec.dataset.known_classes())
     prepared = load_datasets(spec) if job.stage_result("data") is None else None
-    if checkpoint and not spec.dataset.known_classes():
-        checkpoint.fitted(spec, prepared.num_classes if prepared else len(job.class_names()))
+    if checkpoint and state is None:
+        state = checkpoint.fitted(spec, prepared.num_classes if prepared else len(job.class_names()))
     progress(f"job {job.job_id} -> {job.uri}")
     first_damaged = damaged_from(job, spec.stage_names(), progress)
     job.invalidate_manifest()
@@ -446,7 +446,7 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks: Sequence = (
     job.write_text(FILES["spec_yaml"], yaml.safe_dump(spec_json, sort_keys=False))
     bound = {"data": functools.partial(stage_data, data=prepared),
              "train": functools.partial(stage_train, callbacks=train_callbacks),
-             "load": functools.partial(stage_load, checkpoint=checkpoint)}
+             "load": functools.partial(stage_load, checkpoint=checkpoint, state=state)}
     summaries = {}
     for i, name in enumerate(spec.stage_names()):
         fn = bound.get(name) or dict(STAGES)[name]
