@@ -43,6 +43,11 @@ class Features:
         return len(self.labels)
 
 
+class _Captured(Exception):
+    """Raised by the last point's hook: the forward pass stops there (a group of early points does
+    not pay for the rest of the network)."""
+
+
 @torch.no_grad()
 def capture(model: nn.Module, dataset: Dataset, points: list[str], directory: Path, batch_size: int = 256,
             progress=None, device: torch.device | None = None, in_memory: bool = False) -> Features:
@@ -56,12 +61,22 @@ def capture(model: nn.Module, dataset: Dataset, points: list[str], directory: Pa
     n = len(dataset)
     store: dict[str, np.memmap] = {}
     batch: dict[str, torch.Tensor] = {}
-    hooks = [modules[p].register_forward_hook(lambda _m, _i, out, p=p: batch.__setitem__(p, out)) for p in points]
+
+    def keep(point: str, out: torch.Tensor) -> None:
+        batch[point] = out
+        if len(batch) == len(points):  # every point seen: the rest of the network is not needed
+            raise _Captured
+
+    hooks = [modules[p].register_forward_hook(lambda _m, _i, out, p=p: keep(p, out)) for p in points]
     labels = np.empty(n, dtype=np.int64)
     start = 0
     try:
         for i, (x, y) in enumerate(DataLoader(dataset, batch_size=batch_size, shuffle=False)):
-            model(x.to(device))
+            batch.clear()
+            try:
+                model(x.to(device))
+            except _Captured:
+                pass
             for p in points:
                 a = as_nodes_positions(batch[p])
                 if in_memory:

@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from snp_service.measure import measure_point, snp_accumulate
 from snp_service.models import measurement_points
-from snp_service.readout import Readout, capture, readout_accuracy, train_readout
+from snp_service.readout import Readout, as_nodes_positions, capture, readout_accuracy, train_readout
 from snp_service.snp import fields, fields_literal
 from snp_service.spec import AnalysisSpec, ModelSpec
 
@@ -34,6 +34,30 @@ def test_capture_keeps_output_and_shapes(tmp_path):
     for name, p in info.items():
         assert feats.points[name].shape == (10, p.nodes, p.positions), name
     assert feats.labels.tolist() == ds.tensors[1].tolist()
+
+
+def test_capture_of_early_points_stops_the_forward_pass_with_the_same_values(tmp_path):
+    torch.manual_seed(0)
+    spec = ModelSpec(name="cct_2_3x2_32", num_layers=2, embedding_dim=32, num_heads=2)
+    model = spec.build(3, 32).eval()
+    ds = _toy(10)
+    modules = model.point_modules()
+    full = {}
+    hooks = [modules[p].register_forward_hook(lambda _m, _i, out, p=p: full.__setitem__(p, out))
+             for p in ("tokenizer.0", "blocks.0.out")]
+    with torch.no_grad():
+        model(ds.tensors[0])
+    for h in hooks:
+        h.remove()
+    calls = []
+    last = model.blocks[1].register_forward_hook(lambda *_: calls.append(1))
+    feats = capture(model, ds, ["tokenizer.0", "blocks.0.out"], tmp_path, batch_size=10)
+    last.remove()
+    assert calls == []  # the second block never ran
+    for p in ("tokenizer.0", "blocks.0.out"):
+        expect = as_nodes_positions(full[p]).to(torch.float16).numpy()
+        np.testing.assert_array_equal(np.asarray(feats.points[p]), expect)
+    assert not any(m._forward_hooks for m in model.modules())
 
 
 @pytest.mark.parametrize("kind", ["seqpool", "flatten"])
