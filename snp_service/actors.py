@@ -37,6 +37,8 @@ from snp_service.prune import prune_point, selection_rows
 from snp_service.readout import Features, Readout, capture
 from snp_service.snp import normalise
 from snp_service.spec import JobSpec
+from snp_service.structural import cost, prune_cct
+from snp_service.train import autocast_dtype, evaluate, finetune_network
 
 MAX_RESTARTS = 3
 Progress = Callable[[str], None]
@@ -350,6 +352,17 @@ def prune_on(workers: list, spec: JobSpec, weights: dict, points: list[str], inp
                     progress)
 
 
+def check_worker_fits(spec: JobSpec, gpus: float, what: str) -> None:
+    """A worker of compute.cpus_per_worker CPUs and `gpus` GPUs must fit some node now, unless the
+    cluster autoscales (then the request waits for a node)."""
+    c = spec.compute
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if not c.autoscaling and not any(r.get("CPU", 0) >= c.cpus_per_worker and r.get("GPU", 0) >= gpus for r in nodes):
+        raise SnpError(f"{what}: a worker of {c.cpus_per_worker:g} CPU(s){f' and {gpus:g} GPU' if gpus else ''} fits no "
+                       "node of this Ray cluster; lower compute.cpus_per_worker or snp_gpus_per_actor, or set "
+                       "compute.autoscaling: true on a cluster that adds nodes")
+
+
 @contextmanager
 def workers_for(spec: JobSpec, points: list[str], what: str, progress: Progress) -> Iterator[list]:
     """compute.snp_actors workers (no more than the points, nor than the cluster's CPUs hold),
@@ -362,11 +375,7 @@ def workers_for(spec: JobSpec, points: list[str], what: str, progress: Progress)
         progress(f"{what}: the cluster holds {fit} worker(s) of {c.cpus_per_worker} CPU(s), not {n}; using {fit}")
         n = fit
     gpus = gpus_per_worker(spec)
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    if not c.autoscaling and not any(r.get("CPU", 0) >= c.cpus_per_worker and r.get("GPU", 0) >= gpus for r in nodes):
-        raise SnpError(f"{what}: a worker of {c.cpus_per_worker:g} CPU(s){f' and {gpus:g} GPU' if gpus else ''} fits no "
-                       "node of this Ray cluster; lower compute.cpus_per_worker or snp_gpus_per_actor, or set "
-                       "compute.autoscaling: true on a cluster that adds nodes")
+    check_worker_fits(spec, gpus, what)
     workers = start_workers(spec, n, max(1, int(c.cpus_per_worker)), c.cpus_per_worker, gpus)
     progress(f"{what}: {len(points)} points on {len(workers)} Ray worker(s)" + (f", {gpus:g} GPU each" if gpus else ""))
     pids = set(ray.get([w.pid.remote() for w in workers]))
@@ -377,3 +386,71 @@ def workers_for(spec: JobSpec, points: list[str], what: str, progress: Progress)
             ray.kill(w)
         # a killed worker (an interrupt, a failure) cannot remove its features; on this node we can
         remove_stale_features(features_root(), pids)
+
+
+# ---------------------------------------------------------------- the whole network on a worker
+
+
+def on_worker(spec: JobSpec, what: str, fn: Callable, *args):
+    """`fn(spec_json, *args, threads)` as one Ray task with a point worker's resources
+    (compute.cpus_per_worker, and the GPUs gpus_per_worker decides when the stage starts): the
+    evaluation and the structural pruning of the network run on the device the analysis is given,
+    not on the driver. A lost task is retried by Ray."""
+    ensure_ray(spec)
+    gpus = gpus_per_worker(spec)
+    check_worker_fits(spec, gpus, what)
+    c = spec.compute
+    task = ray.remote(fn).options(num_cpus=c.cpus_per_worker, num_gpus=gpus, max_retries=MAX_RESTARTS,
+                                  scheduling_strategy="DEFAULT")
+    return ray.get(task.remote(spec.model_dump(mode="json"), *args, max(1, int(c.cpus_per_worker))))
+
+
+def _network(spec: JobSpec, weights: dict, num_classes: int, device: torch.device) -> torch.nn.Module:
+    model = spec.model.build(num_classes, spec.dataset.image_size)
+    model.load_state_dict(weights)
+    return model.to(device).eval()
+
+
+def evaluate_network(spec_json: dict, weights: dict, threads: int) -> dict:
+    """Loss, accuracy and confusion matrix of the trained network on the evaluation split, on this
+    process's device at the job's precision (the evaluate stage's work)."""
+    spec = JobSpec.model_validate(spec_json)
+    with torch_threads(threads):
+        data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
+        device = compute_device()
+        model = _network(spec, weights, data.num_classes, device)
+        loader = torch.utils.data.DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
+        ev = evaluate(model, loader, device, autocast_dtype(spec.train.precision, device), data.num_classes)
+    return {**ev, "classes": data.classes, "eval_split": data.eval_split, "device": device.type}
+
+
+def structural_network(spec_json: dict, weights: dict, plans: dict, threads: int) -> list[dict]:
+    """The structural pruning stage's work on this process's device: the network's cost (parameters,
+    MACs, latency on the device) and accuracy, then for each criterion's plan {method: (FF units kept
+    per block, heads kept per block)} the pruned network's, optionally after a fine-tune."""
+    spec = JobSpec.model_validate(spec_json)
+    with torch_threads(threads):
+        data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
+        device = compute_device()
+        model = _network(spec, weights, data.num_classes, device)
+        loader = torch.utils.data.DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
+
+        def accuracy(net) -> float:
+            return evaluate(net, loader, device, None, data.num_classes)["accuracy"]
+
+        size, frac = spec.dataset.image_size, spec.pruning.structural_fraction
+        rows = [{"method": "none", "fraction": 0.0, **cost(model, size), "accuracy": accuracy(model),
+                 "accuracy_finetuned": float("nan"), "ff_units_removed": 0, "heads_removed": 0}]
+        for method, (keep_ff, keep_heads) in plans.items():
+            pruned = prune_cct(model, keep_ff, keep_heads)
+            row = {"method": method, "fraction": frac, **cost(pruned, size), "accuracy": accuracy(pruned),
+                   "accuracy_finetuned": float("nan")}
+            if spec.pruning.structural_finetune_epochs:
+                finetune_network(pruned, data.train, spec, spec.pruning.structural_finetune_epochs)
+                row["accuracy_finetuned"] = accuracy(pruned)
+            row["ff_units_removed"] = sum(b.mlp.linear1.out_features for b in model.blocks) - \
+                sum(b.mlp.linear1.out_features for b in pruned.blocks)
+            row["heads_removed"] = sum(b.attn.num_heads for b in model.blocks) - \
+                sum(b.attn.num_heads for b in pruned.blocks)
+            rows.append(row)
+    return rows

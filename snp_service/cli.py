@@ -83,6 +83,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if spec.sweep is not None:  # a sweep file runs its sweep (so `submit` runs it as one Ray job)
         return cmd_sweep(args)
+    if spec.heads_study is not None:  # likewise a heads-study file
+        args.heads = None
+        return cmd_heads_study(args)
     try:
         outcome = pipeline.run(spec, progress=progress)
     except (CheckpointError, DatasetError, StoreError) as e:
@@ -241,7 +244,9 @@ def cmd_heads_study(args: argparse.Namespace) -> int:
 
     from snp_service.studies import run_heads_study  # local: see the note at the top
 
-    table = run_heads_study(load_spec(args.job, args.set, args.store), args.heads, progress=LOG.info)
+    spec = load_spec(args.job, args.set, args.store)
+    heads = args.heads or (None if spec.heads_study is not None else [1, 2, 4, 8])
+    table = run_heads_study(spec, heads, progress=LOG.info)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
         print(table.drop("job_id", "reason"))
     return 0
@@ -399,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sweep)
     s = sub.add_parser("heads-study", help="run a job at several head counts (width fixed) and compare the heads")
     _job_args(s)
-    s.add_argument("--heads", type=int, nargs="+", default=[1, 2, 4, 8])
+    s.add_argument("--heads", type=int, nargs="+", default=None,
+                   help="head counts (default: the file's heads_study.num_heads, else 1 2 4 8)")
     s.set_defaults(fn=cmd_heads_study)
     s = sub.add_parser("compare", help="compare finished jobs (e.g. a CNN and a CCT, several seeds) along "
                        "relative depth: one table, one figure, one report")

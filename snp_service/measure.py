@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from snp_service.models import PointInfo
-from snp_service.readout import Readout, batches, load_rows, readout_accuracy, train_readout
+from snp_service.readout import Readout, load_rows, readout_accuracy, train_readout
 from snp_service.snp import (
     SNPAccumulator,
     fields,

@@ -24,9 +24,18 @@ import numpy as np
 import polars as pl
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
-from snp_service.actors import ensure_ray, measure_on, prune_on, prune_plan, ray_address, workers_for
+from snp_service.actors import (
+    ensure_ray,
+    evaluate_network,
+    measure_on,
+    on_worker,
+    prune_on,
+    prune_plan,
+    ray_address,
+    structural_network,
+    workers_for,
+)
 from snp_service.checkpoints import load_weights, sha256
 from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
@@ -36,8 +45,8 @@ from snp_service.provenance import hardware
 from snp_service.report import build as build_report
 from snp_service.spec import JobSpec
 from snp_service.store import FILES, JobStore, Store, clean_error, read_weights
-from snp_service.structural import cost, plan, prune_cct
-from snp_service.train import autocast_dtype, evaluate, finetune_network, fit
+from snp_service.structural import plan
+from snp_service.train import fit
 
 Progress = Callable[[str], None]
 STRUCTURAL_CRITERIA: tuple[Criterion, ...] = (SNPCriterion(), WeightMagnitude())
@@ -116,20 +125,17 @@ def load_trained_model(spec: JobSpec, job: JobStore, num_classes: int) -> torch.
 
 
 def stage_evaluate(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
-    data = load_datasets(spec, augment=False)
-    model = load_trained_model(spec, job, data.num_classes)
-    loader = DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
-    dtype = autocast_dtype(spec.train.precision, torch.device("cpu"))
-    ev = evaluate(model, loader, torch.device("cpu"), dtype, data.num_classes)
-    conf = ev["confusion"]
+    """The network on the evaluation split, on a worker with the analysis's device (actors.on_worker)."""
+    ev = on_worker(spec, "evaluate", evaluate_network, job.read_torch(FILES["weights"]))
+    conf, classes = ev["confusion"], ev["classes"]
     counts = conf.sum(1)
-    job.put_table("classes", {"label": list(range(data.num_classes)), "name": data.classes, "count": counts.tolist(),
+    job.put_table("classes", {"label": list(range(len(classes))), "name": classes, "count": counts.tolist(),
                               "accuracy": (conf.diag() / counts.clamp(min=1)).tolist()})
-    job.put_table("confusion", pl.DataFrame(conf.numpy(), schema=data.classes))
-    progress(f"evaluate: accuracy {ev['accuracy']:.4f} on {int(counts.sum())} {data.eval_split} images "
-             f"(chance {1 / data.num_classes:.4f})")
+    job.put_table("confusion", pl.DataFrame(conf.numpy(), schema=classes))
+    progress(f"evaluate: accuracy {ev['accuracy']:.4f} on {int(counts.sum())} {ev['eval_split']} images "
+             f"(chance {1 / len(classes):.4f}; on {ev['device']})")
     return {"accuracy": ev["accuracy"], "loss": ev["loss"], "images": int(counts.sum()),
-            "chance": 1 / data.num_classes}
+            "chance": 1 / len(classes), "device": ev["device"]}
 
 
 def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
@@ -221,35 +227,21 @@ def structural_plans(spec: JobSpec, job: JobStore, model: torch.nn.Module) -> di
 
 def structural_pruning(spec: JobSpec, job: JobStore, progress: Progress) -> list[dict]:
     """Each criterion's structural pruning of the whole CCT (snp_service.structural): cost and
-    accuracy before and after, optionally after a fine-tune of the pruned network."""
-    frac = spec.pruning.structural_fraction
-    data = load_datasets(spec, augment=False)
-    model = load_trained_model(spec, job, data.num_classes)
-    loader = DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
-
-    def accuracy(net) -> float:
-        return evaluate(net, loader, torch.device("cpu"), None, data.num_classes)["accuracy"]
-
-    base = {"method": "none", "fraction": 0.0, **cost(model, spec.dataset.image_size), "accuracy": accuracy(model),
-            "accuracy_finetuned": float("nan")}
-    rows = [base]
-    for method, (keep_ff, keep_heads) in structural_plans(spec, job, model).items():
-        pruned = prune_cct(model, keep_ff, keep_heads)
-        row = {"method": method, "fraction": frac, **cost(pruned, spec.dataset.image_size), "accuracy": accuracy(pruned),
-               "accuracy_finetuned": float("nan")}
-        if spec.pruning.structural_finetune_epochs:
-            finetune_network(pruned, data.train, spec, spec.pruning.structural_finetune_epochs)
-            row["accuracy_finetuned"] = accuracy(pruned)
-        row["ff_units_removed"] = sum(blk.mlp.linear1.out_features for blk in model.blocks) - \
-            sum(blk.mlp.linear1.out_features for blk in pruned.blocks)
-        row["heads_removed"] = sum(b.attn.num_heads for b in model.blocks) - sum(b.attn.num_heads for b in pruned.blocks)
-        rows.append(row)
-        progress(f"prune: structural {method}: {row['ff_units_removed']} FF units, {row['heads_removed']} heads "
-                 f"removed; params {row['params'] / base['params']:.2f}x, MACs "
-                 f"{row['macs_per_image'] / base['macs_per_image']:.2f}x, latency b128 "
+    accuracy before and after, optionally after a fine-tune of the pruned network; the units are
+    planned here from the stored SNP matrices, the networks pruned and measured on a worker with the
+    analysis's device (actors.structural_network)."""
+    weights = job.read_torch(FILES["weights"])
+    model = spec.model.build(len(job.class_names()), spec.dataset.image_size)
+    model.load_state_dict(weights)
+    plans = structural_plans(spec, job, model.eval())
+    rows = on_worker(spec, "structural pruning", structural_network, weights, plans)
+    base = rows[0]
+    for row in rows[1:]:
+        progress(f"prune: structural {row['method']}: {row['ff_units_removed']} FF units, {row['heads_removed']} "
+                 f"heads removed; params {row['params'] / base['params']:.2f}x, MACs "
+                 f"{row['macs_per_image'] / base['macs_per_image']:.2f}x, latency b128 on {row['latency_device']} "
                  f"{row['latency_ms_b128'] / base['latency_ms_b128']:.2f}x; accuracy {base['accuracy']:.4f} -> "
                  f"{row['accuracy']:.4f}")
-    base["ff_units_removed"] = base["heads_removed"] = 0
     return rows
 
 

@@ -341,6 +341,21 @@ class SweepSpec(_Strict):
         return self
 
 
+class HeadsStudySpec(_Strict):
+    """The same job at several head counts, the width fixed (`snp-service heads-study`'s job-file form,
+    so `submit` runs it as one Ray job); the heads are compared point by point."""
+
+    num_heads: list[Annotated[int, Field(ge=1, le=64)]] = Field(..., min_length=1, max_length=MAX_GRID_VALUES,
+                                                                 description="head counts, each a job of its own")
+
+    @field_validator("num_heads")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"head counts must be unique, got {v}")
+        return v
+
+
 class StorageSpec(_Strict):
     """Where results go. Credentials never appear here: they come from the environment."""
 
@@ -390,6 +405,14 @@ class ComputeSpec(_Strict):
     snp_gpus_per_actor: Literal["auto"] | Annotated[float, Field(ge=0.0, le=16.0)] = Field(
         "auto", description="GPUs each SNP / prune actor asks Ray for (fractions allowed); auto: 1 when the cluster "
         "has GPUs when the stage starts, else 0")
+    data_on_device: Literal["auto"] | bool = Field(
+        "auto", description="training images decoded once into a uint8 tensor kept on the training device, batches "
+        "cut and augmented there (snp_service.devicedata); auto: on a GPU, for images up to 64 px without RandAugment; "
+        "outside the job id (same recipe, other random streams)")
+    max_concurrent_jobs: Literal["auto"] | Annotated[int, Field(ge=1, le=1000)] = Field(
+        "auto", description="member jobs of a study (compare, heads study) run at once; auto: as many as the "
+        "cluster's CPUs and GPUs hold one job's training workers when the study starts (every one of them on an "
+        "autoscaling cluster)")
     feature_budget_gb: float = Field(
         4.0, gt=0.0, le=10_000.0, description="captured features an actor holds at once (disk, or device memory on a "
         "GPU): points are captured in groups that fit, processed and released; a larger point goes alone")
@@ -448,6 +471,8 @@ class JobSpec(_Strict):
     sweep: SweepSpec | None = None
     compare: CompareSpec | None = Field(None, description="run several models x seeds as jobs and compare them "
                                         "(snp_service.compare); the job's own id ignores this section")
+    heads_study: HeadsStudySpec | None = Field(None, description="run the job at several head counts and compare "
+                                               "the heads (snp_service.studies); the job's own id ignores this section")
     storage: StorageSpec = StorageSpec()
     compute: ComputeSpec = ComputeSpec()
 
@@ -512,9 +537,17 @@ class JobSpec(_Strict):
                 if units_removed(frac, count) >= count:
                     raise ValueError(f"pruning.structural_fraction: {frac} would remove all {count} {what} of "
                                      f"every block; use a fraction below {(count - 0.5) / count:.3f}")
+        studies = [k for k in ("compare", "sweep", "heads_study") if getattr(self, k) is not None]
+        if len(studies) > 1:
+            raise ValueError(f"{' and '.join(studies)} exclude each other: a job file runs one study")
+        if self.heads_study is not None:
+            if not isinstance(cfg, CCTConfig):
+                raise ValueError(f"heads_study: varies the heads of a CCT; {self.model.name} is not a CCT")
+            bad = [h for h in self.heads_study.num_heads if cfg.embedding_dim % h]
+            if bad:
+                raise ValueError(f"heads_study.num_heads: {bad} do not divide the width embedding_dim "
+                                 f"{cfg.embedding_dim}")
         if self.compare is not None:
-            if self.sweep is not None:
-                raise ValueError("compare and sweep exclude each other; run the sweep on one model's job")
             runs = len(self.compare.models) * len(self.compare.seeds)
             if runs > MAX_COMPARE_RUNS:
                 raise ValueError(f"compare: {len(self.compare.models)} models x {len(self.compare.seeds)} seeds = "
@@ -595,7 +628,7 @@ class JobSpec(_Strict):
 
     def job_id(self) -> str:
         """`<name>-<hash>`: the hash covers everything that changes results (not storage or compute)."""
-        content = self.model_dump(mode="json", exclude={"storage", "compute", "description", "compare"})
+        content = self.model_dump(mode="json", exclude={"storage", "compute", "description", "compare", "heads_study"})
         # a dataset inside the working directory counts by its relative path, so a job submitted to a
         # cluster (which runs in an uploaded copy of the working directory) keeps its id
         for section, key in (("dataset", "root"), ("model", "weights")):
@@ -624,10 +657,10 @@ def _merge(base: dict, over: dict) -> dict:
 
 def derive_job(base: JobSpec, name: str, overrides: dict, source: str, replace: tuple[str, ...] = ()) -> JobSpec:
     """A job derived from `base`: `overrides` (nested like the job file) merged field by field, the
-    sections named in `replace` replaced whole; the base's study sections (compare, sweep) dropped;
+    sections named in `replace` replaced whole; the base's study sections (compare, sweep, heads_study) dropped;
     validated like a job file (errors name `source`). The one way the unified study, the heads
     study and the sweep make their member jobs."""
-    d = base.model_dump(mode="json", exclude={"compare", "sweep"})
+    d = base.model_dump(mode="json", exclude={"compare", "sweep", "heads_study"})
     for k, v in overrides.items():
         d[k] = v if k in replace or not (isinstance(v, dict) and isinstance(d.get(k), dict)) else _merge(d[k], v)
     d["name"] = name[:64]

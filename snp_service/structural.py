@@ -81,7 +81,7 @@ def prune_cct(model: nn.Module, keep_ff: dict[int, list[int]], keep_heads: dict[
             proj.weight.copy_(attn.proj.weight[:, dims])
             proj.bias.copy_(attn.proj.bias)
         attn.qkv, attn.proj, attn.num_heads = qkv, proj, len(keep)
-    return pruned
+    return pruned.to(next(model.parameters()).device)  # the new layers were made on the CPU
 
 
 def masked_cct(model: nn.Module, keep_ff: dict[int, list[int]], keep_heads: dict[int, list[int]]) -> nn.Module:
@@ -142,22 +142,30 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 @torch.no_grad()
 def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of a forward pass in milliseconds (eval mode, no grad)."""
+    """Median wall time of a forward pass in milliseconds (eval mode, no grad), on the example's
+    device (a GPU is synchronised around every pass, so the time is the kernels', not the launch's)."""
     model.eval()
-    for _ in range(warmup):
-        model(example)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(example)
-        times.append((time.perf_counter() - t0) * 1e3)
+    sync = torch.cuda.synchronize if example.device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(example)
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            model(example)
+            sync()
+            times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
 def cost(model: nn.Module, image_size: int, batches: tuple[int, ...] = (1, 128), repeats: int = 10) -> dict:
-    """Parameters, MACs per image and latency at each batch size (CPU, current torch threads)."""
-    x1 = torch.randn(1, 3, image_size, image_size)
+    """Parameters, MACs per image and latency at each batch size, on the model's device (CPU: the
+    current torch threads)."""
+    device = next(model.parameters()).device
+    x1 = torch.randn(1, 3, image_size, image_size, device=device)
     out = {"params": count_params(model), "macs_per_image": count_macs(model, x1)}
     for b in batches:
-        out[f"latency_ms_b{b}"] = latency_ms(model, torch.randn(b, 3, image_size, image_size), repeats)
+        out[f"latency_ms_b{b}"] = latency_ms(model, torch.randn(b, 3, image_size, image_size, device=device), repeats)
+    out["latency_device"] = device.type
     return out

@@ -10,7 +10,9 @@ so the same members give the same folder):
 - sweep: the table of a Ray Tune sweep (snp_service.sweep writes it through `study_folder`).
 
 Member jobs are ordinary jobs with their own content-derived ids (JobSpec.compare_jobs,
-derive_job), so finished members are reused. This module reads stored results and writes the
+derive_job), so finished members are reused. They run at once, as many as the cluster holds
+(`run_members`, compute.max_concurrent_jobs): each member is a pipeline run in a thread of this
+driver, and Ray schedules their training workers and point actors side by side. This module reads stored results and writes the
 study; the arithmetic is in compare, the drawing in report.
 """
 
@@ -18,14 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
 
 from snp_service import figures, pipeline
+from snp_service.actors import ensure_ray
 from snp_service.compare import Run, check_comparable, comparison_tables, depth_table
-from snp_service.errors import SpecError, StoreError
+from snp_service.errors import SnpError, SpecError, StoreError
 from snp_service.models.registry import measurement_points
 from snp_service.report import comparison_page, comparison_summary, store_figure
 from snp_service.spec import JobSpec, ModelSpec, derive_job
@@ -39,6 +44,71 @@ def study_folder(store: Store, name: str, kind: str, member_ids: list[str]) -> J
     """The one way a study's folder is named: `_studies/<name>-<kind>-<sha256 of the member ids>`."""
     digest = hashlib.sha256(",".join(member_ids).encode()).hexdigest()[:12]
     return store.job(f"{STUDIES}/{name}-{kind}-{digest}")
+
+
+# ---------------------------------------------------------------- members
+
+
+def member_concurrency(spec: JobSpec, members: int, resources: dict | None = None) -> int:
+    """How many member jobs run at once: compute.max_concurrent_jobs, or with `auto` as many as the
+    cluster's resources (`ray.cluster_resources()` now) hold one member's training workers, all of
+    them on an autoscaling cluster (the autoscaler adds the nodes); never more than there are members."""
+    c = spec.compute
+    if c.max_concurrent_jobs != "auto":
+        return max(1, min(c.max_concurrent_jobs, members))
+    if c.autoscaling:
+        return max(1, members)
+    if resources is None:
+        import ray
+
+        ensure_ray(spec)
+        resources = ray.cluster_resources()
+    fits = math.floor(resources.get("CPU", 0) / (c.num_workers * c.cpus_per_worker) + 1e-9)
+    if c.use_gpu is True or (c.use_gpu == "auto" and resources.get("GPU", 0) >= 1):
+        fits = min(fits, math.floor(resources.get("GPU", 0) / c.num_workers + 1e-9))
+    return max(1, min(fits, members))
+
+
+def run_members(spec: JobSpec, members: list[tuple[str, JobSpec]],
+                progress: Progress = print) -> list[pipeline.RunOutcome]:
+    """Run the (tag, job) members, `member_concurrency` at a time, each a whole pipeline run (finished
+    stages reused); outcomes in the members' order. A failing member does not stop the others: every
+    member that can finish does, then the first failure is raised, naming its member. Threads are
+    daemons, so an interrupt of the driver ends the study at once (finished stages are kept)."""
+    n = member_concurrency(spec, len(members))
+    progress(f"{len(members)} member job(s), {n} at a time")
+    if n == 1:
+        return [pipeline.run(v, progress) for _tag, v in members]
+    outcomes: list = [None] * len(members)
+    errors: list[tuple[int, BaseException]] = []
+    slots = threading.Semaphore(n)
+
+    def one(i: int, tag: str, v: JobSpec) -> None:
+        try:
+            outcomes[i] = pipeline.run(v, lambda m: progress(f"[{tag}] {m}"))
+        except BaseException as e:  # noqa: BLE001 - reported and raised by the driver thread
+            errors.append((i, e))
+            progress(f"[{tag}] failed: {e}")
+        finally:
+            slots.release()
+
+    threads = []
+    for i, (tag, v) in enumerate(members):
+        slots.acquire()
+        t = threading.Thread(target=one, args=(i, tag, v), name=f"member-{tag}", daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)  # a timed join, so an interrupt reaches this thread
+    if errors:
+        i, e = min(errors, key=lambda x: x[0])
+        tag = members[i][0]
+        others = f" ({len(errors) - 1} other member(s) failed too)" if len(errors) > 1 else ""
+        if isinstance(e, SnpError):
+            raise type(e)(f"member {tag}: {e}{others}") from None
+        raise e
+    return outcomes
 
 
 # ---------------------------------------------------------------- compare
@@ -118,11 +188,10 @@ def run_comparison(spec: JobSpec, progress: Progress = print) -> StudyOutcome:
     store.check()
     plan = spec.compare_jobs()
     progress(f"compare: {len(plan)} runs ({len(spec.compare.models)} model(s) x {len(spec.compare.seeds)} seed(s))")
-    runs = []
     for i, (label, seed, v) in enumerate(plan, 1):
         progress(f"compare: run {i}/{len(plan)}: {label} seed {seed} -> job {v.job_id()}")
-        outcome = pipeline.run(v, progress)
-        runs.append(Run(label, seed, outcome.job_id, outcome.uri, v.model_dump(mode="json")))
+    outcomes = run_members(spec, [(f"{label} s{seed}", v) for label, seed, v in plan], progress)
+    runs = [Run(label, seed, o.job_id, o.uri, v.model_dump(mode="json")) for (label, seed, v), o in zip(plan, outcomes)]
     return write_comparison(store, spec.name, runs, progress, spec.model_dump(mode="json"))
 
 
@@ -156,14 +225,21 @@ def heads_variants(spec: JobSpec, heads: list[int]) -> list[JobSpec]:
     return out
 
 
-def run_heads_study(spec: JobSpec, heads: list[int], progress: Progress = print) -> pl.DataFrame:
-    """Run every head count (reusing finished jobs), then tabulate: one row per (num_heads, MHA point)."""
+def run_heads_study(spec: JobSpec, heads: list[int] | None = None, progress: Progress = print) -> pl.DataFrame:
+    """Run every head count (reusing finished jobs; default the file's heads_study.num_heads), then
+    tabulate: one row per (num_heads, MHA point)."""
+    if heads is None:
+        if spec.heads_study is None:
+            raise SpecError(f"job {spec.name} has no heads_study section; give the head counts (--heads)")
+        heads = spec.heads_study.num_heads
     jobs = heads_variants(spec, heads)
     store = Store.from_spec(spec.storage)
-    rows = []
+    store.check()
     for h, v in zip(heads, jobs):
         progress(f"study: {h} head(s) -> job {v.job_id()}")
-        outcome = pipeline.run(v, progress)
+    outcomes = run_members(spec, [(f"h{h}", v) for h, v in zip(heads, jobs)], progress)
+    rows = []
+    for h, v, outcome in zip(heads, jobs, outcomes):
         job = store.job(outcome.job_id)
         layers = job.layers()
         summary = job.heads() if job.has("heads") else None

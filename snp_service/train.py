@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from snp_service import devicedata
 from snp_service.data import build_datasets
 from snp_service.errors import SnpError
 from snp_service.optim import optimiser_step
@@ -115,15 +116,32 @@ def train_loop_per_worker(config: dict) -> None:
 
     data = build_datasets(spec.dataset, seed=t.seed, endpoint=spec.storage.endpoint)
     gen = torch.Generator()
-    train_loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, drop_last=len(data.train) > t.batch_size,
-                              num_workers=spec.dataset.num_workers, generator=gen,
-                              persistent_workers=spec.dataset.num_workers > 0, pin_memory=torch.cuda.is_available())
-    eval_loader = DataLoader(data.eval, batch_size=max(t.batch_size, 256), shuffle=False,
-                             num_workers=spec.dataset.num_workers, pin_memory=torch.cuda.is_available())
-    train_loader = ray.train.torch.prepare_data_loader(train_loader)
-    # every rank evaluates the whole evaluation split: the metrics are the 1-worker run's, exactly
-    # (a distributed sampler would give rank 0 a 1/N shard, padded with repeats)
-    eval_loader = ray.train.torch.prepare_data_loader(eval_loader, add_dist_sampler=False)
+    device = ray.train.torch.get_device()
+    on_device = devicedata.usable(spec.dataset, spec.compute.data_on_device, device)
+    if on_device:  # small images: decoded once, kept on the device, augmented there in batches
+        plain = build_datasets(spec.dataset, seed=t.seed, augment=False, endpoint=spec.storage.endpoint)
+        key = {"data": data.describe(), "dataset": spec.dataset.model_dump(mode="json", exclude={"augment"}),
+               "seed": t.seed}
+        splits = [devicedata.decode(d, spec.dataset, {**key, "split": name}, spec.dataset.num_workers)
+                  for name, d in (("train", plain.train), ("eval", plain.eval))]
+        train_loader = devicedata.DeviceBatches(*splits[0], spec.dataset, t.batch_size, device, train=True,
+                                                rank=rank, world=world, drop_last=len(data.train) > t.batch_size)
+        eval_loader = devicedata.DeviceBatches(*splits[1], spec.dataset, max(t.batch_size, 256), device, train=False)
+        if rank == 0:
+            mb = sum(s[0].numel() for s in splits) / 2**20
+            print(f"[snp-service] data on {device.type}: {len(splits[0][1])} training and {len(splits[1][1])} "
+                  f"evaluation images as uint8 ({mb:.0f} MB), augmented in batches there", flush=True)
+    else:
+        train_loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True,
+                                  drop_last=len(data.train) > t.batch_size, num_workers=spec.dataset.num_workers,
+                                  generator=gen, persistent_workers=spec.dataset.num_workers > 0,
+                                  pin_memory=torch.cuda.is_available())
+        eval_loader = DataLoader(data.eval, batch_size=max(t.batch_size, 256), shuffle=False,
+                                 num_workers=spec.dataset.num_workers, pin_memory=torch.cuda.is_available())
+        train_loader = ray.train.torch.prepare_data_loader(train_loader)
+        # every rank evaluates the whole evaluation split: the metrics are the 1-worker run's, exactly
+        # (a distributed sampler would give rank 0 a 1/N shard, padded with repeats)
+        eval_loader = ray.train.torch.prepare_data_loader(eval_loader, add_dist_sampler=False)
 
     # channels_last: the conv tokenizer / VGG convs run faster on it (cct_2_3x2_32 on CPU: 1.2x train
     # img/s, bench/RESULTS.md section 1); the same arithmetic up to float rounding
@@ -131,7 +149,6 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     # the forward pass runs compiled; checkpoints keep the plain module's keys (no _orig_mod. prefix)
     forward = torch.compile(model) if t.compile else model
-    device = ray.train.torch.get_device()
     dtype = autocast_dtype(t.precision, device)
     optimizer = make_optimizer(model, t)
     steps_per_epoch = len(train_loader)
@@ -159,6 +176,8 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, t.epochs):
         # seed per epoch, so a resumed run sees the same shuffles and augmentations
         gen.manual_seed(t.seed * 100_003 + epoch)
+        if on_device:
+            train_loader.set_epoch_seed(t.seed * 100_003 + epoch)
         torch.manual_seed(t.seed * 100_003 + epoch + rank)
         if world > 1 and hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
@@ -300,7 +319,8 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
 
 def finetune_network(model: nn.Module, dataset, spec: JobSpec, epochs: int) -> nn.Module:
     """A short in-process fine-tune of a (pruned) network: AdamW at a tenth of train.lr, cosine
-    decay, label smoothing, the job's batch size and seed; CPU, fp32. Modifies `model` in place."""
+    decay, label smoothing, the job's batch size and seed; fp32 on the model's device. Modifies
+    `model` in place."""
     torch.manual_seed(spec.train.seed)
     t = spec.train
     loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, num_workers=spec.dataset.num_workers,
@@ -312,10 +332,12 @@ def finetune_network(model: nn.Module, dataset, spec: JobSpec, epochs: int) -> n
 
 def train_epochs(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched, epochs: int,
                  label_smoothing: float) -> nn.Module:
-    """A plain in-process training loop (CPU, fp32): cross-entropy, a scheduler step per batch.
-    Returns the model in eval mode."""
+    """A plain in-process training loop (fp32, on the model's device): cross-entropy, a scheduler
+    step per batch. Returns the model in eval mode."""
+    device = next(model.parameters()).device
     model.train()
     for _ in range(epochs):
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             optimiser_step(nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing), opt, sched)
     return model.eval()

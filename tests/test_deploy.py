@@ -5,7 +5,6 @@ import re
 
 import yaml
 
-from snp_service.spec import load_spec
 from tests.conftest import REPO
 
 DEPLOY = REPO / "deploy"

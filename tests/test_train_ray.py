@@ -35,6 +35,23 @@ def test_pipeline_trains_above_chance_and_reuses_stages(tmp_path, ray_cluster):
     assert ((layers["snr_lo"] <= layers["snr"]) | layers["snr"].is_nan()).all()
 
 
+def test_training_on_the_device_data_path_learns_with_the_same_job_id(tmp_path, ray_cluster, capfd):
+    """compute.data_on_device: true takes the GPU's data path here on CPU (decoded once, batches cut
+    and augmented on the device): the same job id as the DataLoader path, and it learns as well."""
+    job = tiny_job(tmp_path, **{"train.epochs": 3})
+    loader = spec_from_dict(job)
+    job["compute"]["data_on_device"] = True
+    spec = spec_from_dict(job)
+    assert spec.job_id() == loader.job_id()  # compute settings that do not change results stay out of the id
+    result = fit(spec, str(tmp_path / "ckpt"))
+    out = capfd.readouterr()
+    assert "data on cpu: 384 training and 64 evaluation images as uint8" in out.out + out.err
+    hist = result.state["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2]
+    assert hist[-1]["eval_accuracy"] > 0.5  # 4 classes: chance 0.25
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+
+
 def test_same_job_twice_gives_same_metrics(tmp_path, ray_cluster):
     a = spec_from_dict(tiny_job(tmp_path, storage={"root": str(tmp_path / "a")}, **{"train.epochs": 2}))
     b = spec_from_dict(tiny_job(tmp_path, storage={"root": str(tmp_path / "b")}, **{"train.epochs": 2}))
@@ -103,19 +120,39 @@ def test_heads_and_prune_stages_and_reuse_across_jobs(full_job):
     assert (copied.read_table("prune/andc.parquet")["threshold"] == 0.5).all()
 
 
-def test_heads_study_runs_each_head_count_and_tabulates(tmp_path, ray_cluster):
+def test_heads_study_job_file_runs_its_members_at_once_and_tabulates(tmp_path, ray_cluster, capsys):
+    """A job file with a heads_study section through `snp-service run`: the two head counts are jobs
+    of their own, trained at the same time (the cluster's 2 CPUs hold two 1-CPU members), then one table."""
+    from datetime import datetime
+
+    import yaml
+
+    from snp_service import cli
     from snp_service.studies import run_heads_study
 
-    spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 1, "analysis.readout_epochs": 2,
-                                                "analysis.bootstrap": 50, "heads.null_draws": 200,
-                                                "measure.points": ["blocks.0.attn.heads"]}))
-    table = run_heads_study(spec, [1, 4], progress=lambda m: None)
+    job = tiny_job(tmp_path, **{"train.epochs": 2, "analysis.readout_epochs": 2, "analysis.bootstrap": 50,
+                                "heads.null_draws": 200, "measure.points": ["blocks.0.attn.heads"]})
+    job["heads_study"] = {"num_heads": [1, 4]}
+    (tmp_path / "heads.yaml").write_text(yaml.safe_dump(job))
+    assert cli.main(["run", str(tmp_path / "heads.yaml")]) == 0
+    out = capsys.readouterr()
+    assert "2 member job(s), 2 at a time" in out.err + out.out
+    spec = spec_from_dict(job)
+    store = Store.from_spec(spec.storage)
+    assert all(not j.startswith("_") for j in store.job_ids()) and len(store.job_ids()) == 2
+    spans = []
+    for jid in store.job_ids():
+        t = store.job(jid).stage_result("train")
+        end = datetime.fromisoformat(t["finished"]).timestamp()
+        spans.append((end - t["seconds"], end))
+    (s1, e1), (s2, e2) = spans
+    assert s1 < e2 and s2 < e1, f"the members' training did not overlap: {spans}"
+    table = run_heads_study(spec, progress=lambda m: None)  # the file's head counts; both members reused
     assert table["num_heads"].to_list() == [1, 4]
     one, four = table.rows(named=True)
     assert one["status"] == "undefined" and "at least two" in one["reason"]  # a single head cannot split labels
     assert four["job_id"] != one["job_id"]
-    store = Store.from_spec(spec.storage)
-    assert all(not j.startswith("_") for j in store.job_ids()) and len(store.job_ids()) == 2
+    assert len(store.job_ids()) == 2
     with pytest.raises(Exception, match="num_heads=3"):
         run_heads_study(spec, [3])  # 3 does not divide the width 32
 

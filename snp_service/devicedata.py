@@ -1,0 +1,124 @@
+"""The training data path that keeps a GPU busy for small images (<= 64 px: CIFAR, image-folder
+archives of small images): each split is decoded once into a uint8 tensor (N, 3, S, S), cached on
+disk, and kept on the training device; every batch is cut from it by a seeded permutation and
+augmented there (random crop with 4 px reflect padding, horizontal flip; mixup / cutmix by the
+training loop's batch mixer on the same device). The DataLoader path (per-image PIL transforms on
+CPU worker processes) stays for larger images and for RandAugment, whose per-image PIL operations
+have no batched form here.
+
+Same recipe as snp_service.data.transforms (crop, flip, normalisation), other random streams: a job
+trained through this path is the same experiment, not the same bits (compute.data_on_device is
+outside the job id, like the precision a device picks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from snp_service.data import IMAGENET, NORMALISATION, cache_dir
+from snp_service.spec import DatasetSpec
+
+MAX_SIZE = 64  # larger images keep the DataLoader path (RandomResizedCrop)
+
+
+def usable(ds: DatasetSpec, setting, device: torch.device) -> bool:
+    """Whether training takes this path: compute.data_on_device true, or auto on a GPU, for images
+    up to MAX_SIZE px without RandAugment."""
+    if setting is False or ds.image_size > MAX_SIZE or ds.augment.randaugment:
+        return False
+    return setting is True or device.type == "cuda"
+
+
+def decode(dataset: Dataset, ds: DatasetSpec, key: dict, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split as uint8 images (N, 3, S, S) and int64 labels, decoded once through the split's
+    evaluation transform (resize, centre crop, no augmentation) and cached under
+    <cache>/decoded/<digest>.npz (the digest covers `key`: the dataset's description and the spec's
+    dataset section)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_dir() / "decoded" / f"{digest}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALISATION.get(ds.name, IMAGENET))
+    images, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=512, shuffle=False, num_workers=num_workers):
+        # the transform's ToTensor divided by 255 and Normalize shifted and scaled: undone exactly
+        images.append(((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8))
+        labels.append(torch.as_tensor(y, dtype=torch.int64))
+    out = torch.cat(images), torch.cat(labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, images=out[0].numpy(), labels=out[1].numpy())
+    tmp.rename(path)  # atomic: a concurrent reader sees the whole file or none
+    return out
+
+
+def crop_flip(x: torch.Tensor, crop: bool, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop of the same size after 4 px reflect padding, and a horizontal flip with
+    probability 1/2, per image of a float batch (B, C, S, S), on its device."""
+    b, c, s, _ = x.shape
+    if crop:
+        padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+        dy, dx = (torch.randint(0, 9, (b,), device=x.device, generator=generator) for _ in range(2))
+        ar = torch.arange(s, device=x.device)
+        rows = (dy[:, None] + ar)[:, None, :, None].expand(b, c, s, s)
+        cols = (dx[:, None] + ar)[:, None, None, :].expand(b, c, s, s)
+        x = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                   torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    if flip:
+        mirrored = torch.rand(b, device=x.device, generator=generator) < 0.5
+        x = torch.where(mirrored[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class DeviceBatches:
+    """One split on a device as uint8, served in normalised float batches (channels_last). With
+    `train`, each epoch is a seeded permutation, this rank's share of it (rank::world, so ranks see
+    disjoint images, like a distributed sampler), cropped and flipped as the spec says; without, the
+    split in order, unaugmented (evaluation: every rank sees the whole split)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ds: DatasetSpec, batch_size: int,
+                 device: torch.device, train: bool, rank: int = 0, world: int = 1, drop_last: bool = False):
+        self.images, self.labels = images.to(device), labels.to(device)
+        mean, std = NORMALISATION.get(ds.name, IMAGENET)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.ds, self.batch_size, self.device, self.train = ds, batch_size, device, train
+        self.rank, self.world, self.drop_last = rank, world, drop_last
+        self.generator = torch.Generator(device=device)
+        self.epoch_seed = 0
+
+    def set_epoch_seed(self, seed: int) -> None:
+        self.epoch_seed = seed
+
+    def _rows(self) -> torch.Tensor:
+        n = len(self.labels)
+        if not self.train:
+            return torch.arange(n, device=self.device)
+        self.generator.manual_seed(self.epoch_seed)
+        order = torch.randperm(n, device=self.device, generator=self.generator)
+        per_rank = n // self.world if self.world > 1 else n
+        return order[self.rank::self.world][:per_rank]
+
+    def __len__(self) -> int:
+        n = len(self.labels) // self.world if self.train and self.world > 1 else len(self.labels)
+        return n // self.batch_size if self.train and self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rows = self._rows()
+        steps = len(self)
+        for i in range(steps):
+            idx = rows[i * self.batch_size:(i + 1) * self.batch_size]
+            x = (self.images[idx].float() - self.mean) / self.std
+            if self.train:
+                a = self.ds.augment
+                x = crop_flip(x, a.crop, a.flip, self.generator)
+            yield x.contiguous(memory_format=torch.channels_last), self.labels[idx]
