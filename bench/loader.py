@@ -1,5 +1,7 @@
 """Data pipeline: loader-only images/s (decode, augmentation, batching; the job's own DataLoader
-settings) vs the model's training images/s, for the quickstart and real CIFAR-10 jobs.
+settings) vs the model's training images/s, for the quickstart and real CIFAR-10 jobs; then the
+data paths side by side on one process: the DataLoader's per-image PIL augmentation with and
+without RandAugment, and the on-device path (snp_service.devicedata, here on the CPU).
 
     python -m bench.loader [--quick]
 
@@ -17,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bench.common import REPO, stamp, table, verdict, write_section
+from snp_service import devicedata
 from snp_service.data import build_datasets
 from snp_service.spec import load_spec
 from snp_service.train import autocast_dtype, make_optimizer
@@ -83,7 +86,45 @@ def run(quick: bool = False) -> None:
              "`dataset.num_workers`) iterated without a model. Training: the job's model step (forward, backward, "
              "AdamW; the service's default sdpa + channels_last, `precision: auto`) on random tensors, all cores.\n\n")
     body += table(["job", "setup", "loader img/s", "training img/s", "ratio", "target"], rows)
+    body += paths(quick)
     write_section(TITLE, body)
+
+
+def paths(quick: bool) -> str:
+    """The three data paths on one process over the same training split, side by side."""
+    rel = JOBS[1] if Path(load_spec(REPO / JOBS[1]).dataset.root).exists() else JOBS[0]
+    spec = load_spec(REPO / rel)
+    b, batches = spec.train.batch_size, 10 if quick else 30
+    rows = []
+    for label, ra in (("DataLoader: PIL crop + flip", False), ("DataLoader: PIL crop + flip + RandAugment", True)):
+        ds = spec.dataset.model_copy(update={"augment": spec.dataset.augment.model_copy(update={"randaugment": ra})})
+        data = build_datasets(ds, seed=spec.train.seed, augment=True)
+        loader = DataLoader(data.train, batch_size=b, shuffle=True, num_workers=0)
+        rows.append([label, loader_images_per_s(loader, min(len(loader) - 1, batches))])
+    plain = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
+    t0 = time.perf_counter()
+    key = {"bench": "loader", "root": plain.root, "n": len(plain.train), "spec": spec.dataset.model_dump(mode="json")}
+    images, labels = devicedata.decode(plain.train, spec.dataset, key)
+    decode_s = time.perf_counter() - t0
+    dev = devicedata.for_dataset(images, labels, spec.dataset, b, torch.device("cpu"), train=True, drop_last=True)
+    it = iter(dev)
+    next(it)
+    t0, seen = time.perf_counter(), 0
+    for i, (x, _y) in enumerate(it):
+        seen += len(x)
+        if i + 1 >= min(len(dev) - 1, batches):
+            break
+    rows.append(["on-device path (here the CPU): uint8 tensor, batched crop + flip", seen / (time.perf_counter() - t0)])
+    base = rows[0][1]
+    out = (f"\nData paths side by side ({rel}'s training split, batch {b}, one process, `num_workers` 0, so each "
+           "figure is one CPU core's worth of the DataLoader path). The on-device path decoded the split once "
+           f"({len(labels):,} images, {decode_s:.1f} s, cached) before it was timed.\n\n")
+    out += table(["path", "img/s", "vs PIL crop + flip"], [[r[0], f"{r[1]:.0f}", f"{r[1] / base:.2f}x"] for r in rows])
+    ra = rows[1][1]
+    out += (f"\nWhat RandAugment costs where it stays on the DataLoader path: one CPU worker gives {ra:.0f} img/s "
+            f"with it ({base / ra:.1f}x fewer than without), so a GPU training at N img/s needs about N / {ra:.0f} "
+            "DataLoader workers (`dataset.num_workers`) and as many CPU cores per training worker.\n")
+    return out
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ readout, models). The Ray shell is not used; the suite tests it on CPU.
     python -m bench.paper_gpu --smoke --out /tmp/paper-smoke        # here, on CPU: tiny data, 1 epoch
     python -m bench.paper_gpu --archive .local/cifar10-jpg.tar.gz --train-seconds 300 --out $OUT/paper
 
-The data path keeps the decoded uint8 images on the device and does crop, flip and mixup/cutmix
-there in batches (no DataLoader): what issue 18 asks of small-image datasets. RandAugment is not
-applied (it has no batched device form here; the CCT recipe's other augmentations are).
+The data path is the service's (snp_service.devicedata, compute.data_on_device): the decoded uint8
+images stay on the device, crop, flip and mixup/cutmix run there in batches (no DataLoader).
+RandAugment is not applied (it has no batched device form here; the CCT recipe's other
+augmentations are).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from torchvision.transforms import v2
+
+from snp_service.devicedata import DeviceBatches
 from snp_service.heads import analyse_heads
 from snp_service.measure import measure_point, snp_accumulate
 from snp_service.models import create_model, measurement_points, model_config
@@ -100,39 +104,6 @@ def normalised(x: torch.Tensor) -> torch.Tensor:
     return (x.float() / 255 - MEAN.to(x.device)) / STD.to(x.device)
 
 
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random crop (4 px zero padding) and horizontal flip of a uint8 batch, on its device."""
-    b = x.shape[0]
-    padded = F.pad(x, (4, 4, 4, 4))
-    dx, dy = (torch.randint(0, 9, (b,), device=x.device, generator=g) for _ in range(2))
-    rows = (dy[:, None] + torch.arange(32, device=x.device))[:, None, :, None].expand(b, 3, 32, 32)
-    cols = (dx[:, None] + torch.arange(32, device=x.device))[:, None, None, :].expand(b, 3, 32, 32)
-    out = padded[torch.arange(b, device=x.device)[:, None, None, None],
-                 torch.arange(3, device=x.device)[None, :, None, None], rows, cols]
-    flip = torch.rand(b, device=x.device, generator=g) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
-
-
-def mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, smoothing: float, g: torch.Generator):
-    """Mixup (alpha 0.8) or CutMix (alpha 1.0), one of the two per batch, with label smoothing: the
-    CCT recipe's batch mixing, on the device. Returns inputs and soft targets."""
-    target = F.one_hot(y, num_classes).float() * (1 - smoothing) + smoothing / num_classes
-    perm = torch.randperm(x.shape[0], device=x.device, generator=g)
-    if torch.rand(1, generator=g).item() < 0.5:
-        lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=g))).beta(0.8, 0.8))
-        x = lam * x + (1 - lam) * x[perm]
-    else:
-        lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=g))).beta(1.0, 1.0))
-        cut = math.sqrt(1 - lam)
-        h = w = int(32 * cut)
-        cy, cx = (int(torch.randint(0, 32, (1,), generator=g)) for _ in range(2))
-        y0, y1, x0, x1 = max(cy - h // 2, 0), min(cy + h // 2, 32), max(cx - w // 2, 0), min(cx + w // 2, 32)
-        x = x.clone()
-        x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
-        lam = 1 - (y1 - y0) * (x1 - x0) / (32 * 32)
-    return x, lam * target + (1 - lam) * target[perm]
-
-
 # ---------------------------------------------------------------- training
 
 
@@ -149,25 +120,28 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, args, dev: torch.d
     dtype = torch.bfloat16 if dev.type == "cuda" else None
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.06, fused=dev.type == "cuda")
     fwd = torch.compile(model) if args.compile else model
-    g = torch.Generator(device=dev).manual_seed(0)
-    steps_per_epoch = len(y) // args.batch
+    # the service's own on-device path (snp_service.devicedata: the CIFAR normalisation, reflect-padded
+    # crop, flip, on the device) and its batch mixer's ops (torchvision v2 MixUp / CutMix, CCT recipe alphas)
+    batches = DeviceBatches(x, y, args.batch, dev, mean=tuple(MEAN.flatten().tolist()),
+                            std=tuple(STD.flatten().tolist()), train=True, drop_last=True)
+    mixer = v2.RandomChoice([v2.MixUp(alpha=0.8, num_classes=10), v2.CutMix(alpha=1.0, num_classes=10)])
+    steps_per_epoch = len(batches)
     epochs, total, step, history = args.epochs or 1_000_000, None, 0, []
     t_start = time.perf_counter()
     epoch = 0
     while epoch < epochs:
         model.train()
         t0, seen = time.perf_counter(), 0
-        order = torch.randperm(len(y), device=dev, generator=g)
-        for i in range(steps_per_epoch):
-            idx = order[i * args.batch:(i + 1) * args.batch]
-            xb, target = mix(normalised(augment(x[idx], g)), y[idx], 10, 0.1, g)
+        batches.set_epoch_seed(epoch)
+        for xb, yb in batches:
+            xb, target = mixer(xb, yb)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total or steps_per_epoch * 50, steps_per_epoch, args.lr, 1e-5)
             with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = F.cross_entropy(fwd(xb).float(), target)
+                loss = F.cross_entropy(fwd(xb).float(), target, label_smoothing=0.1)
             optimiser_step(loss, opt)
             step += 1
-            seen += len(idx)
+            seen += len(yb)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0

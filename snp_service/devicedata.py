@@ -17,16 +17,24 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from snp_service.data import IMAGENET, NORMALISATION, cache_dir
-from snp_service.spec import DatasetSpec
+if TYPE_CHECKING:  # DeviceBatches and crop_flip run without pydantic (bench/paper_gpu.py on a bare GPU machine)
+    from snp_service.spec import DatasetSpec
 
 MAX_SIZE = 64  # larger images keep the DataLoader path (RandomResizedCrop)
+
+
+def normalisation(ds: DatasetSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The dataset's per-channel mean and std (snp_service.data's, the DataLoader path's)."""
+    from snp_service.data import IMAGENET, NORMALISATION  # local: see TYPE_CHECKING above
+
+    return NORMALISATION.get(ds.name, IMAGENET)
 
 
 def usable(ds: DatasetSpec, setting, device: torch.device) -> bool:
@@ -42,12 +50,14 @@ def decode(dataset: Dataset, ds: DatasetSpec, key: dict, num_workers: int = 0) -
     evaluation transform (resize, centre crop, no augmentation) and cached under
     <cache>/decoded/<digest>.npz (the digest covers `key`: the dataset's description and the spec's
     dataset section)."""
+    from snp_service.data import cache_dir  # local: see TYPE_CHECKING above
+
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = cache_dir() / "decoded" / f"{digest}.npz"
     if path.exists():
         with np.load(path) as z:
             return torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALISATION.get(ds.name, IMAGENET))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalisation(ds))
     images, labels = [], []
     for x, y in DataLoader(dataset, batch_size=512, shuffle=False, num_workers=num_workers):
         # the transform's ToTensor divided by 255 and Normalize shifted and scaled: undone exactly
@@ -82,16 +92,17 @@ def crop_flip(x: torch.Tensor, crop: bool, flip: bool, generator: torch.Generato
 class DeviceBatches:
     """One split on a device as uint8, served in normalised float batches (channels_last). With
     `train`, each epoch is a seeded permutation, this rank's share of it (rank::world, so ranks see
-    disjoint images, like a distributed sampler), cropped and flipped as the spec says; without, the
-    split in order, unaugmented (evaluation: every rank sees the whole split)."""
+    disjoint images, like a distributed sampler), cropped and flipped; without, the split in order,
+    unaugmented (evaluation: every rank sees the whole split). `for_dataset` fills the recipe in
+    from a job's dataset section."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ds: DatasetSpec, batch_size: int,
-                 device: torch.device, train: bool, rank: int = 0, world: int = 1, drop_last: bool = False):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device, *,
+                 mean: tuple[float, ...], std: tuple[float, ...], train: bool, crop: bool = True, flip: bool = True,
+                 rank: int = 0, world: int = 1, drop_last: bool = False):
         self.images, self.labels = images.to(device), labels.to(device)
-        mean, std = NORMALISATION.get(ds.name, IMAGENET)
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-        self.ds, self.batch_size, self.device, self.train = ds, batch_size, device, train
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.batch_size, self.device, self.train, self.crop, self.flip = batch_size, device, train, crop, flip
         self.rank, self.world, self.drop_last = rank, world, drop_last
         self.generator = torch.Generator(device=device)
         self.epoch_seed = 0
@@ -114,11 +125,17 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rows = self._rows()
-        steps = len(self)
-        for i in range(steps):
+        for i in range(len(self)):
             idx = rows[i * self.batch_size:(i + 1) * self.batch_size]
             x = (self.images[idx].float() - self.mean) / self.std
             if self.train:
-                a = self.ds.augment
-                x = crop_flip(x, a.crop, a.flip, self.generator)
+                x = crop_flip(x, self.crop, self.flip, self.generator)
             yield x.contiguous(memory_format=torch.channels_last), self.labels[idx]
+
+
+def for_dataset(images: torch.Tensor, labels: torch.Tensor, ds: DatasetSpec, batch_size: int, device: torch.device,
+                train: bool, **kw) -> DeviceBatches:
+    """DeviceBatches with the dataset's normalisation and its crop / flip settings."""
+    mean, std = normalisation(ds)
+    return DeviceBatches(images, labels, batch_size, device, mean=mean, std=std, train=train,
+                         crop=ds.augment.crop, flip=ds.augment.flip, **kw)

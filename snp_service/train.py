@@ -124,9 +124,9 @@ def train_loop_per_worker(config: dict) -> None:
                "seed": t.seed}
         splits = [devicedata.decode(d, spec.dataset, {**key, "split": name}, spec.dataset.num_workers)
                   for name, d in (("train", plain.train), ("eval", plain.eval))]
-        train_loader = devicedata.DeviceBatches(*splits[0], spec.dataset, t.batch_size, device, train=True,
-                                                rank=rank, world=world, drop_last=len(data.train) > t.batch_size)
-        eval_loader = devicedata.DeviceBatches(*splits[1], spec.dataset, max(t.batch_size, 256), device, train=False)
+        train_loader = devicedata.for_dataset(*splits[0], spec.dataset, t.batch_size, device, train=True,
+                                              rank=rank, world=world, drop_last=len(data.train) > t.batch_size)
+        eval_loader = devicedata.for_dataset(*splits[1], spec.dataset, max(t.batch_size, 256), device, train=False)
         if rank == 0:
             mb = sum(s[0].numel() for s in splits) / 2**20
             print(f"[snp-service] data on {device.type}: {len(splits[0][1])} training and {len(splits[1][1])} "

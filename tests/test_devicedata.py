@@ -37,7 +37,7 @@ def test_decode_gives_the_datasets_own_pixels_and_is_cached(ds, cache_env):
 
 def test_evaluation_batches_equal_the_dataloader_transform(ds):
     (images, labels), plain = _decoded(ds, "eval")
-    batches = devicedata.DeviceBatches(images, labels, ds, 8, torch.device("cpu"), train=False)
+    batches = devicedata.for_dataset(images, labels, ds, 8, torch.device("cpu"), train=False)
     xs, ys = zip(*batches)
     assert len(batches) == 3 and [len(y) for y in ys] == [8, 8, 4]
     x, y = torch.cat(xs), torch.cat(ys)
@@ -70,8 +70,8 @@ def test_crop_is_a_window_of_the_reflect_padded_image_and_flip_mirrors_half():
 
 def test_training_epochs_are_seeded_permutations_split_disjointly_between_ranks(ds):
     (images, labels), _ = _decoded(ds)
-    ranks = [devicedata.DeviceBatches(images, torch.arange(40), ds, 6, torch.device("cpu"), train=True,
-                                      rank=r, world=2, drop_last=True) for r in range(2)]
+    ranks = [devicedata.for_dataset(images, torch.arange(40), ds, 6, torch.device("cpu"), train=True,
+                                    rank=r, world=2, drop_last=True) for r in range(2)]
     seen = []
     for b in ranks:
         b.set_epoch_seed(3)
@@ -92,3 +92,18 @@ def test_path_is_taken_for_small_images_on_a_gpu(tmp_path, setting, size, randau
     spec = DatasetSpec(name="cifar100", root=str(tmp_path), image_size=size, augment={"randaugment": randaugment},
                        synthetic={"num_classes": 2, "train_per_class": 1, "test_per_class": 1})
     assert devicedata.usable(spec, setting, torch.device(device)) is expect
+
+
+def test_batches_run_without_pydantic():
+    """bench/paper_gpu.py trains through DeviceBatches on a GPU machine that has no pydantic."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['pydantic'] = None\n"
+            "import torch\n"
+            "from snp_service.devicedata import DeviceBatches\n"
+            "b = DeviceBatches(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4), 2, torch.device('cpu'),\n"
+            "                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=True)\n"
+            "x, y = next(iter(b)); assert x.shape == (2, 3, 8, 8) and float(x.max()) == -2.0\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
