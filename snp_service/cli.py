@@ -59,6 +59,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if spec.compare is not None:
         for label, seed, v in spec.compare_jobs():
             print(f"# compare run: {label} seed {seed}: {v.model.name}, job id {v.job_id()}")
+    if spec.heads_study is not None:
+        for v in spec.heads_jobs():
+            print(f"# heads-study run: {v.model.num_heads} head(s), job id {v.job_id()}")
     print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
     return 0
 

@@ -578,6 +578,21 @@ class JobSpec(_Strict):
                     raise SpecError(f"compare: {e}") from None
         return out
 
+    def heads_jobs(self, heads: list[int] | None = None) -> list[JobSpec]:
+        """The job at each head count (default heads_study.num_heads), the width fixed: `<name>-h<heads>`."""
+        if heads is None:
+            if self.heads_study is None:
+                raise SpecError(f"job {self.name} has no heads_study section; give the head counts")
+            heads = self.heads_study.num_heads
+        out = []
+        for h in heads:
+            try:
+                out.append(derive_job(self, f"{self.name}-h{h}", {"model": {"num_heads": h}},
+                                      f"{self.name} with model.num_heads={h}"))
+            except SpecError as e:
+                raise SpecError(f"head-count study: {e}") from None
+        return out
+
     def feature_estimate(self) -> dict:
         """Captured features of the selected points (float16: images x nodes x positions x 2 bytes),
         per image and, where the split sizes are known, for the job: what one SNP / prune actor holds at

@@ -33,7 +33,7 @@ from snp_service.compare import Run, check_comparable, comparison_tables, depth_
 from snp_service.errors import SnpError, SpecError, StoreError
 from snp_service.models.registry import measurement_points
 from snp_service.report import comparison_page, comparison_summary, store_figure
-from snp_service.spec import JobSpec, ModelSpec, derive_job
+from snp_service.spec import JobSpec, ModelSpec
 from snp_service.store import FILES, JobStore, Store
 
 STUDIES = "_studies"  # job names start with a letter or digit, so this never collides with a job
@@ -214,15 +214,8 @@ def write_comparison(store: Store, name: str, runs: list[Run], progress: Progres
 
 
 def heads_variants(spec: JobSpec, heads: list[int]) -> list[JobSpec]:
-    """The job at each head count (width fixed): `<name>-h<heads>`."""
-    out = []
-    for h in heads:
-        try:
-            out.append(derive_job(spec, f"{spec.name}-h{h}", {"model": {"num_heads": h}},
-                                  f"{spec.name} with model.num_heads={h}"))
-        except SpecError as e:
-            raise SpecError(f"head-count study: {e}") from None
-    return out
+    """The job at each head count (width fixed): `<name>-h<heads>` (JobSpec.heads_jobs)."""
+    return spec.heads_jobs(heads)
 
 
 def run_heads_study(spec: JobSpec, heads: list[int] | None = None, progress: Progress = print) -> pl.DataFrame:

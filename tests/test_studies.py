@@ -97,3 +97,17 @@ def test_a_failing_member_lets_the_others_finish_then_fails_naming_it(tmp_path, 
         studies.run_members(spec, members, progress=lines.append)
     assert sorted(done) == ["m0", "m2", "m4"]
     assert "[m3] failed: m3: no data" in lines
+
+
+def test_validate_lists_the_heads_study_members_with_their_ids(tmp_path, capsys):
+    import yaml
+
+    from snp_service.cli import main
+
+    job = {**tiny_job(tmp_path), "heads_study": {"num_heads": [1, 2]}}
+    (tmp_path / "h.yaml").write_text(yaml.safe_dump(job))
+    assert main(["validate", str(tmp_path / "h.yaml")]) == 0
+    out = capsys.readouterr().out
+    ids = [v.job_id() for v in spec_from_dict(job).heads_jobs()]
+    assert f"# heads-study run: 1 head(s), job id {ids[0]}" in out
+    assert f"# heads-study run: 2 head(s), job id {ids[1]}" in out
