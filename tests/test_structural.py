@@ -56,3 +56,24 @@ def test_plan_at_a_quarter_removes_one_of_two_heads(model):
     two = ModelSpec(name="cct_2_3x2_32", num_heads=2, embedding_dim=64).build(10, 32)
     _, keep_heads = plan(two, 0.25, *magnitude_scores(two))
     assert all(len(v) == 1 for v in keep_heads.values())
+
+
+def test_structural_work_on_a_worker_prunes_and_times_on_its_device(tmp_path, cache_env):
+    """actors.structural_network, the prune stage's structural work, called in this process (what the
+    Ray task runs): the unpruned network first, then each plan's smaller network, timed on the device."""
+    from snp_service.actors import evaluate_network, structural_network
+    from snp_service.spec import spec_from_dict
+    from tests.conftest import tiny_job
+
+    spec = spec_from_dict(tiny_job(tmp_path, **{"model.num_heads": 4, "pruning.structural_fraction": 0.5,
+                                                "train.precision": "fp32"}))
+    torch.manual_seed(0)
+    net = spec.model.build(4, 32).eval()
+    keep_ff, keep_heads = plan(net, 0.5, *magnitude_scores(net))
+    rows = structural_network(spec.model_dump(mode="json"), net.state_dict(), {"magnitude": (keep_ff, keep_heads)}, 1)
+    assert [r["method"] for r in rows] == ["none", "magnitude"]
+    assert all(r["latency_device"] == "cpu" and r["latency_ms_b128"] > 0 for r in rows)
+    assert rows[1]["params"] < rows[0]["params"] and rows[1]["heads_removed"] == 2
+    ev = evaluate_network(spec.model_dump(mode="json"), net.state_dict(), 1)
+    assert ev["accuracy"] == rows[0]["accuracy"] and ev["device"] == "cpu"  # fp32 both: the same evaluation
+    assert int(ev["confusion"].sum()) == 64
