@@ -156,10 +156,12 @@ def run(quick: bool = False) -> None:
         seconds, epoch, n_train, n_eval = whole_analysis(tr, ev, Path(tmp))
     total = sum(seconds.values())
     body += (f"\n(b) The whole analysis of cct_2_3x2_32 through the pipeline (`snp-service run` stages snp: capture, "
-             f"readouts at 8 points ({20} readout epochs, the default), SNP matrices, clusters, bootstrap; heads; "
-             f"prune: ANDC + random + magnitude masks with 3-epoch fine-tunes and the accuracy curve) with readouts "
+             f"readouts at 8 points ({20} readout epochs, the default), SNP matrices, clusters, bootstrap, and the "
+             f"prune work on the same capture: ANDC + random + magnitude masks with 3-epoch fine-tunes and the "
+             f"accuracy curve; heads; prune: only the tables, the work came from the snp stage) with readouts "
              f"on {n_train} real CIFAR-10 training images and SNP on {n_eval} test images (the target's 5:1), vs the "
-             f"same job's one training epoch on those {n_train} images (Ray Train worker, 2 threads).\n\n")
+             f"same job's one training epoch on those {n_train} images (Ray Train worker, 2 threads, "
+             f"`precision: auto`: bf16 autocast where the CPU has bf16 units; the analysis runs in float32).\n\n")
     rows = [[s, f"{v:.1f}", f"{v / epoch:.2f}"] for s, v in seconds.items()]
     rows.append(["**whole analysis**", f"{total:.1f}", f"**{total / epoch:.2f}**"])
     rows.append(["one training epoch", f"{epoch:.1f}", "1.00"])
@@ -167,14 +169,15 @@ def run(quick: bool = False) -> None:
     body += f"\nTarget: whole analysis <= 2 training epochs: {verdict(2.0, total / epoch)}.\n"
     if total / epoch > 2.0:
         body += ("\n**Why it is missed.** Per image, the analysis does less arithmetic than a training step, but "
-                 "it does it many times: readouts at 8 points x 20 epochs, and the prune stage captures the features "
-                 "again and fine-tunes three masked readouts per point (ANDC, random, magnitude) plus the accuracy "
-                 "curve. The readout steps are small, memory-bound matrix products over float16 features read back "
-                 "from disk, so the machine's arithmetic is poorly used; the profile below shows where the SNP "
-                 "stage's time goes. Done in this issue: the readout forward as one matmul, float16 rows converted "
-                 "to float32 in torch instead of numpy. Not done: fewer readout epochs "
-                 "(`analysis.readout_epochs`, a science setting the user owns: 10 instead of 20 halves the readout "
-                 "share), sharing the snp stage's captured features with the prune stage, and larger readout batches.\n\n"
+                 "it does it many times: readouts at 8 points x 20 epochs, then three masked readouts per point (ANDC, "
+                 "random, magnitude) fine-tuned for 3 epochs each, plus the accuracy curve. The readout steps are small, "
+                 "memory-bound matrix products over float16 features read back from disk, so the machine's arithmetic "
+                 "is poorly used (and they run in float32 while training uses the CPU's bf16 units); the profile below "
+                 "shows where the SNP stage's time goes. Done: the readout forward as one matmul, float16 rows "
+                 "converted in torch, one capture shared by the snp and prune work (the prune stage captured again "
+                 "before), a capture's forward pass stopped at its last point. Not done: fewer readout epochs or "
+                 "larger readout batches (`analysis.readout_epochs`: science settings the user owns; 10 instead of 20 "
+                 "halves the readout share), bf16 readouts (they would change the measured numbers).\n\n"
                  + profile_snp_stage(50 if quick else 100))
     write_section(TITLE, body)
 

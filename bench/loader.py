@@ -117,8 +117,9 @@ def paths(quick: bool) -> str:
     rows.append(["on-device path (here the CPU): uint8 tensor, batched crop + flip", seen / (time.perf_counter() - t0)])
     base = rows[0][1]
     out = (f"\nData paths side by side ({rel}'s training split, batch {b}, one process, `num_workers` 0, so each "
-           "figure is one CPU core's worth of the DataLoader path). The on-device path decoded the split once "
-           f"({len(labels):,} images, {decode_s:.1f} s, cached) before it was timed.\n\n")
+           "figure is one CPU core's worth of the DataLoader path). The on-device path had the split decoded "
+           f"before it was timed ({len(labels):,} images; {decode_s:.1f} s to decode them, or to read them from the "
+           "decode cache when an earlier run decoded them).\n\n")
     out += table(["path", "img/s", "vs PIL crop + flip"], [[r[0], f"{r[1]:.0f}", f"{r[1] / base:.2f}x"] for r in rows])
     ra = rows[1][1]
     out += (f"\nWhat RandAugment costs where it stays on the DataLoader path: one CPU worker gives {ra:.0f} img/s "
