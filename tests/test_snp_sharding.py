@@ -83,8 +83,16 @@ def test_killed_actor_is_restarted_and_result_unchanged(three_node_cluster, setu
     ray.get(actors[1].pid.remote())
 
     @ray.remote(num_cpus=0)
-    def kill_soon(actor):
-        time.sleep(1.0)
+    def kill_mid_task(actor, pid):
+        # the actor's feature folder exists only while its task captures and measures its points: a kill
+        # once it is there lands mid-task, however long starting this task took
+        from pathlib import Path
+
+        from snp_service.actors import features_root
+
+        deadline = time.time() + 120
+        while not list(Path(features_root()).glob(f"snp-features-{pid}-*")) and time.time() < deadline:
+            time.sleep(0.02)
         ray.kill(actor, no_restart=False)  # as if its process died: Ray restarts it and retries the task
         return time.time()
 
@@ -95,7 +103,7 @@ def test_killed_actor_is_restarted_and_result_unchanged(three_node_cluster, setu
         if all(p in message for p in first_group):
             finished["first"] = time.time()
 
-    killer = kill_soon.remote(actors[0])
+    killer = kill_mid_task.remote(actors[0], first_pid)
     try:
         result = measure_on(actors, spec, weights, points, progress=note)
         killed_at = ray.get(killer)
