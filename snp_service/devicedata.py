@@ -49,7 +49,8 @@ def decode(dataset: Dataset, ds: DatasetSpec, key: dict, num_workers: int = 0) -
     """The split as uint8 images (N, 3, S, S) and int64 labels, decoded once through the split's
     evaluation transform (resize, centre crop, no augmentation) and cached under
     <cache>/decoded/<digest>.npz (the digest covers `key`: the dataset's description and the spec's
-    dataset section)."""
+    dataset section, not the files' bytes: archives are extracted to content-named folders, but a
+    dataset rewritten in place under the same root needs that cache file removed)."""
     from snp_service.data import cache_dir  # local: see TYPE_CHECKING above
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
