@@ -98,6 +98,21 @@ def batch_mixer(spec: JobSpec, num_classes: int):
     return v2.RandomChoice(ops) if ops else None
 
 
+def quiet_ray_train_reports() -> None:
+    """Hide Ray Train's info lines in this worker (a `Reporting training result ...: TrainingReport(...)`
+    line per epoch): the `ray.train` / `ray.tune` loggers, and the report logger Ray 2.60 names after its
+    file's path, outside that hierarchy."""
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as report_context
+    except ImportError:  # another Ray layout: its loggers above still apply
+        return
+    report_logger = getattr(report_context, "logger", None)
+    if isinstance(report_logger, logging.Logger):
+        report_logger.setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Run by every Ray Train worker. Reports metrics and a checkpoint after every epoch."""
     import ray.train
@@ -106,8 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
     spec = JobSpec.model_validate(config["spec"])
     t = spec.train
     if not config.get("verbose"):  # Ray Train's per-report and checkpoint lines, unless --verbose
-        for name in ("ray.train", "ray.tune"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        quiet_ray_train_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(t.seed)
