@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -98,6 +99,13 @@ def batch_mixer(spec: JobSpec, num_classes: int):
     return v2.RandomChoice(ops) if ops else None
 
 
+def say(line: str, flush: bool = True) -> None:
+    """A worker's console line, once. Ray Train V2 replaces `print` in its workers with one that logs
+    to the root logger's console handler and, when the stream is wrapped, also prints (the same line
+    twice in the driver's console); a print to the process's own stdout is not redirected."""
+    print(line, file=sys.__stdout__, flush=flush)
+
+
 def quiet_ray_train_reports() -> None:
     """Hide Ray Train's info lines in this worker (a `Reporting training result ...: TrainingReport(...)`
     line per epoch): the `ray.train` / `ray.tune` loggers, and the report logger Ray 2.60 names after its
@@ -143,7 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
         eval_loader = devicedata.for_dataset(*splits[1], spec.dataset, max(t.batch_size, 256), device, train=False)
         if rank == 0:
             mb = sum(s[0].numel() for s in splits) / 2**20
-            print(f"[snp-service] data on {device.type}: {len(splits[0][1])} training and {len(splits[1][1])} "
+            say(f"[snp-service] data on {device.type}: {len(splits[0][1])} training and {len(splits[1][1])} "
                   f"evaluation images as uint8 ({mb:.0f} MB), augmented in batches there", flush=True)
     else:
         train_loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True,
@@ -185,7 +193,7 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         if rank == 0:
-            print(f"[snp-service] resumed from checkpoint after epoch {start_epoch}", flush=True)
+            say(f"[snp-service] resumed from checkpoint after epoch {start_epoch}", flush=True)
 
     for epoch in range(start_epoch, t.epochs):
         # seed per epoch, so a resumed run sees the same shuffles and augmentations
@@ -227,7 +235,7 @@ def train_loop_per_worker(config: dict) -> None:
         }
         history.append(metrics)
         if rank == 0:
-            print(f"[snp-service] epoch {epoch + 1}/{t.epochs}  loss {metrics['train_loss']:.3f}  "
+            say(f"[snp-service] epoch {epoch + 1}/{t.epochs}  loss {metrics['train_loss']:.3f}  "
                   f"train acc {metrics['train_accuracy']:.3f}  eval acc {metrics['eval_accuracy']:.3f}  "
                   f"{metrics['train_images_per_s']:.0f} img/s", flush=True)
             with tempfile.TemporaryDirectory() as d:
