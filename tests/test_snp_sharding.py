@@ -83,18 +83,25 @@ def test_killed_actor_is_restarted_and_result_unchanged(three_node_cluster, setu
     ray.get(actors[1].pid.remote())
 
     @ray.remote(num_cpus=0)
-    def kill_mid_task(actor, pid):
-        # the actor's feature folder exists only while its task captures and measures its points: a kill
-        # once it is there lands mid-task, however long starting this task took
-        from pathlib import Path
+    class Killer:
+        def ready(self) -> bool:
+            return True
 
-        from snp_service.actors import features_root
+        def kill_mid_task(self, actor, pid):
+            # the actor's feature folder exists only while its task captures and measures its points: a
+            # kill once it is there lands mid-task (this killer is running before the task starts)
+            from pathlib import Path
 
-        deadline = time.time() + 120
-        while not list(Path(features_root()).glob(f"snp-features-{pid}-*")) and time.time() < deadline:
-            time.sleep(0.02)
-        ray.kill(actor, no_restart=False)  # as if its process died: Ray restarts it and retries the task
-        return time.time()
+            from snp_service.actors import features_root
+
+            deadline = time.time() + 120
+            while not list(Path(features_root()).glob(f"snp-features-{pid}-*")) and time.time() < deadline:
+                time.sleep(0.01)
+            ray.kill(actor, no_restart=False)  # as if its process died: Ray restarts it and retries the task
+            return time.time()
+
+    watcher = Killer.remote()
+    ray.get(watcher.ready.remote())  # its process is up before the measurement starts
 
     first_group = assign(spec, points, 2)[0]
     finished = {}
@@ -103,7 +110,7 @@ def test_killed_actor_is_restarted_and_result_unchanged(three_node_cluster, setu
         if all(p in message for p in first_group):
             finished["first"] = time.time()
 
-    killer = kill_mid_task.remote(actors[0], first_pid)
+    killer = watcher.kill_mid_task.remote(actors[0], first_pid)
     try:
         result = measure_on(actors, spec, weights, points, progress=note)
         killed_at = ray.get(killer)
@@ -111,5 +118,5 @@ def test_killed_actor_is_restarted_and_result_unchanged(three_node_cluster, setu
         assert ray.get(actors[0].pid.remote()) != first_pid  # the actor really was replaced
         _same(result, reference)
     finally:
-        for a in actors:
+        for a in actors + [watcher]:
             ray.kill(a)
