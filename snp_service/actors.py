@@ -166,6 +166,16 @@ def compute_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def network_on_device(spec: JobSpec, weights: dict):
+    """(data, the trained network on this process's device, that device, an evaluation loader)."""
+    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
+    device = compute_device()
+    model = spec.model.build(data.num_classes, spec.dataset.image_size)
+    model.load_state_dict(weights)
+    loader = torch.utils.data.DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
+    return data, model.to(device).eval(), device, loader
+
+
 @contextmanager
 def captured_groups(spec: JobSpec, weights: dict, points: list[str],
                     threads: int) -> Iterator[Iterator[tuple[list[str], Features, Features, int]]]:
@@ -175,11 +185,7 @@ def captured_groups(spec: JobSpec, weights: dict, points: list[str],
     features_dir = features_root()
     remove_stale_features(features_dir)
     with torch_threads(threads):
-        data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
-        device = compute_device()
-        model = spec.model.build(data.num_classes, spec.dataset.image_size)
-        model.load_state_dict(weights)
-        model.to(device)
+        data, model, device, _ = network_on_device(spec, weights)
 
         def groups():
             images = len(data.train) + len(data.eval)
@@ -405,22 +411,12 @@ def on_worker(spec: JobSpec, what: str, fn: Callable, *args):
     return ray.get(task.remote(spec.model_dump(mode="json"), *args, max(1, int(c.cpus_per_worker))))
 
 
-def _network_on_device(spec: JobSpec, weights: dict):
-    """(data, the trained network on this process's device, that device, an evaluation loader)."""
-    data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
-    device = compute_device()
-    model = spec.model.build(data.num_classes, spec.dataset.image_size)
-    model.load_state_dict(weights)
-    loader = torch.utils.data.DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
-    return data, model.to(device).eval(), device, loader
-
-
 def evaluate_network(spec_json: dict, weights: dict, threads: int) -> dict:
     """Loss, accuracy and confusion matrix of the trained network on the evaluation split, on this
     process's device at the job's precision (the evaluate stage's work)."""
     spec = JobSpec.model_validate(spec_json)
     with torch_threads(threads):
-        data, model, device, loader = _network_on_device(spec, weights)
+        data, model, device, loader = network_on_device(spec, weights)
         ev = evaluate(model, loader, device, autocast_dtype(spec.train.precision, device), data.num_classes)
     return {**ev, "classes": data.classes, "eval_split": data.eval_split, "device": device.type}
 
@@ -431,7 +427,7 @@ def structural_network(spec_json: dict, weights: dict, plans: dict, threads: int
     per block, heads kept per block)} the pruned network's, optionally after a fine-tune."""
     spec = JobSpec.model_validate(spec_json)
     with torch_threads(threads):
-        data, model, device, loader = _network_on_device(spec, weights)
+        data, model, device, loader = network_on_device(spec, weights)
 
         def accuracy(net) -> float:
             return evaluate(net, loader, device, None, data.num_classes)["accuracy"]

@@ -87,7 +87,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if spec.sweep is not None:  # a sweep file runs its sweep (so `submit` runs it as one Ray job)
         return cmd_sweep(args)
     if spec.heads_study is not None:  # likewise a heads-study file
-        args.heads = None
         return cmd_heads_study(args)
     try:
         outcome = pipeline.run(spec, progress=progress)
@@ -248,7 +247,7 @@ def cmd_heads_study(args: argparse.Namespace) -> int:
     from snp_service.studies import run_heads_study  # local: see the note at the top
 
     spec = load_spec(args.job, args.set, args.store)
-    heads = args.heads or (None if spec.heads_study is not None else [1, 2, 4, 8])
+    heads = getattr(args, "heads", None) or (None if spec.heads_study is not None else [1, 2, 4, 8])
     table = run_heads_study(spec, heads, progress=LOG.info)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
         print(table.drop("job_id", "reason"))

@@ -111,17 +111,19 @@ class DeviceBatches:
     def set_epoch_seed(self, seed: int) -> None:
         self.epoch_seed = seed
 
+    def _images(self) -> int:
+        """Images this rank sees per pass: an equal share of the split when training, else all."""
+        return len(self.labels) // self.world if self.train else len(self.labels)
+
     def _rows(self) -> torch.Tensor:
-        n = len(self.labels)
         if not self.train:
-            return torch.arange(n, device=self.device)
+            return torch.arange(len(self.labels), device=self.device)
         self.generator.manual_seed(self.epoch_seed)
-        order = torch.randperm(n, device=self.device, generator=self.generator)
-        per_rank = n // self.world if self.world > 1 else n
-        return order[self.rank::self.world][:per_rank]
+        order = torch.randperm(len(self.labels), device=self.device, generator=self.generator)
+        return order[self.rank::self.world][:self._images()]
 
     def __len__(self) -> int:
-        n = len(self.labels) // self.world if self.train and self.world > 1 else len(self.labels)
+        n = self._images()
         return n // self.batch_size if self.train and self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

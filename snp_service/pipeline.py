@@ -230,11 +230,9 @@ def structural_pruning(spec: JobSpec, job: JobStore, progress: Progress) -> list
     accuracy before and after, optionally after a fine-tune of the pruned network; the units are
     planned here from the stored SNP matrices, the networks pruned and measured on a worker with the
     analysis's device (actors.structural_network)."""
-    weights = job.read_torch(FILES["weights"])
-    model = spec.model.build(len(job.class_names()), spec.dataset.image_size)
-    model.load_state_dict(weights)
-    plans = structural_plans(spec, job, model.eval())
-    rows = on_worker(spec, "structural pruning", structural_network, weights, plans)
+    model = load_trained_model(spec, job, len(job.class_names()))
+    rows = on_worker(spec, "structural pruning", structural_network, model.state_dict(),
+                     structural_plans(spec, job, model))
     base = rows[0]
     for row in rows[1:]:
         progress(f"prune: structural {row['method']}: {row['ff_units_removed']} FF units, {row['heads_removed']} "

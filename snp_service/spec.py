@@ -524,10 +524,13 @@ class JobSpec(_Strict):
                 if not names:
                     raise ValueError(f"pruning.points: {pat!r} matches no selected measurement point "
                                      f"({', '.join(selected)})")
-        if self.sweep is not None and self.sweep.num_heads and isinstance(cfg, CCTConfig):
-            bad = [h for h in self.sweep.num_heads if cfg.embedding_dim % h]
+        if self.heads_study is not None and not isinstance(cfg, CCTConfig):
+            raise ValueError(f"heads_study: varies the heads of a CCT; {self.model.name} is not a CCT")
+        for where, heads in (("sweep.num_heads", self.sweep.num_heads if self.sweep else None),
+                             ("heads_study.num_heads", self.heads_study.num_heads if self.heads_study else None)):
+            bad = [h for h in heads or [] if isinstance(cfg, CCTConfig) and cfg.embedding_dim % h]
             if bad:
-                raise ValueError(f"sweep.num_heads: {bad} do not divide the width embedding_dim {cfg.embedding_dim}")
+                raise ValueError(f"{where}: {bad} do not divide the width embedding_dim {cfg.embedding_dim}")
         frac = self.pruning.structural_fraction
         if frac > 0:
             if not isinstance(cfg, CCTConfig):
@@ -540,13 +543,6 @@ class JobSpec(_Strict):
         studies = [k for k in ("compare", "sweep", "heads_study") if getattr(self, k) is not None]
         if len(studies) > 1:
             raise ValueError(f"{' and '.join(studies)} exclude each other: a job file runs one study")
-        if self.heads_study is not None:
-            if not isinstance(cfg, CCTConfig):
-                raise ValueError(f"heads_study: varies the heads of a CCT; {self.model.name} is not a CCT")
-            bad = [h for h in self.heads_study.num_heads if cfg.embedding_dim % h]
-            if bad:
-                raise ValueError(f"heads_study.num_heads: {bad} do not divide the width embedding_dim "
-                                 f"{cfg.embedding_dim}")
         if self.compare is not None:
             runs = len(self.compare.models) * len(self.compare.seeds)
             if runs > MAX_COMPARE_RUNS:

@@ -146,16 +146,15 @@ def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10, warmu
     device (a GPU is synchronised around every pass, so the time is the kernels', not the launch's)."""
     model.eval()
     sync = torch.cuda.synchronize if example.device.type == "cuda" else (lambda: None)
-    with torch.no_grad():
-        for _ in range(warmup):
-            model(example)
-        times = []
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            model(example)
-            sync()
-            times.append((time.perf_counter() - t0) * 1e3)
+    for _ in range(warmup):
+        model(example)
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        model(example)
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 

@@ -30,7 +30,7 @@ import polars as pl
 from snp_service import figures, pipeline
 from snp_service.actors import ensure_ray
 from snp_service.compare import Run, check_comparable, comparison_tables, depth_table
-from snp_service.errors import SnpError, SpecError, StoreError
+from snp_service.errors import SnpError, StoreError
 from snp_service.models.registry import measurement_points
 from snp_service.report import comparison_page, comparison_summary, store_figure
 from snp_service.spec import JobSpec, ModelSpec
@@ -213,19 +213,11 @@ def write_comparison(store: Store, name: str, runs: list[Run], progress: Progres
 # ---------------------------------------------------------------- heads
 
 
-def heads_variants(spec: JobSpec, heads: list[int]) -> list[JobSpec]:
-    """The job at each head count (width fixed): `<name>-h<heads>` (JobSpec.heads_jobs)."""
-    return spec.heads_jobs(heads)
-
-
 def run_heads_study(spec: JobSpec, heads: list[int] | None = None, progress: Progress = print) -> pl.DataFrame:
     """Run every head count (reusing finished jobs; default the file's heads_study.num_heads), then
     tabulate: one row per (num_heads, MHA point)."""
-    if heads is None:
-        if spec.heads_study is None:
-            raise SpecError(f"job {spec.name} has no heads_study section; give the head counts (--heads)")
-        heads = spec.heads_study.num_heads
-    jobs = heads_variants(spec, heads)
+    jobs = spec.heads_jobs(heads)
+    heads = [v.model.num_heads for v in jobs]
     store = Store.from_spec(spec.storage)
     store.check()
     for h, v in zip(heads, jobs):

@@ -99,11 +99,11 @@ def batch_mixer(spec: JobSpec, num_classes: int):
     return v2.RandomChoice(ops) if ops else None
 
 
-def say(line: str, flush: bool = True) -> None:
+def say(line: str) -> None:
     """A worker's console line, once. Ray Train V2 replaces `print` in its workers with one that logs
     to the root logger's console handler and, when the stream is wrapped, also prints (the same line
     twice in the driver's console); a print to the process's own stdout is not redirected."""
-    print(line, file=sys.__stdout__, flush=flush)
+    print(line, file=sys.__stdout__, flush=True)
 
 
 def quiet_ray_train_reports() -> None:
@@ -152,7 +152,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             mb = sum(s[0].numel() for s in splits) / 2**20
             say(f"[snp-service] data on {device.type}: {len(splits[0][1])} training and {len(splits[1][1])} "
-                  f"evaluation images as uint8 ({mb:.0f} MB), augmented in batches there", flush=True)
+                f"evaluation images as uint8 ({mb:.0f} MB), augmented in batches there")
     else:
         train_loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True,
                                   drop_last=len(data.train) > t.batch_size, num_workers=spec.dataset.num_workers,
@@ -193,7 +193,7 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         if rank == 0:
-            say(f"[snp-service] resumed from checkpoint after epoch {start_epoch}", flush=True)
+            say(f"[snp-service] resumed from checkpoint after epoch {start_epoch}")
 
     for epoch in range(start_epoch, t.epochs):
         # seed per epoch, so a resumed run sees the same shuffles and augmentations
@@ -236,8 +236,8 @@ def train_loop_per_worker(config: dict) -> None:
         history.append(metrics)
         if rank == 0:
             say(f"[snp-service] epoch {epoch + 1}/{t.epochs}  loss {metrics['train_loss']:.3f}  "
-                  f"train acc {metrics['train_accuracy']:.3f}  eval acc {metrics['eval_accuracy']:.3f}  "
-                  f"{metrics['train_images_per_s']:.0f} img/s", flush=True)
+                f"train acc {metrics['train_accuracy']:.3f}  eval acc {metrics['eval_accuracy']:.3f}  "
+                f"{metrics['train_images_per_s']:.0f} img/s")
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,

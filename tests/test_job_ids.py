@@ -4,7 +4,7 @@ compare.variants) and are pinned here, so a finished job is still found and reus
 
 import yaml
 
-from snp_service import studies, sweep
+from snp_service import sweep
 from snp_service.spec import load_spec, spec_from_dict
 from tests.conftest import REPO
 
@@ -13,7 +13,7 @@ def test_the_quickstart_and_its_derived_jobs_keep_their_ids(monkeypatch):
     monkeypatch.chdir(REPO)  # the dataset root counts by its path relative to the working directory
     s = load_spec(REPO / "jobs" / "quickstart.yaml")
     assert s.job_id() == "quickstart-b0c9e520d390"
-    assert [v.job_id() for v in studies.heads_variants(s, [2, 4])] == [
+    assert [v.job_id() for v in s.heads_jobs([2, 4])] == [
         "quickstart-h2-96942e6c9017", "quickstart-h4-48241947e745"]
     assert [sweep.trial_spec(s, o).job_id() for o in ({"num_heads": 4, "threshold": 0.5}, {"lr": 0.01})] == [
         "quickstart-n4-t0.5-6c5b86303157", "quickstart-l0.01-5be5dea89bdd"]

@@ -23,7 +23,7 @@ def test_heads_study_section_is_outside_the_job_id_and_dropped_from_members(tmp_
     study = {**plain, "heads_study": {"num_heads": [1, 2]}}
     a, b = spec_from_dict(plain), spec_from_dict(study)
     assert a.job_id() == b.job_id()
-    members = studies.heads_variants(b, b.heads_study.num_heads)
+    members = b.heads_jobs()
     assert [m.model.num_heads for m in members] == [1, 2]
     assert all(m.heads_study is None for m in members)
     assert members[1].name == f"{b.name}-h2"  # a member is a job of its own
