@@ -38,6 +38,7 @@ from torchvision.transforms import v2
 from snp_service.devicedata import DeviceBatches
 from snp_service.heads import analyse_heads
 from snp_service.measure import measure_point, snp_accumulate
+from snp_service.snp import point_line
 from snp_service.models import create_model, measurement_points, model_config
 from snp_service.optim import optimiser_step
 from snp_service.prune import prune_point, selection_rows
@@ -58,9 +59,10 @@ class Analysis:
     readout_lr: float = 1e-2
     threshold: float = 0.3
     normalise: str = "max"
+    candidate_order: str = "diagonal"
     bootstrap: int = 1000
     confidence: float = 0.95
-    null_permutations: int = 3
+    fdr: float = 0.05
     seed: int = 0
 
 
@@ -224,7 +226,7 @@ def analyse(model: nn.Module, data: dict, args, dev: torch.device, log) -> dict:
         t_meas = time.perf_counter() - t0 - t_cap
         if pi.kind == "mha":
             heads.append(analyse_heads(p, r.raw_matrices, pi.heads, spec.threshold, args.null_draws, 0).summary)
-        acc, _ = snp_accumulate(r.readout, ftr, ytr_np, 10, rows=sel)
+        acc = snp_accumulate(r.readout, ftr, ytr_np, 10, rows=sel)
         prow, _ = prune_point(p, r.readout, normalise(acc.snp_matrices()), ftr, ytr_np, fev, yev_np, spec.threshold, [],
                               ["random", "magnitude"], args.finetune_epochs, 1e-3, 0, f"heldout: {len(sel)} training images")
         andc += prow
@@ -233,9 +235,7 @@ def analyse(model: nn.Module, data: dict, args, dev: torch.device, log) -> dict:
             torch.cuda.empty_cache()
         timings.append({"point": p, "capture_s": t_cap, "measure_s": t_meas,
                         "prune_s": time.perf_counter() - t0 - t_cap - t_meas})
-        log(f"{p:22s} readout acc {r.row['readout_accuracy']:.3f}  SNR {r.row['snr']:.2f} "
-            f"[{r.row['snr_lo']:.2f}, {r.row['snr_hi']:.2f}]  null {r.row['null_snr']:.2f}  "
-            f"({sum(v for k, v in timings[-1].items() if k != 'point'):.1f} s)")
+        log(f"{p:22s} {point_line(r.row)}  ({sum(v for k, v in timings[-1].items() if k != 'point'):.1f} s)")
     return {"layers": rows, "heads": heads, "andc": andc, "timings": timings}
 
 
@@ -254,7 +254,7 @@ def write(out: Path, result: dict, facts: dict) -> None:
     layers = pd.DataFrame(result["layers"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     x = np.arange(len(layers))
-    for ax, col in zip(axes, ("readout_accuracy", "snr", "noise_per_label")):
+    for ax, col in zip(axes, ("readout_accuracy", "label_specific_fraction", "effect_size")):
         for kind, g in layers.groupby("kind", sort=False):
             idx = x[layers["kind"] == kind]
             if f"{col}_lo" in g:
@@ -262,8 +262,6 @@ def write(out: Path, result: dict, facts: dict) -> None:
                 ax.errorbar(idx, g[col], yerr=err, marker="o", ls="-", capsize=2, label=kind)
             else:
                 ax.plot(idx, g[col], marker="o", label=kind)
-        if col == "snr":
-            ax.plot(x, layers["null_snr"], "k:", marker="x", label="chance level")
         ax.set_title(col)
         ax.set_xticks(x, layers["point"], rotation=75, fontsize=6)
         ax.legend(fontsize=7)

@@ -216,21 +216,25 @@ def prune_point_work(spec: JobSpec, p: str, readout: Readout, raw_eval: torch.Te
     """The prune stage's work on one captured point: SNP matrices of the selection images
     (pruning.selection_split), then ANDC and its baselines when `andc` (a point measured only for
     structural pruning needs the selection matrices alone)."""
-    pr = spec.pruning
+    pr, an = spec.pruning, spec.analysis
+    eta2 = None
     if pr.selection_split == "heldout":
         rows = selection_rows(len(train.labels), pr.selection_fraction, pr.seed)
-        acc, _ = snp_accumulate(readout, train.points[p], train.labels, num_labels, rows=rows)
-        raw = acc.snp_matrices(centred=spec.analysis.normalise == "centred")
-        selection = f"heldout: {len(rows)} training images"
+        acc = snp_accumulate(readout, train.points[p], train.labels, num_labels, rows=rows)
+        raw = acc.snp_matrices(centred=an.normalise == "centred")
+        eta2 = acc.label_dependence().eta2.astype("float32")
+        selection = f"heldout: a subset of {len(rows)} training images, disjoint from the scoring split"
     else:
         raw = raw_eval.to(torch.float64)
         selection = "eval: the scoring images (paper protocol)"
-    out = {"rows": [], "curve": [], "selection_raw": raw.numpy().astype("float32"), "selection": selection}
+    out = {"rows": [], "curve": [], "selection_raw": raw.numpy().astype("float32"), "selection_eta2": eta2,
+           "selection": selection}
     if andc:
-        threshold = spec.analysis.threshold if pr.threshold is None else pr.threshold
+        threshold = an.threshold if pr.threshold is None else pr.threshold
         out["rows"], out["curve"] = prune_point(
-            p, readout, normalise(raw), train.points[p], train.labels, evaluation.points[p], evaluation.labels,
-            threshold, pr.curve_thresholds, pr.baselines, pr.finetune_epochs, pr.finetune_lr, pr.seed, selection)
+            p, readout, normalise(raw, afcc=an.normalise == "afcc"), train.points[p], train.labels,
+            evaluation.points[p], evaluation.labels, threshold, pr.curve_thresholds, pr.baselines, pr.finetune_epochs,
+            pr.finetune_lr, pr.seed, selection, an.candidate_order)
     return out
 
 

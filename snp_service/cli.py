@@ -221,10 +221,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # the columns `results --table` shows unless --columns says otherwise (`--columns all`: every one)
 DEFAULT_COLUMNS = {
-    "layers": ["point", "kind", "readout", "readout_accuracy", "mean_cluster_size", "mean_noise", "noise_per_label",
-               "snr", "snr_lo", "snr_hi", "null_snr", "mean_node_accuracy", "frac_no_cluster"],
+    "layers": ["point", "kind", "readout", "readout_accuracy", "label_specific_fraction", "label_specific_fraction_lo",
+               "label_specific_fraction_hi", "effect_size", "effect_size_lo", "effect_size_hi", "mean_cluster_size",
+               "mean_noise", "snr", "snr_lo", "snr_hi", "mean_node_accuracy", "frac_no_cluster", "greedy_fraction"],
     "heads": ["point", "heads", "mean_labels_per_head", "mean_heads_per_label", "observed_jaccard", "null_mean",
-              "overlap_deficit", "p_value", "p_min", "status"],
+              "p_value", "p_min", "status", "specialisation", "specialisation_null_mean", "specialisation_p"],
     "andc": ["point", "method", "selection", "kept_fraction", "accuracy_full", "accuracy_pruned", "accuracy_finetuned"],
 }
 

@@ -7,9 +7,16 @@ Relative depth of a point: its index among all measurement points of its model, 
 divided by (number of points - 1), so 0 is the first point and 1 the last, whichever points a job
 selected. Runs of one model that differ only in train.seed are aggregated: every statistic is
 reported as the mean over seeds with its standard deviation (spread), never the best run, and the
-SNR's mean with a 95% t-interval over seeds (none with one seed). Every table carries the readout
-kind: on identical features SNR depends on the readout kind alone, so trends compare points of one
-readout kind only, and runs with different `analysis.readout` are refused together.
+SNR's and the effect size's means with a 95% t-interval over seeds (none with one seed). Every table
+carries the readout kind: on identical features SNR depends on the readout kind alone, so trends
+compare points of one readout kind only, and runs with different `analysis.readout` are refused
+together.
+
+Trends along the blocks are a claim about trained networks, so the unit of replication is the
+network (a seed): within one readout kind, the per-network effect sizes (mean eta2 of the nodes'
+label dependence) are tested for a monotone trend over depth with Page's L test (three points or
+more; an exact sign test at two points), two-sided; one network gets no trend test, its node-bootstrap
+intervals being within-network uncertainty only.
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy.stats import spearmanr
+from scipy.stats import binomtest, page_trend_test, spearmanr
 from scipy.stats import t as student_t
 
 from snp_service.errors import StoreError
 
-MEASURES = ["readout_accuracy", "mean_cluster_size", "mean_noise", "noise_per_label", "snr", "frac_no_cluster",
-            "null_snr", "snr_excess", "mean_node_accuracy"]
+MEASURES = ["readout_accuracy", "label_specific_fraction", "effect_size", "mean_cluster_size", "mean_noise",
+            "noise_per_label", "snr", "frac_no_cluster", "greedy_fraction", "mean_node_accuracy"]
+TREND_LEVEL = 0.05
 # spec fields every run of one comparison must share (None: the whole section)
 SHARED = (("dataset", None), ("analysis", ("threshold", "normalise", "readout")))
 INTERVAL = "95% t-interval over seeds"
@@ -62,7 +70,9 @@ def depth_table(model: str, seed: int, layers: pl.DataFrame, all_points: list[st
         pl.col("point"), pl.col("kind"), pl.col("readout"),
         pl.col("point").replace_strict(depth, return_dtype=pl.Float64).alias("relative_depth"),
         *[(pl.col(c) if c in layers.columns else pl.lit(None, dtype=pl.Float64).alias(c)) for c in MEASURES],
-        pl.col("snr_lo"), pl.col("snr_hi"))
+        pl.col("snr_lo"), pl.col("snr_hi"),
+        *[(pl.col(c) if c in layers.columns else pl.lit(None, dtype=pl.Float64).alias(c))
+          for c in ("effect_size_lo", "effect_size_hi")])
 
 
 def seed_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -76,18 +86,21 @@ def seed_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, 
 
 
 def aggregate(runs: pl.DataFrame) -> pl.DataFrame:
-    """Mean and spread (sd) over seeds of every measure, per (model, point); the SNR's mean with a
-    95% t-interval over seeds (`snr_seed_lo`, `snr_seed_hi`; nan with one seed). Each seed's own
-    node-bootstrap interval stays in the runs table: averaging endpoints gives no interval of anything."""
+    """Mean and spread (sd) over seeds of every measure, per (model, point); the SNR's and the effect
+    size's means with a 95% t-interval over seeds (`snr_seed_lo`, `snr_seed_hi`, `effect_size_seed_lo`,
+    `effect_size_seed_hi`; nan with one seed). Each seed's own node-bootstrap interval stays in the
+    runs table: averaging endpoints gives no interval of anything."""
     aggs = [pl.len().alias("seeds")]
     for c in MEASURES:
         aggs += [pl.col(c).mean().alias(c), pl.col(c).std(ddof=1).alias(f"{c}_sd")]
-    aggs += [pl.col("snr").alias("_snrs")]
+    aggs += [pl.col("snr").alias("_snr"), pl.col("effect_size").alias("_effect_size")]
     out = (runs.group_by("model", "family", "point", "kind", "readout", "relative_depth", maintain_order=True).agg(aggs)
            .sort("model", "relative_depth", maintain_order=True))
-    ci = [seed_interval(np.array(v, dtype=np.float64)) for v in out["_snrs"].to_list()]
-    return out.drop("_snrs").with_columns(pl.Series("snr_seed_lo", [c[0] for c in ci], dtype=pl.Float64),
-                                          pl.Series("snr_seed_hi", [c[1] for c in ci], dtype=pl.Float64))
+    for c in ("snr", "effect_size"):
+        ci = [seed_interval(np.array(v, dtype=np.float64)) for v in out[f"_{c}"].to_list()]
+        out = out.drop(f"_{c}").with_columns(pl.Series(f"{c}_seed_lo", [x[0] for x in ci], dtype=pl.Float64),
+                                             pl.Series(f"{c}_seed_hi", [x[1] for x in ci], dtype=pl.Float64))
+    return out
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -99,30 +112,41 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def verdict(g: pl.DataFrame, first: str, last: str, shift: bool) -> str:
-    """`rises` when in every seed the last point's node-bootstrap interval lies wholly above the
-    first's, `falls` the mirror, else `no clear trend`. shift: both intervals minus their point's
-    null SNR (the measured-minus-chance comparison)."""
-    up = down = True
-    for _, s in g.group_by("seed", maintain_order=True):
-        a = s.filter(pl.col("point") == first).row(0, named=True)
-        b = s.filter(pl.col("point") == last).row(0, named=True)
-        da = (a["null_snr"] or 0.0) if shift else 0.0
-        db = (b["null_snr"] or 0.0) if shift else 0.0
-        if shift and (a["null_snr"] is None or b["null_snr"] is None
-                      or math.isnan(a["null_snr"]) or math.isnan(b["null_snr"])):
-            return "n/a (no null level)"
-        up &= b["snr_lo"] - db > a["snr_hi"] - da
-        down &= b["snr_hi"] - db < a["snr_lo"] - da
-    return "rises" if up else "falls" if down else "no clear trend"
+def trend_test(values: np.ndarray, level: float = TREND_LEVEL) -> dict:
+    """Monotone trend over depth of a per-network measure: `values` (networks, points), points in depth
+    order. Page's L test (exact where scipy gives it) for three points or more, an exact sign test for
+    two; two-sided (twice the smaller one-sided p, at most 1). `p_min`: the smallest two-sided p the
+    design allows (every network ranking the points in the same order). Verdict: `rises` / `falls`
+    when p < level, `no trend detected` when not, `uninformative` when p_min >= level, and
+    `one network: no trend test` with a single network (its intervals are within-network only)."""
+    v = np.asarray(values, dtype=np.float64)
+    n, k = v.shape
+    out = {"networks": n, "trend_p": float("nan"), "trend_p_min": float("nan"), "trend": ""}
+    if n < 2:
+        return {**out, "trend": "one network: no trend test"}
+    if not np.isfinite(v).all():
+        return {**out, "trend": "undefined: a network has no value at some point"}
+    if k >= 3:
+        up = page_trend_test(v).pvalue
+        down = page_trend_test(v[:, ::-1]).pvalue
+        p_min = min(1.0, 2.0 / math.factorial(k) ** n)
+    else:
+        rises = int((v[:, 1] > v[:, 0]).sum())
+        informative = int((v[:, 1] != v[:, 0]).sum())
+        up = binomtest(rises, informative, 0.5, alternative="greater").pvalue if informative else 1.0
+        down = binomtest(rises, informative, 0.5, alternative="less").pvalue if informative else 1.0
+        p_min = min(1.0, 2.0 * 0.5 ** n)
+    p = min(1.0, 2.0 * min(up, down))
+    trend = ("uninformative" if p_min >= level else ("rises" if up < down else "falls") if p < level
+             else "no trend detected")
+    return {**out, "trend_p": float(p), "trend_p_min": float(p_min), "trend": trend}
 
 
-def trends(runs: pl.DataFrame) -> pl.DataFrame:
-    """Does SNR rise along the network? Per model and readout kind (a flatten point is never compared
-    with a seqpool point): all its points of that readout kind, then each point kind with at least
-    two points: first vs last point. `verdict` on the measured SNR, `verdict_excess` on SNR minus the
-    point's chance level (null_snr); see `verdict`. Spearman's rho of the seed-mean SNR (and of the
-    seed-mean excess) against depth is given alongside."""
+def trends(runs: pl.DataFrame, level: float = TREND_LEVEL) -> pl.DataFrame:
+    """Does label dependence rise along the network? Per model and readout kind (a flatten point is
+    never compared with a seqpool point): all its points of that readout kind, then each point kind
+    with at least two points. The verdict is `trend_test` over networks (seeds) of the effect size at
+    each point; Spearman's rho of the seed-mean SNR against depth is given as a description only."""
     rows = []
     for model in runs["model"].unique(maintain_order=True):
         r = runs.filter(pl.col("model") == model)
@@ -135,19 +159,19 @@ def trends(runs: pl.DataFrame) -> pl.DataFrame:
             groups += [(k, ro, rr.filter(pl.col("kind") == k)) for k in kinds]
         for kind, ro, g in groups:
             pts = g.group_by("point", maintain_order=True).agg(
-                pl.col("relative_depth").first(), pl.col("snr").mean(), pl.col("snr_excess").mean()
+                pl.col("relative_depth").first(), pl.col("snr").mean(), pl.col("effect_size").mean()
             ).sort("relative_depth")
             if len(pts) < 2:
                 continue
-            first, last = pts["point"][0], pts["point"][-1]
+            order = pts["point"].to_list()
+            wide = g.pivot(on="point", index="seed", values="effect_size").sort("seed")
+            values = wide.select([pl.col(p).cast(pl.Float64) for p in order]).to_numpy()
             snr = pts["snr"].to_numpy().astype(float)
-            excess = pts["snr_excess"].to_numpy().astype(float)
-            depth = pts["relative_depth"].to_numpy()
-            rows.append({"model": model, "readout": ro, "kind": kind, "points": len(pts), "first": first,
-                         "last": last, "snr_first": float(snr[0]), "snr_last": float(snr[-1]),
-                         "excess_first": float(excess[0]), "excess_last": float(excess[-1]),
-                         "spearman_rho": spearman(depth, snr), "spearman_rho_excess": spearman(depth, excess),
-                         "verdict": verdict(g, first, last, False), "verdict_excess": verdict(g, first, last, True)})
+            effect = pts["effect_size"].to_numpy().astype(float)
+            rows.append({"model": model, "readout": ro, "kind": kind, "points": len(pts), "first": order[0],
+                         "last": order[-1], "effect_first": float(effect[0]), "effect_last": float(effect[-1]),
+                         **trend_test(values, level), "snr_first": float(snr[0]), "snr_last": float(snr[-1]),
+                         "spearman_rho_snr": spearman(pts["relative_depth"].to_numpy(), snr)})
     return pl.DataFrame(rows)
 
 
@@ -163,13 +187,15 @@ def andc_summary(andc: pl.DataFrame) -> pl.DataFrame:
 
 
 def heads_summary(heads: pl.DataFrame) -> pl.DataFrame:
-    """Per (model, MHA point) over seeds: how many overlap tests were informative (status ok: defined
-    and able to reach the level), undefined or uninformative; mean observed and null Jaccard and
-    overlap deficit over the informative ones only (an undefined or uninformative seed carries no
-    evidence either way and is never averaged in); `specialised_seeds` counts informative seeds
-    with p below the level."""
+    """Per (model, MHA point) over seeds: how many overlap (avoidance) tests were informative (status
+    ok: defined and able to reach the level), undefined or uninformative; mean observed and null
+    Jaccard and overlap deficit over the informative ones only (an undefined or uninformative seed
+    carries no evidence either way and is never averaged in); `avoiding_seeds` counts informative
+    seeds with p below the level; `specialised_seeds` counts seeds whose specialisation test (profile
+    coherence within heads against dimensions permuted among heads) has p below the level."""
     d = heads.with_columns((pl.col("status") == "ok").alias("_ok"))
     ok = pl.col("_ok")
+    sp = pl.col("specialisation_status") == "ok" if "specialisation_status" in heads.columns else pl.lit(False)
     return d.group_by("model", "point", maintain_order=True).agg(
         pl.len().alias("seeds"), ok.sum().alias("informative"),
         (pl.col("status") == "undefined").sum().alias("undefined"),
@@ -178,7 +204,9 @@ def heads_summary(heads: pl.DataFrame) -> pl.DataFrame:
         pl.col("observed_jaccard").filter(ok).mean(), pl.col("null_mean").filter(ok).mean(),
         pl.col("overlap_deficit").filter(ok).mean().alias("overlap_deficit"),
         pl.col("p_min").max().alias("p_min_max"),
-        (ok & (pl.col("p_value") < pl.col("level"))).sum().alias("specialised_seeds"))
+        (ok & (pl.col("p_value") < pl.col("level"))).sum().alias("avoiding_seeds"),
+        (sp & (pl.col("specialisation_p") < pl.col("level"))).sum().alias("specialised_seeds")
+        if "specialisation_p" in heads.columns else pl.lit(0).alias("specialised_seeds"))
 
 
 

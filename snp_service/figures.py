@@ -25,9 +25,12 @@ def _short(names: list[str], width: int = 10) -> list[str]:
 
 def layer_curves(layers: pl.DataFrame) -> plt.Figure:
     """Per-point statistics along the network, with bootstrap intervals, one colour per point kind."""
-    panels = [("readout_accuracy", "readout accuracy"), ("mean_cluster_size", "mean cluster size"),
-              ("noise_per_label", "noise per covered label"), ("snr", "SNR (mean signal / mean noise)"),
-              ("frac_no_cluster", "fraction of nodes without cluster"), ("mean_n_clusters", "mean number of clusters")]
+    panels = [("readout_accuracy", "readout accuracy"),
+              ("label_specific_fraction", "label-specific nodes (share rejected at the FDR)"),
+              ("effect_size", "effect size: mean eta² of label dependence"),
+              ("mean_cluster_size", "mean cluster size"), ("noise_per_label", "noise per covered label"),
+              ("snr", "SNR (description: mean signal / mean noise)")]
+    panels = [(c, t) for c, t in panels if c in layers.columns]
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), constrained_layout=True)
     x = np.arange(len(layers))
     for ax, (col, title) in zip(axes.flat, panels):
@@ -43,10 +46,6 @@ def layer_curves(layers: pl.DataFrame) -> plt.Figure:
                 ax.errorbar(x[sel], y, yerr=err, color=color, marker=marker, ls="-", capsize=3, label=kind)
             else:
                 ax.plot(x[sel], y, color=color, marker=marker, label=kind)
-        if col == "snr" and "null_snr" in layers.columns:
-            ax.plot(x, layers["null_snr"].to_numpy().astype(float), color="k", ls=":", marker="x", lw=1,
-                    label="chance level (labels permuted)")
-            ax.legend(fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.set_xticks(x, layers["point"].to_list(), rotation=60, ha="right", fontsize=7)
         ax.grid(alpha=0.3)
@@ -221,11 +220,11 @@ def sweep_figure(table: pl.DataFrame, dims: list[str]) -> plt.Figure:
 def compare_depth(layers: pl.DataFrame) -> plt.Figure:
     """The unified view: each measure against relative depth, one colour per model, one marker per
     point kind (CNN filters and CCT FF / MHA / block points on the same axes); bars: spread over
-    seeds (sd), and for SNR also the 95% t-interval of the mean over seeds (thin) and the chance-level
-    (null) SNR of each point (dotted)."""
-    panels = [("readout_accuracy", "readout accuracy"), ("mean_cluster_size", "mean cluster size"),
-              ("mean_noise", "mean noise"), ("snr", "SNR (mean signal / mean noise)"),
-              ("frac_no_cluster", "fraction of nodes without cluster"), ("noise_per_label", "noise per covered label")]
+    seeds (sd), and for the effect size and SNR also the 95% t-interval of the mean over seeds (thin)."""
+    panels = [("readout_accuracy", "readout accuracy"),
+              ("label_specific_fraction", "label-specific nodes (share at the FDR)"),
+              ("effect_size", "effect size: mean eta² of label dependence"), ("mean_cluster_size", "mean cluster size"),
+              ("noise_per_label", "noise per covered label"), ("snr", "SNR (description)")]
     hollow = ("mha", "block")  # transformer points drawn with open markers
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
     models = layers["model"].unique(maintain_order=True).to_list()
@@ -238,11 +237,9 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
             ax.plot(x, y, color=color, lw=1.2, alpha=0.7, label=f"{model} ({t['family'][0]})")
             sd = t[f"{col}_sd"].to_numpy().astype(float) if f"{col}_sd" in t.columns else np.zeros_like(y)
             sd = np.where(np.isfinite(sd), sd, 0.0)
-            if col == "snr":
-                lo, hi = t["snr_seed_lo"].to_numpy().astype(float), t["snr_seed_hi"].to_numpy().astype(float)
+            if f"{col}_seed_lo" in t.columns:
+                lo, hi = t[f"{col}_seed_lo"].to_numpy().astype(float), t[f"{col}_seed_hi"].to_numpy().astype(float)
                 ax.vlines(x, lo, hi, color=color, lw=0.8, alpha=0.5)
-                if "null_snr" in t.columns:
-                    ax.plot(x, t["null_snr"].to_numpy().astype(float), color=color, ls=":", lw=1.2)
             for kind in t["kind"].unique(maintain_order=True):
                 sel = (t["kind"] == kind).to_numpy()
                 marker = KIND_STYLE.get(kind, ("k", "o"))[1]
@@ -259,5 +256,5 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
     axes.flat[0].legend(fontsize=8, loc="lower right")
     axes.flat[3].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle("Per-layer SNP measures along relative depth (mean over seeds; bars: sd over seeds; "
-                 "SNR: thin lines 95% t-interval over seeds, dotted: chance-level SNR)")
+                 "effect size and SNR: thin lines 95% t-interval over seeds)")
     return fig

@@ -1,6 +1,6 @@
 """Measuring one point end to end (METHOD.md 2): train its readout on captured features, compute
 all nodes' fields on the evaluation split in one streaming pass, then SNP matrices, clusters and
-statistics, and the chance level of the point's SNR from the same fields with permuted labels.
+statistics, and each node's test of label dependence from the same streaming pass.
 No I/O: the pipeline stores what this returns; Ray decides where it runs."""
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from snp_service.snp import (
     fields,
     node_statistics,
     normalise,
-    null_statistics,
-    permuted_labels,
+    point_label_dependence,
     point_statistics,
 )
 
@@ -44,21 +43,17 @@ def readout_kind(info: PointInfo, analysis: AnalysisSpec) -> str:
 
 @torch.no_grad()
 def snp_accumulate(readout: Readout, feats: np.ndarray, labels: np.ndarray, num_labels: int,
-                   batch_size: int = 256, rows: np.ndarray | None = None,
-                   null_labels: list[np.ndarray] = ()) -> tuple[SNPAccumulator, list[SNPAccumulator]]:
-    """SNP sums of every node over `rows` of the features (default: all), and the same fields
-    accumulated once per entry of `null_labels` (label-permuted nulls) in the same pass."""
+                   batch_size: int = 256, rows: np.ndarray | None = None) -> SNPAccumulator:
+    """SNP sums (and the label-dependence test's moments) of every node over `rows` of the features
+    (default: all), in one streaming pass."""
     acc = SNPAccumulator(feats.shape[1], num_labels)
-    nulls = [SNPAccumulator(feats.shape[1], num_labels) for _ in null_labels]
     w = readout.weight.double()
     rows = np.arange(len(labels)) if rows is None else np.sort(rows)
     for i in range(0, len(rows), batch_size):
         idx = rows[i:i + batch_size]
         f = fields(readout.node_activations(load_rows(feats, idx)).double(), w)
         acc.update(f, torch.from_numpy(labels[idx]))
-        for a, y in zip(nulls, null_labels):
-            a.update(f, torch.from_numpy(y[idx]))
-    return acc, nulls
+    return acc
 
 
 def measure_point(info: PointInfo, train: np.ndarray, train_labels: np.ndarray, evaluation: np.ndarray,
@@ -67,22 +62,23 @@ def measure_point(info: PointInfo, train: np.ndarray, train_labels: np.ndarray, 
     readout = train_readout(train, train_labels, num_labels, kind, analysis.readout_epochs, analysis.readout_lr,
                             seed=analysis.seed)
     accuracy = readout_accuracy(readout, evaluation, eval_labels)
-    centred = analysis.normalise == "centred"
-    acc, nulls = snp_accumulate(readout, evaluation, eval_labels, num_labels,
-                                null_labels=permuted_labels(eval_labels, analysis.null_permutations, analysis.seed))
-    raw = acc.snp_matrices(centred=centred)
-    m = normalise(raw)
-    ns = node_statistics(m, analysis.threshold)
-    stats = point_statistics(ns, analysis.bootstrap, analysis.confidence, analysis.seed)
-    null = null_statistics([a.snp_matrices(centred=centred) for a in nulls], analysis.threshold)
+    acc = snp_accumulate(readout, evaluation, eval_labels, num_labels)
+    raw = acc.snp_matrices(centred=analysis.normalise == "centred")
+    m = normalise(raw, afcc=analysis.normalise == "afcc")
+    ns = node_statistics(m, analysis.threshold, analysis.candidate_order)
+    dep = acc.label_dependence()
+    specific, node_means = point_label_dependence(dep, analysis.fdr)
+    stats = point_statistics(ns, analysis.bootstrap, analysis.confidence, analysis.seed, node_means)
     node_acc = acc.node_accuracy().numpy()
     row = {"point": info.name, "kind": info.kind, "nodes": info.nodes, "heads": info.heads, "readout": kind,
-           "normalise": analysis.normalise, "threshold": analysis.threshold, "readout_accuracy": accuracy,
-           "readout_epochs": analysis.readout_epochs, **stats, **null,
-           "snr_excess": stats["snr"] - null["null_snr"], "null_permutations": analysis.null_permutations,
+           "normalise": analysis.normalise, "candidate_order": analysis.candidate_order,
+           "threshold": analysis.threshold, "readout_accuracy": accuracy, "readout_epochs": analysis.readout_epochs,
+           "fdr": analysis.fdr, "eval_images": int(acc.counts.sum()), **stats,
+           "greedy_fraction": float(ns.greedy.mean()) if len(ns.greedy) else float("nan"),
            "mean_node_accuracy": float(node_acc.mean()), "chance_accuracy": 1.0 / num_labels}
     nodes = {"node": list(range(info.nodes)), "cluster_size": ns.cluster_size.tolist(),
              "n_clusters": ns.n_clusters.tolist(), "signal": ns.signal.tolist(), "noise": ns.noise.tolist(),
-             "node_accuracy": node_acc.tolist(),
+             "node_accuracy": node_acc.tolist(), "eta2": dep.eta2.tolist(), "p_value": dep.p_value.tolist(),
+             "label_specific": specific.tolist(), "greedy": ns.greedy.tolist(),
              "clusters": [";".join(",".join(map(str, s)) for s in c) for c in ns.clusters]}
     return PointResult(row, readout, m, raw, acc.node_label_accuracy(), nodes)

@@ -43,6 +43,7 @@ from snp_service.heads import analyse_heads
 from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS, Criterion, SNPCriterion, WeightMagnitude
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
+from snp_service.snp import point_line
 from snp_service.spec import JobSpec
 from snp_service.store import FILES, JobStore, Store, clean_error, read_weights
 from snp_service.structural import plan
@@ -153,13 +154,12 @@ def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
         job.write_point(p, "readout", r.readout.state_dict())
         if r.pruned is not None:  # the prune stage's work, done on this capture
             job.write_point(p, "staged_selection_raw", r.pruned["selection_raw"])
+            if r.pruned["selection_eta2"] is not None:
+                job.write_point(p, "staged_selection_eta2", r.pruned["selection_eta2"])
             job.write_point(p, "staged_prune", {"pruning": pruning_key(spec), "rows": r.pruned["rows"],
                                                 "curve": r.pruned["curve"], "selection": r.pruned["selection"]})
         rows.append(r.row)
-        progress(f"snp: {p:22s} readout acc {r.row['readout_accuracy']:.3f}  cluster size "
-                 f"{r.row['mean_cluster_size']:.2f}  noise {r.row['mean_noise']:.2f}  SNR {r.row['snr']:.2f} "
-                 f"[{r.row['snr_lo']:.2f}, {r.row['snr_hi']:.2f}]  null SNR {r.row['null_snr']:.2f}  "
-                 f"no-cluster {r.row['frac_no_cluster']:.2f}")
+        progress(f"snp: {p:22s} {point_line(r.row)}")
     job.put_table("layers", rows)
     data = job.stage_result("data") or {}
     return {"points": len(rows), "actors": n_workers, "readout": spec.analysis.readout,
@@ -184,19 +184,25 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     for p in points:
         raw = torch.from_numpy(job.read_point(p, "snp_raw")).double()
         r = analyse_heads(p, raw, info[p].heads, spec.analysis.threshold, spec.heads.null_draws, spec.analysis.seed,
-                          spec.heads.level)
+                          spec.heads.level, spec.analysis.normalise == "afcc", spec.analysis.candidate_order)
         job.write_point(p, "heads_labels", r.heads_labels)
         job.write_point(p, "head_matrices", r.head_matrices.numpy().astype(np.float32))
         job.write_point(p, "head_stats", r.head_stats)
         if r.null is not None:
             job.write_point(p, "heads_null", r.null.astype(np.float32))
+        if r.specialisation_null is not None:
+            job.write_point(p, "heads_specialisation_null", r.specialisation_null.astype(np.float32))
         rows.append(r.summary)
         s = r.summary
-        verdict = (f"observed Jaccard {s['observed_jaccard']:.3f} vs null {s['null_mean']:.3f} +- {s['null_sd']:.3f} "
-                   f"(p {s['p_value']:.4f}, smallest attainable {s['p_min']:.4f})" if s["status"] == "ok"
-                   else f"overlap test {s['status']}: {s['reason']}")
+        verdict = (f"avoidance: observed Jaccard {s['observed_jaccard']:.3f} vs null {s['null_mean']:.3f} +- "
+                   f"{s['null_sd']:.3f} (p {s['p_value']:.4f}, smallest attainable {s['p_min']:.4f})"
+                   if s["status"] == "ok" else f"avoidance test {s['status']}: {s['reason']}")
+        special = (f"specialisation: within-minus-between profile correlation {s['specialisation']:.3f} vs null "
+                   f"{s['specialisation_null_mean']:.3f} (p {s['specialisation_p']:.4f})"
+                   if s["specialisation_status"] == "ok" else f"specialisation test undefined: "
+                   f"{s['specialisation_reason']}")
         progress(f"heads: {p}: {s['mean_labels_per_head']:.1f} labels per head, "
-                 f"{s['mean_heads_per_label']:.2f} heads per label; {verdict}")
+                 f"{s['mean_heads_per_label']:.2f} heads per label; {verdict}; {special}")
     job.put_table("heads", rows)
     return {"points": len(rows), "undefined": sum(r["status"] == "undefined" for r in rows),
             "uninformative": sum(r["status"] == "uninformative" for r in rows)}
@@ -204,22 +210,29 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
 
 def structural_plans(spec: JobSpec, job: JobStore, model: torch.nn.Module) -> dict[str, tuple[dict, dict]]:
     """{criterion: (FF units kept per block, heads kept per block)} at pruning.structural_fraction,
-    from the raw SNP matrices of the selection images (pruning.selection_split). Blocks whose FF /
-    MHA point was not measured keep all their units, under every criterion."""
+    from the nodes' label dependence (eta2) on the selection images (pruning.selection_split: the
+    prune stage's training subset, or the snp stage's evaluation nodes table). Blocks whose FF / MHA
+    point was not measured keep all their units, under every criterion."""
     measured, info = set(spec.selected_points()), spec.points()
-    what = "selection_raw" if spec.pruning.selection_split == "heldout" else "snp_raw"
+    heldout = spec.pruning.selection_split == "heldout"
+
+    def eta2(point: str) -> np.ndarray | None:
+        if point not in measured:
+            return None
+        if heldout:
+            return job.read_point(point, "selection_eta2").astype(np.float64)
+        return job.read_point(point, "nodes")["eta2"].to_numpy().astype(np.float64)
+
+    dependence = {m: (eta2(f"blocks.{m}.mlp.hidden"), eta2(f"blocks.{m}.attn.heads")) for m in range(len(model.blocks))}
     plans = {}
     for crit in STRUCTURAL_CRITERIA:
         ff, hs = {}, {}
         for m, block in enumerate(model.blocks):
-            fp, hp = f"blocks.{m}.mlp.hidden", f"blocks.{m}.attn.heads"
-            ff_raw = torch.from_numpy(job.read_point(fp, what)).double() if fp in measured else None
-            head_raw = torch.from_numpy(job.read_point(hp, what)).double() if hp in measured else None
-            f, h = crit.unit_scores(block, ff_raw, head_raw, info[hp].heads if hp in info else 0,
-                                    spec.analysis.threshold)
-            if fp in measured:
+            hp = f"blocks.{m}.attn.heads"
+            f, h = crit.unit_scores(block, *dependence[m], info[hp].heads if hp in info else 0)
+            if dependence[m][0] is not None:
                 ff[m] = f
-            if hp in measured:
+            if dependence[m][1] is not None:
                 hs[m] = h
         plans[crit.structural_name] = plan(model, spec.pruning.structural_fraction, ff, hs)
     return plans
@@ -257,7 +270,9 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     for p in task_points:  # the snp stage's shared capture did this work already, for these settings?
         staged = job.read_point(p, "staged_prune") if job.has_point(p, "staged_prune") else None
         if staged is not None and staged["pruning"] == pruning_key(spec):
-            results[p] = {**staged, "selection_raw": job.read_point(p, "staged_selection_raw")}
+            results[p] = {**staged, "selection_raw": job.read_point(p, "staged_selection_raw"),
+                          "selection_eta2": (job.read_point(p, "staged_selection_eta2")
+                                             if job.has_point(p, "staged_selection_eta2") else None)}
         else:
             todo.append(p)
     if results:
@@ -269,6 +284,8 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
             results.update(prune_on(workers, spec, job.read_torch(FILES["weights"]), todo, inputs, progress))
     for p in task_points:
         job.write_point(p, "selection_raw", results[p]["selection_raw"])
+        if results[p]["selection_eta2"] is not None:
+            job.write_point(p, "selection_eta2", results[p]["selection_eta2"])
     if task_points:
         progress(f"prune: masks and units chosen on {results[task_points[0]]['selection']}")
     rows = [r for p in points for r in results[p]["rows"]]
@@ -309,8 +326,8 @@ STAGES: list[tuple[str, Stage]] = [
 # Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all).
 _TRAINED = (("dataset", None), ("model", None), ("train", None))
 _MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_epochs", "readout_lr", "threshold",
-                                                          "normalise", "bootstrap", "confidence", "null_permutations",
-                                                          "seed")))
+                                                          "normalise", "candidate_order", "bootstrap", "confidence",
+                                                          "fdr", "seed")))
 STAGE_INPUTS: dict[str, tuple] = {
     "data": (("dataset", None), ("train", ("seed",))),
     "train": _TRAINED,

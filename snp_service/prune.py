@@ -14,9 +14,10 @@ every step; the readout's sequence-pooling weights stay fixed, so only pruned co
 
 Selection vs scoring: the SNP matrices that choose a mask come from the selection images, the
 accuracies that score it from the evaluation split. By default (`heldout`) the selection images are
-a seeded part of the training split (`selection_rows`), so no mask is scored on the images that
-chose it; the paper's protocol (`eval`: matrices of the evaluation split itself) stays available and
-every table row says which was used.
+a seeded subset of the *training* split (`selection_rows`): the network and the readout were trained
+on them, but they are disjoint from the scoring split, so no mask is scored on the images that chose
+it. The paper's protocol (`eval`: matrices of the evaluation split itself) stays available and every
+table row says which was used.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ import math
 import numpy as np
 import torch
 
-from snp_service.heads import head_matrices
 from snp_service.readout import Readout, fit_on_features, readout_accuracy
 from snp_service.snp import clusters as node_clusters
-from snp_service.snp import label_specificity, membership, node_statistics, normalise
+from snp_service.snp import membership
 from snp_service.structural import ff_magnitude, head_magnitude
 
 
@@ -39,13 +39,14 @@ def andc_mask(clusters: list[list[list[int]]], num_labels: int) -> torch.Tensor:
     return torch.from_numpy(membership(clusters, num_labels).T.copy())
 
 
-def andc_mask_at(m_normalised: torch.Tensor, threshold: float) -> torch.Tensor:
-    """ANDC mask from normalised node SNP matrices (N, L, L) at a threshold."""
-    return andc_mask([node_clusters(m, threshold) for m in m_normalised], m_normalised.shape[-1])
+def andc_mask_at(m_normalised: torch.Tensor, threshold: float, order: str = "diagonal") -> torch.Tensor:
+    """ANDC mask from normalised node SNP matrices (N, L, L) at a threshold (candidate `order`)."""
+    return andc_mask([node_clusters(m, threshold, order) for m in m_normalised], m_normalised.shape[-1])
 
 
 def selection_rows(n: int, fraction: float, seed: int) -> np.ndarray:
-    """The seeded held-out part of the training split whose SNP matrices select masks (sorted)."""
+    """The seeded subset of the training split whose SNP matrices select masks (sorted): a training
+    subset, disjoint from the scoring split (the evaluation images)."""
     k = min(n, max(1, math.floor(fraction * n + 0.5)))
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
@@ -72,7 +73,8 @@ def magnitude_mask(weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 # ---- criteria: one interface for readout masks and for structural pruning (as Torch-Pruning's
 # importance classes). `readout_mask` keeps, per node, as many labels as ANDC keeps; `unit_scores`
 # rates every FF hidden unit and every head of each CCT block (lowest removed first) from the
-# block's weights and the raw SNP matrices of the selection images at its FF / MHA points.
+# block's weights or from the nodes' label dependence (eta2, snp.LabelDependence) on the selection
+# images at its FF / MHA points.
 
 
 class Criterion:
@@ -82,26 +84,29 @@ class Criterion:
     def readout_mask(self, andc: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def unit_scores(self, block, ff_raw: torch.Tensor | None, head_raw: torch.Tensor | None, num_heads: int,
-                    threshold: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def unit_scores(self, block, ff_eta2: np.ndarray | None, head_eta2: np.ndarray | None,
+                    num_heads: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """ff_eta2 / head_eta2: the label-dependence effect size (eta2) of every node at the block's
+        FF / MHA point on the selection images, or None where the point was not measured."""
         raise NotImplementedError
 
 
 class SNPCriterion(Criterion):
-    """ANDC for readouts (labels in the node's clusters); label specificity for units and heads."""
+    """ANDC for readouts (labels in the node's clusters); for units, how strongly the unit's field
+    depends on the label (its eta2, snp.LabelDependence), and for a head the mean eta2 of its
+    dimensions: label-blind units go first, whatever their clusters look like."""
 
     name, structural_name = "andc", "snp"
 
     def readout_mask(self, andc, weight):
         return andc
 
-    def unit_scores(self, block, ff_raw, head_raw, num_heads, threshold):
-        def score(m):
-            ns = node_statistics(normalise(m), threshold)
-            return label_specificity(ns.cluster_size, ns.noise, m.shape[-1])
-
-        return (None if ff_raw is None else score(ff_raw),
-                None if head_raw is None else score(head_matrices(head_raw, num_heads)))
+    def unit_scores(self, block, ff_eta2, head_eta2, num_heads):
+        heads = None
+        if head_eta2 is not None:
+            e = np.asarray(head_eta2, dtype=np.float64)
+            heads = e.reshape(num_heads, len(e) // num_heads).mean(axis=1)
+        return (None if ff_eta2 is None else np.asarray(ff_eta2, dtype=np.float64)), heads
 
 
 class RandomLabels(Criterion):
@@ -125,7 +130,7 @@ class WeightMagnitude(Criterion):
     def readout_mask(self, andc, weight):
         return magnitude_mask(weight, andc.sum(dim=0))
 
-    def unit_scores(self, block, ff_raw, head_raw, num_heads, threshold):
+    def unit_scores(self, block, ff_eta2, head_eta2, num_heads):
         return ff_magnitude(block), head_magnitude(block)
 
 
@@ -174,14 +179,14 @@ CURVE_COLUMNS = ["point", "threshold", "selection", "kept_fraction", "accuracy_p
 def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train: np.ndarray, train_labels: np.ndarray,
                 evaluation: np.ndarray, eval_labels: np.ndarray, threshold: float, curve_thresholds: list[float],
                 methods: list[str], finetune_epochs: int, finetune_lr: float, seed: int = 0,
-                selection: str = "eval") -> tuple[list[dict], list[dict]]:
+                selection: str = "eval", order: str = "diagonal") -> tuple[list[dict], list[dict]]:
     """(table rows: method x kept fraction x accuracy before/after fine-tune, curve rows).
 
     m_normalised: the normalised SNP matrices of the selection images (they choose the masks);
     evaluation / eval_labels score them; `selection` names the selection images in every row."""
     L = m_normalised.shape[-1]
     full = readout_accuracy(readout, evaluation, eval_labels)
-    andc = andc_mask_at(m_normalised, threshold)
+    andc = andc_mask_at(m_normalised, threshold, order)
     rows = []
     for method, mask in baseline_masks(andc, readout.weight, methods, seed).items():
         before = readout_accuracy(masked(readout, mask), evaluation, eval_labels)
@@ -193,7 +198,7 @@ def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train:
                      "accuracy_pruned": before, "accuracy_finetuned": after, "finetune_epochs": finetune_epochs})
     curve = []
     for th in curve_thresholds:
-        mask = andc_mask_at(m_normalised, th)
+        mask = andc_mask_at(m_normalised, th, order)
         curve.append({"point": point, "threshold": th, "selection": selection, "kept_fraction": float(mask.float().mean()),
                       "accuracy_pruned": readout_accuracy(masked(readout, mask), evaluation, eval_labels),
                       "accuracy_full": full, "labels": L})

@@ -24,32 +24,54 @@ DEFINITIONS = """
 computed for all nodes in one pass.</li>
 <li><b>SNP matrix</b> M_n[i, k]: mean field of node n on output k over evaluation inputs of true label i,
 divided by its maximum when that maximum is positive (signs are never flipped).</li>
-<li><b>Boolean matrix</b> B_n = M_n &gt; threshold. <b>Clusters</b>: labels j with B_n[j, j], visited by
-decreasing M_n[j, j] (ties: lower label); each opens a cluster that later candidates join when all
-their cross entries are 1 (an all-ones diagonal block).</li>
+<li><b>Normalisation</b> (analysis.normalise): <code>max</code> divides by the maximum only when it is
+positive; <code>afcc</code> by any non-zero maximum (as the AFCC code: a negative maximum flips signs);
+<code>centred</code> subtracts each output's all-input mean field first.</li>
+<li><b>Boolean matrix</b> B_n = M_n &gt; threshold. <b>Clusters</b>: the candidate labels (j with
+B_n[j, j]) partitioned into all-ones diagonal blocks with the largest signal sum |S|&sup2;: the
+candidates split into components of mutual links; a component that is a clique is one cluster, one
+of up to 10 labels is partitioned exactly, a larger one by the greedy rule (candidates visited in the
+job's candidate order: largest diagonal first, or label order as the AFCC code; each opens a block
+that later ones join when linked to all its members). <b>greedy_fraction</b>: the share of nodes with
+a component on the greedy rule.</li>
 <li><b>Cluster size</b>: labels covered; <b>signal</b>: sum of |S|&sup2;; <b>noise</b>: ones of B_n outside
 the blocks; <b>noise per covered label</b>: noise / cluster size. Means are over nodes with a cluster;
-<b>SNR</b> = mean signal / mean noise over those nodes. Intervals: 95% BCa bootstrap over nodes (n/a
-when some resample has no node with a cluster). <b>Clusters</b> are the partition of the candidate labels
-into all-ones blocks with the largest signal (exact up to 10 labels per linked component, greedy above).</li>
-<li><b>Null SNR</b> (chance level): the same nodes, readout and fields, with the evaluation labels permuted
-among the inputs (seeded), clustered the same way; mean over permutations. <b>snr_excess</b> = SNR - null SNR.
-A point whose SNR does not clear its null level says nothing about label clusters.</li>
+<b>SNR</b> = mean signal / mean noise over those nodes (this service's own definition; infinite when
+those nodes have no noise, undefined when no node has a cluster). Intervals: 95% BCa bootstrap over
+nodes (undefined when some resample has no node with a cluster). SNR is a <i>description</i> of the
+Boolean matrices: it is scale-free and its label-permuted value only measures the readout's geometry,
+so no verdict is drawn from it.</li>
+<li><b>Label dependence</b> (the verdicts): for each node, Pillai's trace test of whether its field
+vector depends on the true label (one-way MANOVA on the evaluation inputs; for a seqpool readout
+exactly the ANOVA F-test of the node's pooled value); blind to any label-independent mean field.
+<b>label_specific_fraction</b>: the share of a point's nodes rejected at the job's false discovery
+rate (Benjamini-Hochberg among the point's nodes). <b>effect_size</b>: the nodes' mean eta&sup2;
+(Pillai's trace / its maximum: the share of a node's field variance the label explains, 0 to 1),
+comparable between points of one readout kind. Intervals resample nodes of this one network: they
+are within-network uncertainty; trends along the blocks need several networks (a comparison's
+trend test).</li>
 <li><b>Node accuracy</b>: a node's own accuracy (argmax over outputs of its field alone; a node whose field
 is equal on every output, e.g. a dead one, predicts nothing); chance is 1 / labels.</li>
 <li><b>Head matrix</b>: sum of its dimensions' raw matrices, then normalised and clustered like a node.
-<b>Overlap</b>: mean pairwise Jaccard of heads' label sets; <b>null</b>: each head keeps its number of
-labels, the labels are drawn at random (independently per head). The test asks whether heads avoid
+<b>Avoidance test</b>: overlap = mean pairwise Jaccard of heads' label sets; null: each head keeps its
+number of labels, the labels are drawn at random (independently per head). It asks whether heads avoid
 each other's labels; it cannot say which labels a head prefers or how strongly (sets are
 thresholded). <b>Overlap deficit</b> = null mean - observed (positive: less overlap than chance);
-<b>p</b> = P(null &le; observed); <b>p_min</b> = the smallest p these set sizes allow. The null is
-discrete, so no z-score is given. Status <b>uninformative</b> when p_min &ge; the level (the sizes
-forbid rejection, so "not significant" means nothing); <b>undefined</b> when the null takes a single
-value or fewer than two heads have labels.</li>
+<b>p</b> = P(null &le; observed); <b>p_min</b> = the smallest p these set sizes allow (draws at or
+below the least overlap the sizes admit). The null is discrete, so no z-score is given. Status
+<b>uninformative</b> when p_min &ge; the level (the sizes forbid rejection, so "not significant" means
+nothing); <b>undefined</b> when the null takes a single value or fewer than two heads have labels.
+<b>Specialisation test</b>: do a head's dimensions share a label preference? Each dimension's label
+profile (its diagonal SNP entry minus that output's mean over true labels); coherence = mean
+correlation of profiles within heads minus between heads; null: dimensions permuted among heads,
+head sizes kept; p = P(null &ge; observed).</li>
 <li><b>ANDC</b>: keep readout connection (k, n) only where label k is in a cluster of node n. Baselines
 keep the same number of labels per node: random labels, or the largest |W|. <b>Selection</b>: which images'
-SNP matrices chose the masks: <code>heldout</code>, a seeded part of the training split, disjoint from the
-evaluation images that score them; <code>eval</code>, the paper's protocol (masks chosen on the scoring images).</li>
+SNP matrices chose the masks: <code>heldout</code>, a seeded subset of the <i>training</i> split (the network
+and readout were trained on it), disjoint from the evaluation images that score them; <code>eval</code>, the
+paper's protocol (masks chosen on the scoring images). <b>Structural pruning</b> by <code>snp</code> removes the
+FF units and heads whose fields depend least on the label (lowest eta&sup2; on the selection images; a
+head by its dimensions' mean), by <code>magnitude</code> the smallest weight products.</li>
 </ul>
 """
 
@@ -116,9 +138,10 @@ def build(job: JobStore, progress=lambda _m: None, running_hardware: dict | None
     if job.has("layers"):
         layers = job.layers()
         img = store_figure(job, "layers", figures.layer_curves(layers))
-        table = html_table(layers, ["point", "kind", "nodes", "readout", "readout_accuracy", "mean_cluster_size",
-                                    "mean_n_clusters", "mean_noise", "noise_per_label", "snr", "null_snr",
-                                    "snr_excess", "mean_node_accuracy", "frac_no_cluster"],
+        table = html_table(layers, ["point", "kind", "nodes", "readout", "readout_accuracy",
+                                    "label_specific_fraction", "effect_size", "mean_cluster_size",
+                                    "mean_n_clusters", "mean_noise", "noise_per_label", "snr", "mean_node_accuracy",
+                                    "frac_no_cluster", "greedy_fraction"],
                            intervals=True)
         sizes, heat = {}, []
         for p in layers["point"]:
@@ -134,7 +157,9 @@ def build(job: JobStore, progress=lambda _m: None, running_hardware: dict | None
             for r in layers["readout"].unique(maintain_order=True)))
         sections.append(("Single-nodal performance along the network",
                          f"<p>Readouts: {html.escape(readouts)}; threshold {spec['analysis']['threshold']}; "
-                         f"normalisation {html.escape(spec['analysis']['normalise'])}.</p>{table}"
+                         f"normalisation {html.escape(spec['analysis']['normalise'])}; candidate order "
+                         f"{html.escape(str(spec['analysis'].get('candidate_order', 'diagonal')))}; label-dependence "
+                         f"tests at FDR {spec['analysis'].get('fdr', 0.05)}.</p>{table}"
                          f"<img src='{img}' alt='per-layer curves'><img src='{hist}' alt='cluster sizes'>"))
         sections.append(("SNP matrices (4 nodes with the largest signal per point)", "".join(heat)))
 
@@ -233,25 +258,29 @@ def comparison_page(study: JobStore, tables: dict[str, pl.DataFrame], runs: list
                      f"<img src='{fig}' alt='per-layer measures against relative depth'>" + html_table(
                          tables["layers"], ["model", "point", "kind", "readout", "relative_depth", "seeds",
                                             "readout_accuracy", "readout_accuracy_sd", "mean_cluster_size",
-                                            "mean_cluster_size_sd", "mean_noise", "noise_per_label", "snr", "snr_sd",
-                                            "snr_seed_lo", "snr_seed_hi", "null_snr", "snr_excess",
-                                            "mean_node_accuracy", "frac_no_cluster"]) +
-                     f"<p>snr_seed_lo / snr_seed_hi: {INTERVAL} of the mean SNR (none with one seed); sd: spread "
-                     "over seeds; null_snr: the point's chance level (label-permuted fields), snr_excess = snr - "
-                     "null_snr. Each seed's own node-bootstrap interval is in compare/runs.parquet.</p>"))
-    sections.append(("Does SNR rise along the network?",
-                     "<p>First vs last point of each model, within one readout kind (all its points, then each "
-                     "point kind): <b>rises</b> only when in every seed the last point's 95% node-bootstrap (BCa) "
-                     "interval lies wholly above the first's; <b>falls</b> the mirror; otherwise no clear trend. "
-                     "verdict_excess: the same with each interval minus its point's null SNR. Spearman's rho: "
-                     "seed-mean SNR (and excess) against depth.</p>" + html_table(tables["trends"])))
+                                            "mean_cluster_size_sd", "label_specific_fraction",
+                                            "label_specific_fraction_sd", "effect_size", "effect_size_sd",
+                                            "effect_size_seed_lo", "effect_size_seed_hi", "mean_noise",
+                                            "noise_per_label", "snr", "snr_sd", "snr_seed_lo", "snr_seed_hi",
+                                            "mean_node_accuracy", "frac_no_cluster", "greedy_fraction"]) +
+                     f"<p>*_seed_lo / *_seed_hi: {INTERVAL} of the mean (none with one seed); sd: spread over seeds. "
+                     "Each seed's own node-bootstrap interval is in compare/runs.parquet.</p>"))
+    sections.append(("Does label dependence rise along the network?",
+                     "<p>Within one readout kind (all its points, then each point kind), over networks (seeds): "
+                     "Page's trend test of each network's effect size (mean eta&sup2;) against depth (a sign test "
+                     "at two points), two-sided; <b>rises</b> / <b>falls</b> when p &lt; 0.05, <b>uninformative</b> "
+                     "when the design's smallest attainable p (trend_p_min) is not below 0.05, one network: no "
+                     "test. SNR and its Spearman rho against depth are a description only.</p>"
+                     + html_table(tables["trends"])))
     if "andc" in tables:
         sections.append(("ANDC pruning of the readouts (changes in points of accuracy)", html_table(tables["andc"])))
     if "heads" in tables:
-        sections.append(("Attention heads: label split vs the random null",
-                         "<p>Informative: the test could reach its level (p_min below it). Jaccard, null and overlap "
-                         "deficit are means over informative seeds only; p_min_max: the largest smallest-attainable "
-                         "p over seeds.</p>" + html_table(tables["heads"])))
+        sections.append(("Attention heads: avoidance and specialisation",
+                         "<p>Avoidance (label sets vs random sets of the same sizes): informative where the test "
+                         "could reach its level (p_min below it); Jaccard, null and overlap deficit are means over "
+                         "informative seeds only; p_min_max: the largest smallest-attainable p over seeds. "
+                         "specialised_seeds: seeds whose specialisation test (label profiles within heads vs "
+                         "dimensions permuted among heads) has p below the level.</p>" + html_table(tables["heads"])))
     links = "".join(f"<li>{html.escape(r.label)} seed {r.seed}: <code>{html.escape(r.uri)}/{FILES['report']}</code>"
                     f"</li>" for r in runs)
     sections.append(("Runs (each has its own full report)", f"<ul>{links}</ul>"))
@@ -274,10 +303,10 @@ def fmt_mean_sd(mean, sd=None, scale: float = 1.0, digits: int = 2) -> str:
     return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
 
-def _interval(lo, hi) -> str:
+def _interval(lo, hi, digits: int = 2) -> str:
     if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
         return ""
-    return f" [{lo:.2f}, {hi:.2f}]"
+    return f" [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def markdown_table(rows: list[list[str]], head: list[str]) -> str:
@@ -301,29 +330,33 @@ def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: 
           f"{r['accuracy_min'] * 100:.1f} to {r['accuracy_max'] * 100:.1f} %"] for r in acc.iter_rows(named=True)],
         ["model", "network", "family", "epochs", "seeds", "accuracy", "range"]), ""]
     lay = tables["layers"]
-    out += [f"**Per-layer measures along relative depth** (SNR: mean ± sd over seeds, then the {INTERVAL}; "
-            "null: the point's chance-level SNR from label-permuted fields)", "", markdown_table(
+    out += [f"**Per-layer measures along relative depth** (mean ± sd over seeds; effect size and SNR then the "
+            f"{INTERVAL}; label-specific: share of nodes whose field depends on the label at the job's FDR)", "",
+            markdown_table(
         [[r["model"], r["point"], r["kind"], r["readout"], f"{r['relative_depth']:.2f}",
           fmt_mean_sd(r["readout_accuracy"], r["readout_accuracy_sd"], 100, 1),
+          fmt_mean_sd(r["label_specific_fraction"], r["label_specific_fraction_sd"]),
+          fmt_mean_sd(r["effect_size"], r["effect_size_sd"], digits=3)
+          + _interval(r["effect_size_seed_lo"], r["effect_size_seed_hi"], 3),
           fmt_mean_sd(r["mean_cluster_size"], r["mean_cluster_size_sd"]),
           fmt_mean_sd(r["mean_noise"], r["mean_noise_sd"]),
           fmt_mean_sd(r["snr"], r["snr_sd"]) + _interval(r["snr_seed_lo"], r["snr_seed_hi"]),
-          fmt_mean_sd(r["null_snr"], r["null_snr_sd"]),
           fmt_mean_sd(r["frac_no_cluster"], r["frac_no_cluster_sd"])] for r in lay.iter_rows(named=True)],
-        ["model", "point", "kind", "readout", "depth", "readout acc. %", "cluster size", "noise",
-         "SNR [95% t over seeds]", "null SNR", "no cluster"]), ""]
+        ["model", "point", "kind", "readout", "depth", "readout acc. %", "label-specific", "effect size (eta²)",
+         "cluster size", "noise", "SNR", "no cluster"]), ""]
     tr = tables["trends"]
-    out += ["**Does SNR rise along the network?** (first vs last point of one readout kind; `rises` only where "
-            "the points' node-bootstrap intervals separate in every seed; `excess`: the same after subtracting "
-            "each point's null SNR)", "", markdown_table(
+    out += ["**Does label dependence rise along the network?** (over networks: Page's trend test of each seed's "
+            "effect size against depth within one readout kind, two-sided; a sign test at two points; SNR and its "
+            "Spearman rho are a description only)", "", markdown_table(
                 [[r["model"], r["readout"], r["kind"], str(r["points"]), f"{r['first']} → {r['last']}",
+                  f"{r['effect_first']:.3f} → {r['effect_last']:.3f}", str(r["networks"]),
+                  "n/a" if math.isnan(r["trend_p"]) else f"{r['trend_p']:.3f}",
+                  "n/a" if math.isnan(r["trend_p_min"]) else f"{r['trend_p_min']:.3f}", r["trend"],
                   f"{r['snr_first']:.2f} → {r['snr_last']:.2f}",
-                  f"{r['excess_first']:.2f} → {r['excess_last']:.2f}",
-                  "n/a" if math.isnan(r["spearman_rho"]) else f"{r['spearman_rho']:.2f}", r["verdict"],
-                  r["verdict_excess"]]
+                  "n/a" if math.isnan(r["spearman_rho_snr"]) else f"{r['spearman_rho_snr']:.2f}"]
                  for r in tr.iter_rows(named=True)],
-                ["model", "readout", "kind", "points", "from → to", "SNR", "SNR - null", "Spearman rho", "verdict",
-                 "verdict (excess)"]), ""]
+                ["model", "readout", "kind", "points", "from → to", "effect size", "networks", "p", "p_min",
+                 "trend", "SNR", "SNR Spearman rho"]), ""]
     if "andc" in tables:
         a = tables["andc"]
         sel = ", ".join(sorted(set(a["selection"].to_list())))
@@ -338,15 +371,16 @@ def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: 
                      "change fine-tuned"]), ""]
     if "heads" in tables:
         h = tables["heads"]
-        out += ["**Attention heads vs the random null** (the test asks whether heads avoid each other's labels; "
-                "informative: the label-set sizes let it reach p < level; Jaccard and deficit over informative "
-                "seeds only)", "", markdown_table(
+        out += ["**Attention heads** (avoidance: do heads avoid each other's labels, against random sets of the "
+                "same sizes; informative: the sizes let it reach p < level; Jaccard and deficit over informative "
+                "seeds only; specialisation: label profiles within heads against dimensions permuted among heads)",
+                "", markdown_table(
             [[r["model"], r["point"], f"{r['mean_labels_per_head']:.1f}", f"{r['mean_heads_per_label']:.2f}",
               f"{r['informative']}/{r['seeds']}", f"{r['uninformative']}", f"{r['undefined']}",
               fmt_mean_sd(r["observed_jaccard"]), fmt_mean_sd(r["null_mean"]), fmt_mean_sd(r["overlap_deficit"]),
               "n/a" if r["p_min_max"] is None or math.isnan(r["p_min_max"]) else f"{r['p_min_max']:.3f}",
-              f"{r['specialised_seeds']}/{r['seeds']}"]
+              f"{r['avoiding_seeds']}/{r['seeds']}", f"{r['specialised_seeds']}/{r['seeds']}"]
              for r in h.iter_rows(named=True)],
             ["model", "point", "labels/head", "heads/label", "informative", "uninformative", "undefined", "Jaccard",
-             "null Jaccard", "deficit", "largest p_min", "seeds with p < level"]), ""]
+             "null Jaccard", "deficit", "largest p_min", "avoiding (p < level)", "specialised (p < level)"]), ""]
     return "\n".join(out) + "\n"

@@ -9,6 +9,7 @@ Pure tensor code: no Ray, no I/O, no globals. Shapes, by the paper's names:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -46,6 +47,9 @@ class SNPAccumulator:
 
     Two accumulators over disjoint data merge exactly (`merge`), which is how shards reduce.
     Sums are float64 so the order of accumulation does not matter to the result's precision.
+    Besides the SNP sums it keeps each node's second moments of its field vector, taken about a
+    per-node shift (the first batch's mean field), so a large label-independent mean field does not
+    cancel the precision of the label-dependence test (`label_dependence`).
     """
 
     num_nodes: int
@@ -53,18 +57,27 @@ class SNPAccumulator:
     sums: torch.Tensor = field(init=False)  # (N, L_true, L_out): sum of f over inputs of each true label
     counts: torch.Tensor = field(init=False)  # (L,): inputs per true label
     correct: torch.Tensor = field(init=False)  # (N, L): inputs of label i whose node argmax is i
+    second: torch.Tensor = field(init=False)  # (N, L_out, L_out): sum of (f - shift)(f - shift)^T
+    shift: torch.Tensor | None = field(init=False, default=None)  # (N, L_out)
 
     def __post_init__(self) -> None:
         N, L = self.num_nodes, self.num_labels
         self.sums = torch.zeros(N, L, L, dtype=torch.float64)
         self.counts = torch.zeros(L, dtype=torch.float64)
         self.correct = torch.zeros(N, L, dtype=torch.float64)
+        self.second = torch.zeros(N, L, L, dtype=torch.float64)
 
     def update(self, f: torch.Tensor, labels: torch.Tensor) -> None:
         # fields may come from any device; the sums stay float64 on the CPU
         f, labels = f.detach().to("cpu", torch.float64), labels.to("cpu", torch.long)
+        if len(labels) == 0:
+            return
         self.sums.index_add_(1, labels, f.permute(1, 0, 2))
         self.counts += torch.bincount(labels, minlength=self.num_labels).to(torch.float64)
+        if self.shift is None:
+            self.shift = f.mean(dim=0)
+        d = (f - self.shift).permute(1, 0, 2)  # (N, X, L)
+        self.second += d.transpose(1, 2) @ d
         # a node whose field is equal on every output (a dead node: exactly zero) makes no
         # prediction; argmax would credit it with label 0
         predicts = f.amax(dim=2) > f.amin(dim=2)
@@ -72,6 +85,15 @@ class SNPAccumulator:
         self.correct.index_add_(1, labels, hit.T)
 
     def merge(self, other: SNPAccumulator) -> SNPAccumulator:
+        if other.shift is not None:
+            if self.shift is None:
+                self.shift = other.shift.clone()
+            # other's second moments about its shift, moved to ours: with d = K_o - K and
+            # s = sum(f - K_o): sum (f-K)(f-K)^T = S_o + d s^T + s d^T + n d d^T
+            d = other.shift - self.shift
+            s = other.sums.sum(dim=1) - other.counts.sum() * other.shift
+            self.second += (other.second + d[:, :, None] * s[:, None, :] + s[:, :, None] * d[:, None, :]
+                            + other.counts.sum() * d[:, :, None] * d[:, None, :])
         self.sums += other.sums
         self.counts += other.counts
         self.correct += other.correct
@@ -96,12 +118,101 @@ class SNPAccumulator:
         """(N,): node n's own accuracy over all evaluation inputs (chance: 1 / L)."""
         return self.correct.sum(dim=1) / self.counts.sum().clamp(min=1)
 
+    def label_dependence(self) -> LabelDependence:
+        """Each node's test of label dependence on these inputs (see `LabelDependence`)."""
+        return label_dependence(self.sums, self.second, self.counts, self.shift)
 
-def normalise(m: torch.Tensor) -> torch.Tensor:
+
+@dataclass
+class LabelDependence:
+    """Per node (arrays of length N): does the node's field depend on the evaluation label?
+
+    Null: the node's field vector f[x, n, :] is independent of the true label of x (the readout was
+    trained on other images, so this holds for a node that learnt nothing about labels, whatever its
+    mean field). Statistic: Pillai's trace V of the one-way MANOVA of the field vector on the true
+    label, V = tr(H T^+) with H the between-label and T the total sums of squares and products of the
+    field about its all-input mean; T^+ acts on the field's own span (rank r: 1 for a `seqpool`
+    readout, where the field is W[:, n] times one pooled value, so V is exactly the ANOVA eta^2 of
+    that value). A label-independent shift of the fields (the node's mean field) cancels in H and T,
+    so the test cannot see it. Effect size: eta2 = V / s, s = min(r, g - 1) (g labels present), the
+    share of the field's variance the label explains, 0 to 1, comparable between points of one
+    readout kind. p-value: Pillai's F approximation (exact when s = 1: the one-way ANOVA F-test);
+    its size is checked in tests/test_label_dependence.py on label-blind fields with and without a
+    large mean field. A node with no variance (dead) has r = 0, eta2 0 and p 1; p is nan where the
+    inputs are too few to test (X <= g + r)."""
+
+    pillai: np.ndarray
+    eta2: np.ndarray
+    rank: np.ndarray
+    df1: np.ndarray
+    df2: np.ndarray
+    f_stat: np.ndarray
+    p_value: np.ndarray
+
+
+def label_dependence(sums: torch.Tensor, second: torch.Tensor, counts: torch.Tensor,
+                     shift: torch.Tensor | None = None, rel_tol: float = 1e-10) -> LabelDependence:
+    """Pillai's trace test per node from streaming sums: sums (N, L, L) of fields per true label,
+    second (N, L, L) sum of (f - shift)(f - shift)^T over all inputs, counts (L,)."""
+    from scipy.stats import f as f_dist  # lazily: the rest of the core runs without scipy
+
+    sums, second, counts = sums.double(), second.double(), counts.double()
+    N, _, L = sums.shape
+    X = float(counts.sum())
+    shift = torch.zeros(N, L, dtype=torch.float64) if shift is None else shift.double()
+    present = counts > 0
+    g = int(present.sum())
+    centre = sums.sum(dim=1) / max(X, 1.0) - shift  # all-input mean field minus the shift, (N, L)
+    total = second - X * centre[:, :, None] * centre[:, None, :]
+    means = sums[:, present] / counts[present][None, :, None]  # (N, g, L)
+    dev = means - (centre + shift)[:, None, :]
+    between = torch.einsum("nik,nil,i->nkl", dev, dev, counts[present])
+    total = (total + total.transpose(1, 2)) / 2
+    evals, evecs = torch.linalg.eigh(total)
+    top = evals.amax(dim=-1, keepdim=True)
+    keep = evals > (rel_tol * top).clamp(min=1e-300)
+    rank = keep.sum(dim=-1)
+    a = evecs * torch.where(keep, evals.clamp(min=1e-300).rsqrt(), torch.zeros_like(evals))[:, None, :]
+    pillai = (a * (between @ a)).sum(dim=(1, 2)).numpy()
+    r = rank.numpy().astype(np.float64)
+    s = np.minimum(r, g - 1.0)
+    m = (np.abs(r - (g - 1.0)) - 1.0) / 2.0
+    nn = (X - g - r - 1.0) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pillai = np.clip(pillai, 0.0, np.where(s > 0, s, 0.0))
+        eta2 = np.where(s > 0, pillai / np.where(s > 0, s, 1.0), 0.0)
+        df1 = s * (2 * m + s + 1)
+        df2 = s * (2 * nn + s + 1)
+        f_stat = (2 * nn + s + 1) / (2 * m + s + 1) * pillai / (s - pillai)
+        p = np.where(s - pillai <= 1e-12 * np.maximum(s, 1.0), 0.0, f_dist.sf(f_stat, df1, df2))
+    testable = X - g - r >= 1  # fewer error degrees of freedom than dimensions: the trace is not a test
+    p = np.where(s <= 0, 1.0, np.where(testable, p, np.nan))
+    return LabelDependence(pillai, eta2, r, df1, df2, f_stat, p)
+
+
+def benjamini_hochberg(p_values: np.ndarray, fdr: float) -> np.ndarray:
+    """Boolean rejections of the Benjamini-Hochberg step-up procedure at false discovery rate `fdr`
+    (scipy's adjusted p-values; an untestable node, p nan, is never rejected but counts as a test)."""
+    from scipy.stats import false_discovery_control
+
+    p = np.asarray(p_values, dtype=np.float64)
+    if len(p) == 0:
+        return np.zeros(0, dtype=bool)
+    filled = np.where(np.isnan(p), 1.0, p)
+    return (false_discovery_control(filled, method="bh") <= fdr) & ~np.isnan(p)
+
+
+NORMALISATIONS = ("max", "centred", "afcc")
+CANDIDATE_ORDERS = ("diagonal", "label")
+
+
+def normalise(m: torch.Tensor, afcc: bool = False) -> torch.Tensor:
     """Divide each node's matrix by its maximum only where that maximum is positive, so signs
-    are never flipped (the AFCC code divides by any non-zero maximum)."""
+    are never flipped; afcc: as the AFCC code, divide by any non-zero maximum (a negative maximum
+    flips every sign)."""
     mx = m.amax(dim=(-2, -1), keepdim=True)
-    return m / torch.where(mx > 0, mx, torch.ones_like(mx))
+    use = (mx != 0) if afcc else (mx > 0)
+    return m / torch.where(use, mx, torch.ones_like(mx))
 
 
 def boolean(m_normalised: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -112,7 +223,13 @@ def boolean(m_normalised: torch.Tensor, threshold: float) -> torch.Tensor:
 EXACT_MAX_LABELS = 10  # largest non-clique component partitioned exactly (3^c subset steps)
 
 
-def clusters(m_normalised: torch.Tensor, threshold: float) -> list[list[int]]:
+def clusters(m_normalised: torch.Tensor, threshold: float, order: str = "diagonal") -> list[list[int]]:
+    """The clusters of one node; see `clusters_of` (which also says whether the greedy rule ran)."""
+    return clusters_of(m_normalised, threshold, order)[0]
+
+
+def clusters_of(m_normalised: torch.Tensor, threshold: float,
+                order: str = "diagonal") -> tuple[list[list[int]], bool]:
     """Disjoint clusters of one node (METHOD.md 2.7): a partition of the candidate labels (those with
     B[j, j]) into all-ones diagonal blocks that maximises the signal sum |S|^2 (equivalently, with
     the ones of B fixed, minimises the noise).
@@ -122,12 +239,20 @@ def clusters(m_normalised: torch.Tensor, threshold: float) -> list[list[int]]:
     (optimal: merging blocks raises sum |S|^2). Other components of up to EXACT_MAX_LABELS labels are
     partitioned exactly (dynamic programming over subsets); larger ones, rare in practice, fall back to
     the deterministic greedy rule (`greedy_clusters`), whose failure mode is documented there.
-    Ties between equally good partitions: the label with the largest diagonal M[j, j] (then the lower
-    label) gets the larger block. Returns sorted label lists, ordered by their best diagonal value.
+    Candidate order (`order`): "diagonal", the largest diagonal M[j, j] first (then the lower label), or
+    "label", label order as the AFCC code visits them; it breaks ties between equally good partitions
+    (the earlier label gets the larger block) and is the greedy rule's visiting order.
+    Returns (sorted label lists ordered by their first candidate, whether the greedy rule was used).
     """
+    if order not in CANDIDATE_ORDERS:
+        raise ValueError(f"candidate order {order!r}: expected one of {CANDIDATE_ORDERS}")
     b = boolean(m_normalised, threshold).numpy()
     diag = torch.diagonal(m_normalised).tolist()
-    order = sorted((j for j in range(b.shape[0]) if b[j, j]), key=lambda j: (-diag[j], j))
+    candidates = [j for j in range(b.shape[0]) if b[j, j]]
+    if order == "diagonal":
+        candidates.sort(key=lambda j: (-diag[j], j))
+    order = candidates
+    greedy = False
     mutual = b & b.T
     result: list[list[int]] = []
     seen: set[int] = set()
@@ -150,8 +275,9 @@ def clusters(m_normalised: torch.Tensor, threshold: float) -> list[list[int]]:
             result.extend(_best_partition(comp, mutual))
         else:
             result.extend(greedy_clusters(comp, mutual))
+            greedy = True
     result.sort(key=lambda s: order.index(s[0]))
-    return [sorted(s) for s in result]
+    return [sorted(s) for s in result], greedy
 
 
 def _best_partition(comp: list[int], mutual: np.ndarray) -> list[list[int]]:
@@ -231,29 +357,33 @@ class NodeStatistics:
     signal: np.ndarray  # ones inside the diagonal blocks: sum |S|^2
     noise: np.ndarray  # ones(B) - signal
     clusters: list[list[list[int]]]
+    greedy: np.ndarray  # True where a linked component was too large for the exact partition
 
     @property
     def has_cluster(self) -> np.ndarray:
         return self.n_clusters > 0
 
 
-def node_statistics(m_normalised: torch.Tensor, threshold: float) -> NodeStatistics:
+def node_statistics(m_normalised: torch.Tensor, threshold: float, order: str = "diagonal") -> NodeStatistics:
     """Clusters and counts for every node of a point; m_normalised is (N, L, L)."""
     ones = boolean(m_normalised, threshold).sum(dim=(1, 2)).numpy()
-    per_node = [clusters(m, threshold) for m in m_normalised]
-    size = np.array([sum(len(s) for s in c) for c in per_node])
-    signal = np.array([sum(len(s) ** 2 for s in c) for c in per_node])
-    return NodeStatistics(size, np.array([len(c) for c in per_node]), signal, ones - signal, per_node)
+    found = [clusters_of(m, threshold, order) for m in m_normalised]
+    per_node = [c for c, _ in found]
+    size = np.array([sum(len(s) for s in c) for c in per_node], dtype=np.int64)
+    signal = np.array([sum(len(s) ** 2 for s in c) for c in per_node], dtype=np.int64)
+    return NodeStatistics(size, np.array([len(c) for c in per_node], dtype=np.int64), signal, ones - signal,
+                          per_node, np.array([g for _, g in found], dtype=bool))
 
 
 POINT_STATISTICS = ("mean_cluster_size", "mean_n_clusters", "mean_signal", "mean_noise",
                     "noise_per_label", "snr", "frac_no_cluster")
 
 
-def _point_stats(size, n_clusters, signal, noise, w: np.ndarray) -> dict[str, np.ndarray]:
+def _point_stats(size, n_clusters, signal, noise, w: np.ndarray,
+                 node_means: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Point statistics of node samples given as counts: node arrays (N,), w (R, N) how often each
     node is in each of R samples (a bootstrap resample, a jackknife leave-one-out, or all ones).
-    Means are over nodes with a cluster."""
+    Cluster means are over nodes with a cluster; `node_means` are averaged over every node."""
     has = (n_clusters > 0).astype(np.float64)
     wh = w * has  # (R, N)
     k = wh.sum(axis=1)
@@ -268,6 +398,7 @@ def _point_stats(size, n_clusters, signal, noise, w: np.ndarray) -> dict[str, np
             "mean_cluster_size": mean(size), "mean_n_clusters": mean(n_clusters),
             "mean_signal": mean_signal, "mean_noise": mean_noise, "noise_per_label": mean(per_label),
             "snr": snr, "frac_no_cluster": 1.0 - k / w.sum(axis=1),
+            **{name: w @ np.asarray(v, dtype=np.float64) / w.sum(axis=1) for name, v in (node_means or {}).items()},
         }
 
 
@@ -295,29 +426,32 @@ def bca_interval(theta: float, boot: np.ndarray, jack: np.ndarray, confidence: f
 
 
 def point_statistics(ns: NodeStatistics, bootstrap: int = 1000, confidence: float = 0.95,
-                     seed: int = 0) -> dict[str, float]:
+                     seed: int = 0, node_means: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Per-point statistics with BCa bootstrap intervals over nodes (seeded; METHOD.md 2b).
 
     Means of cluster size, number of clusters, signal, noise and noise per covered label are over
     nodes with a cluster (nodes without one are counted in frac_no_cluster); SNR is mean signal /
     mean noise over those nodes (inf when they have no noise, nan when no node has a cluster).
+    `node_means`: further per-node values whose mean over all nodes is a point statistic with the
+    same intervals (the label-specific fraction: the mean of a 0/1 array; the effect size).
     Keys: each statistic, and `<stat>_lo` / `<stat>_hi` for its interval (nan when bootstrap=0, and
     nan when some resample leaves the statistic undefined: see `bca_interval`).
+    The intervals resample nodes of one network: within-network uncertainty only.
     Why BCa: percentile intervals of these ratio statistics covered 0.90-0.93 instead of 0.95 at
     64-256 nodes in a simulation (issue 15); BCa corrects their bias and skew.
     """
     arrays = [np.asarray(a, dtype=np.float64) for a in (ns.cluster_size, ns.n_clusters, ns.signal, ns.noise)]
     n = len(arrays[0])
-    point = {k: float(v[0]) for k, v in _point_stats(*arrays, np.ones((1, n))).items()}
+    point = {k: float(v[0]) for k, v in _point_stats(*arrays, np.ones((1, n)), node_means).items()}
     out = dict(point)
     if bootstrap > 0 and n > 1:
         w = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(np.float64)
-        boot = _point_stats(*arrays, w)
+        boot = _point_stats(*arrays, w, node_means)
         jack = {k: np.empty(n) for k in point}
         for i in range(0, n, 512):  # leave-one-out, in chunks to bound memory at large N
             rows = np.ones((min(512, n - i), n))
             rows[np.arange(len(rows)), np.arange(i, i + len(rows))] = 0.0
-            for k, v in _point_stats(*arrays, rows).items():
+            for k, v in _point_stats(*arrays, rows, node_means).items():
                 jack[k][i:i + len(rows)] = v
         for k in point:
             out[f"{k}_lo"], out[f"{k}_hi"] = bca_interval(point[k], boot[k], jack[k], confidence)
@@ -327,42 +461,37 @@ def point_statistics(ns: NodeStatistics, bootstrap: int = 1000, confidence: floa
     return out
 
 
-def label_specificity(cluster_size, noise, num_labels: int) -> np.ndarray:
-    """Structural-pruning score of a node: how many label pairs its clusters tell apart, damped by
-    its noise (METHOD.md 4, "SNP score"). A node whose clusters cover c of L labels answers "yes" for
-    c labels and "no" for the other L - c, so it separates c (L - c) label pairs; divided by L that is
-    c (1 - c / L). Noise per covered label (off-block ones: labels it confuses) divides it:
-    score = c (1 - c / L) / (1 + noise / c). An all-ones node (c = L) and a dead node (c = 0)
-    score 0; a clean one-label specialist scores 1 - 1 / L. The former score, signal / (noise + 1),
-    grew as c^2 and ranked the label-blind all-ones node highest."""
-    c = np.asarray(cluster_size, dtype=np.float64)
-    nz = np.asarray(noise, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(c > 0, c * (1 - c / num_labels) / (1 + nz / np.where(c > 0, c, 1)), 0.0)
+def point_label_dependence(dep: LabelDependence, fdr: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per node: rejected at false discovery rate `fdr` among the point's nodes (Benjamini-Hochberg);
+    and the per-node arrays whose means are the point's verdict statistics (`point_statistics`'s
+    node_means): label_specific_fraction (share of nodes rejected) and effect_size (mean eta2)."""
+    reject = benjamini_hochberg(dep.p_value, fdr)
+    return reject, {"label_specific_fraction": reject.astype(np.float64), "effect_size": dep.eta2}
 
 
-def permuted_labels(labels: np.ndarray, permutations: int, seed: int) -> list[np.ndarray]:
-    """`permutations` seeded shuffles of the evaluation labels over the inputs: the label-blind null
-    (every input keeps its fields, but its label is another input's)."""
-    rng = np.random.default_rng(seed)
-    return [labels[rng.permutation(len(labels))] for _ in range(permutations)]
+def snr_text(snr: float, lo: float, hi: float) -> str:
+    """SNR with its interval for people: an infinite or undefined value says why, an undefined
+    interval says so (never `inf [nan, nan]`)."""
+    if math.isnan(snr):
+        return "SNR undefined (no node has a cluster)"
+    if math.isinf(snr):
+        return "SNR infinite (no noise: every Boolean one lies inside a cluster)"
+    if math.isnan(lo) or math.isnan(hi):
+        return f"SNR {snr:.2f} (interval undefined: some node resample has no cluster or no noise)"
+    return f"SNR {snr:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
-def null_statistics(raws: list[torch.Tensor], threshold: float) -> dict[str, float]:
-    """Chance level of a point's SNR: the same nodes, readout and fields, SNP matrices accumulated
-    with label-permuted evaluation inputs (`permuted_labels`), normalised, thresholded and clustered
-    exactly like the measured ones. Keys: null_snr (mean over permutations), null_snr_min /
-    null_snr_max (their range), null_cluster_size (mean labels covered). nan without permutations."""
-    if not raws:
-        return {"null_snr": float("nan"), "null_snr_min": float("nan"), "null_snr_max": float("nan"),
-                "null_cluster_size": float("nan")}
-    snr, size = [], []
-    for raw in raws:
-        ns = node_statistics(normalise(raw), threshold)
-        n = len(ns.cluster_size)
-        st = _point_stats(*(np.asarray(a, dtype=np.float64) for a in (ns.cluster_size, ns.n_clusters, ns.signal,
-                                                                        ns.noise)), np.ones((1, n)))
-        snr.append(float(st["snr"][0]))
-        size.append(float(st["mean_cluster_size"][0]))
-    return {"null_snr": float(np.mean(snr)), "null_snr_min": float(np.min(snr)), "null_snr_max": float(np.max(snr)),
-            "null_cluster_size": float(np.mean(size))}
+def point_line(row: dict) -> str:
+    """One point's row of the per-layer table as a console line: the two verdict statistics first
+    (label-specific fraction and effect size, with their node-bootstrap intervals), then the paper's
+    description (cluster size, noise, SNR)."""
+    def iv(k: str, digits: int = 2) -> str:
+        lo, hi = row.get(f"{k}_lo", float("nan")), row.get(f"{k}_hi", float("nan"))
+        text = f"{row[k]:.{digits}f}"
+        return text if math.isnan(lo) or math.isnan(hi) else f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    greedy = row.get("greedy_fraction", 0.0)
+    return (f"readout acc {row['readout_accuracy']:.3f}  label-specific {iv('label_specific_fraction')} "
+            f"(FDR {row['fdr']:g})  eta2 {iv('effect_size', 3)}  cluster size {row['mean_cluster_size']:.2f}  "
+            f"noise {row['mean_noise']:.2f}  {snr_text(row['snr'], row['snr_lo'], row['snr_hi'])}  "
+            f"no-cluster {row['frac_no_cluster']:.2f}" + (f"  greedy {greedy:.2f}" if greedy and greedy > 0 else ""))

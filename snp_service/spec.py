@@ -275,13 +275,17 @@ class AnalysisSpec(_Strict):
     readout_epochs: int = Field(20, ge=1, le=1000)
     readout_lr: float = Field(1e-2, gt=0.0, le=10.0, description="Adam learning rate of the readouts (cosine decay)")
     threshold: Fraction01 = Field(0.3, description="Boolean SNP threshold th (METHOD.md 2.6)")
-    normalise: Literal["max", "centred"] = "max"
+    normalise: Literal["max", "centred", "afcc"] = Field(
+        "max", description="max: divide each node's SNP matrix by its maximum where positive; centred: subtract "
+        "each output's all-input mean field first; afcc: divide by any non-zero maximum, as the AFCC code")
+    candidate_order: Literal["diagonal", "label"] = Field(
+        "diagonal", description="order of a node's candidate labels in the cluster rule: largest diagonal first, "
+        "or label order as the AFCC code (breaks ties; the greedy fallback's visiting order)")
     bootstrap: int = Field(1000, ge=0, le=100_000,
                            description="bootstrap resamples over nodes for the BCa intervals of every point statistic")
     confidence: Fraction01 = 0.95
-    null_permutations: int = Field(
-        3, ge=0, le=100, description="label permutations of the evaluation inputs for each point's chance-level "
-        "(null) SNR: same nodes, readout and fields, labels shuffled (0: no null level)")
+    fdr: float = Field(0.05, gt=0.0, lt=1.0, description="false discovery rate of the per-node label-dependence "
+                       "tests (Benjamini-Hochberg among a point's nodes)")
     seed: Seed = 0
 
 

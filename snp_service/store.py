@@ -41,9 +41,11 @@ POINT_FILES = {  # per measurement point: name -> (stage folder, file name)
     "node_label_accuracy": ("snp", "node_label_accuracy.npy"), "nodes": ("snp", "nodes.parquet"),
     "readout": ("snp", "readout.pt"), "heads_labels": ("heads", "heads_labels.npy"),
     "head_matrices": ("heads", "head_matrices.npy"), "head_stats": ("heads", "heads.parquet"),
-    "heads_null": ("heads", "null.npy"), "selection_raw": ("prune", "selection_raw.npy"),
+    "heads_null": ("heads", "null.npy"), "heads_specialisation_null": ("heads", "specialisation_null.npy"),
+    "selection_raw": ("prune", "selection_raw.npy"), "selection_eta2": ("prune", "selection_eta2.npy"),
     # the prune stage's work done on the snp stage's capture, for the prune stage to take over
     "staged_prune": ("snp", "prune_staged.json"), "staged_selection_raw": ("snp", "prune_staged_selection_raw.npy"),
+    "staged_selection_eta2": ("snp", "prune_staged_selection_eta2.npy"),
 }
 
 

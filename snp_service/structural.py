@@ -8,10 +8,10 @@ builds the same network with those weights zeroed instead (GELU(0) = 0; a zero v
 output), and a test checks the two give the same logits.
 
 Which units go (lowest score first, ties: lower index first):
-- snp: the label-specificity score of snp.label_specificity, c (1 - c / L) / (1 + noise / c) for a
-  unit covering c labels (0 for an all-ones or a dead unit; METHOD.md 4 gives the rationale), from
-  the unit's SNP statistics at blocks.<m>.mlp.hidden; head score = the same from the head's SNP
-  matrix (snp_service.heads). The statistics come from the selection split (pruning.selection_split).
+- snp: the unit's label dependence, eta2 of its field at blocks.<m>.mlp.hidden (snp.LabelDependence:
+  the share of the field's variance the label explains; 0 for a dead or label-blind unit, whatever
+  its clusters look like); head score = the mean eta2 of the head's dimensions at blocks.<m>.attn.heads.
+  The statistics come from the selection images (pruning.selection_split).
 - magnitude: FF unit score = |linear1 row| * |linear2 column|; head score = |v rows| * |proj columns|.
 The scores themselves come from the criteria of snp_service.prune (one interface for readout masks
 and unit scores); this module plans and performs the removal and measures its cost.

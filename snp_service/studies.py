@@ -234,10 +234,14 @@ def run_heads_study(spec: JobSpec, heads: list[int] | None = None, progress: Pro
             rows.append({"num_heads": h, "job_id": outcome.job_id, "point": p,
                          "accuracy": outcome.stages["evaluate"]["accuracy"],
                          "readout_accuracy": layer["readout_accuracy"], "snr": layer["snr"],
-                         "snr_lo": layer["snr_lo"], "snr_hi": layer["snr_hi"], "null_snr": layer["null_snr"],
+                         "snr_lo": layer["snr_lo"], "snr_hi": layer["snr_hi"],
+                         **{k: layer.get(k) for k in ("label_specific_fraction", "effect_size", "effect_size_lo",
+                                                      "effect_size_hi")},
                          **{k: head.get(k) for k in ("mean_labels_per_head", "mean_heads_per_label",
                                                      "observed_jaccard", "null_mean", "null_sd", "overlap_deficit",
-                                                     "p_value", "p_min", "status", "reason")}})
+                                                     "p_value", "p_min", "status", "reason", "specialisation",
+                                                     "specialisation_null_mean", "specialisation_p",
+                                                     "specialisation_status")}})
     table = pl.DataFrame(rows)
     study = study_folder(store, spec.name, "heads", [v.job_id() for v in jobs])
     study.write_table("heads_study.parquet", table)

@@ -14,7 +14,7 @@ from tests.conftest import tiny_job
 
 def _spec(tmp, **extra):
     return spec_from_dict(tiny_job(tmp, **{"analysis.readout_epochs": 2, "analysis.bootstrap": 50,
-                                           "analysis.null_permutations": 1, **extra}))
+                                           **extra}))
 
 
 def test_groups_fit_the_budget_and_keep_forward_order(tmp_path):

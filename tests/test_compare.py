@@ -66,16 +66,17 @@ def test_the_shipped_unified_job_is_valid_and_pairs_a_cnn_with_a_cct():
     assert len({(v.dataset, v.analysis.threshold) for _, _, v in runs}) == 1
 
 
-def _layers(snr, lo, hi, points=("a", "b", "c"), kind="conv", readout="flatten", null=None):
+def _layers(snr, lo, hi, points=("a", "b", "c"), kind="conv", readout="flatten", effect=None):
     n = len(points)
     kinds = kind if isinstance(kind, list) else [kind] * n
     readouts = readout if isinstance(readout, list) else [readout] * n
-    null = null if null is not None else [0.0] * n
+    effect = [float(v) for v in (effect if effect is not None else snr)]
     return pl.DataFrame({"point": list(points), "kind": kinds, "readout": readouts, "readout_accuracy": [0.5] * n,
+                         "label_specific_fraction": [0.9] * n, "effect_size": effect,
+                         "effect_size_lo": [v - 0.01 for v in effect], "effect_size_hi": [v + 0.01 for v in effect],
                          "mean_cluster_size": [2.0] * n, "mean_noise": [1.0] * n, "noise_per_label": [0.5] * n,
-                         "snr": snr, "frac_no_cluster": [0.1] * n, "snr_lo": lo, "snr_hi": hi,
-                         "null_snr": [float(v) for v in null], "snr_excess": [s - v for s, v in zip(snr, null)],
-                         "mean_node_accuracy": [0.2] * n})
+                         "snr": snr, "frac_no_cluster": [0.1] * n, "greedy_fraction": [0.0] * n, "snr_lo": lo,
+                         "snr_hi": hi, "mean_node_accuracy": [0.2] * n})
 
 
 def test_depth_table_places_points_between_0_and_1_in_forward_order():
@@ -107,15 +108,35 @@ def _runs(per_seed):
                       for s, args in enumerate(per_seed)])
 
 
-def test_trend_rises_only_when_the_intervals_separate_in_every_seed():
+def test_trend_is_a_test_over_networks_of_the_effect_size():
+    """Page's L over seeds (networks): the verdict reads the effect size, never the SNR, and one
+    network gets no trend test however separated its node-bootstrap intervals are."""
     up = ([1.0, 1.5, 2.0], [0.8, 1.2, 1.8], [1.2, 1.8, 2.2])
-    assert compare.trends(_runs([up, up]))["verdict"].to_list() == ["rises"]  # one kind: no separate "all" row
-    overlapping = ([1.0, 1.5, 1.3], [0.8, 1.2, 1.1], [1.2, 1.8, 1.5])
-    t = compare.trends(_runs([up, overlapping])).row(0, named=True)
-    assert t["verdict"] == "no clear trend" and (t["first"], t["last"]) == ("a", "c")
+    one = compare.trends(_runs([up])).row(0, named=True)
+    assert one["trend"] == "one network: no trend test" and one["networks"] == 1 and math.isnan(one["trend_p"])
+    t = compare.trends(_runs([up] * 3)).row(0, named=True)  # one kind: no separate "all" row
+    # every network ranks a < b < c: the exact two-sided p is 2 / (3!)^3
+    assert t["networks"] == 3 and t["trend_p"] == pytest.approx(2 / 216) and t["trend"] == "rises"
+    assert t["trend_p_min"] == pytest.approx(2 / 216) and (t["first"], t["last"]) == ("a", "c")
     down = ([2.0, 1.5, 1.0], [1.8, 1.2, 0.8], [2.2, 1.8, 1.2])
-    t = compare.trends(_runs([down, down])).row(0, named=True)
-    assert t["verdict"] == "falls" and t["spearman_rho"] == pytest.approx(-1.0)
+    t = compare.trends(_runs([down] * 3)).row(0, named=True)
+    assert t["trend"] == "falls" and t["spearman_rho_snr"] == pytest.approx(-1.0)
+    # the SNR rises in every seed but the effect size does not move the same way in each: no trend
+    mixed = [(*up, "abc", [0.1, 0.2, 0.3]), (*up, "abc", [0.3, 0.2, 0.1]), (*up, "abc", [0.2, 0.3, 0.1])]
+    runs = pl.concat([compare.depth_table("m", s, _layers(*a[:3], effect=a[4]), ["a", "b", "c"], "CNN")
+                      for s, a in enumerate(mixed)])
+    t = compare.trends(runs).row(0, named=True)
+    assert t["trend"] == "no trend detected" and t["trend_p"] > 0.05
+
+
+def test_a_trend_test_that_cannot_reach_the_level_says_uninformative():
+    two = ([1.0, 2.0], [0.9, 1.9], [1.1, 2.1], ("a", "b"))
+    runs = pl.concat([compare.depth_table("m", s, _layers(*two), ["a", "b"], "CNN") for s in range(3)])
+    t = compare.trends(runs).row(0, named=True)  # a sign test over 3 networks: p_min = 2 / 2^3 = 0.25
+    assert t["trend_p_min"] == pytest.approx(0.25) and t["trend"] == "uninformative"
+    runs = pl.concat([compare.depth_table("m", s, _layers(*two), ["a", "b"], "CNN") for s in range(6)])
+    t = compare.trends(runs).row(0, named=True)
+    assert t["trend_p"] == pytest.approx(2 / 64) and t["trend"] == "rises"
 
 
 def test_andc_and_heads_summaries_average_over_seeds():
@@ -130,9 +151,11 @@ def test_andc_and_heads_summaries_average_over_seeds():
                           "mean_heads_per_label": [1.5] * 3, "observed_jaccard": [0.1, 0.2, None],
                           "null_mean": [0.3, 0.3, None], "overlap_deficit": [0.2, 0.1, None],
                           "p_value": [0.01, 0.5, None], "p_min": [0.001, 0.4, None], "level": [0.05] * 3,
-                          "status": ["ok", "uninformative", "undefined"]})
+                          "status": ["ok", "uninformative", "undefined"],
+                          "specialisation_p": [0.5, 0.01, 0.02], "specialisation_status": ["ok", "ok", "undefined"]})
     h = compare.heads_summary(heads).row(0, named=True)
-    assert (h["seeds"], h["informative"], h["undefined"], h["uninformative"], h["specialised_seeds"]) == (3, 1, 1, 1, 1)
+    assert (h["seeds"], h["informative"], h["undefined"], h["uninformative"]) == (3, 1, 1, 1)
+    assert (h["avoiding_seeds"], h["specialised_seeds"]) == (1, 1)  # an undefined test counts for neither
     # only the informative seed is averaged: an uninformative or undefined test is no evidence either way
     assert h["overlap_deficit"] == pytest.approx(0.2) and h["observed_jaccard"] == pytest.approx(0.1)
     assert h["p_min_max"] == pytest.approx(0.4)
@@ -144,25 +167,13 @@ def test_trends_never_compare_a_flatten_point_with_a_seqpool_point():
     one = ([3.0, 1.0, 2.0], [2.8, 0.8, 1.8], [3.2, 1.2, 2.2])
     runs = pl.concat([compare.depth_table("m", s, _layers(*one, kind=["conv", "ff", "ff"],
                                                           readout=["flatten", "seqpool", "seqpool"]),
-                                          ["a", "b", "c"], "CCT") for s in (0, 1)])
+                                          ["a", "b", "c"], "CCT") for s in range(6)])
     assert runs["readout"].to_list()[:3] == ["flatten", "seqpool", "seqpool"]
     t = compare.trends(runs)
     assert set(t["readout"].to_list()) == {"seqpool"}  # one flatten point: no trend of its own
     row = t.row(0, named=True)
-    assert (row["first"], row["last"], row["verdict"]) == ("b", "c", "rises")
+    assert (row["first"], row["last"], row["trend"]) == ("b", "c", "rises")
     assert "readout" in compare.aggregate(runs).columns
-
-
-def test_trend_verdict_on_the_excess_over_the_null_level():
-    # SNR rises 1.0 -> 2.0 with separated intervals, but the chance level rises by as much
-    up = ([1.0, 1.5, 2.0], [0.8, 1.2, 1.8], [1.2, 1.8, 2.2])
-    t = compare.trends(_runs([up, up])).row(0, named=True)
-    assert (t["verdict"], t["verdict_excess"]) == ("rises", "rises")
-    runs = pl.concat([compare.depth_table("m", s, _layers(*up, null=[0.0, 0.5, 1.0]), ["a", "b", "c"], "CNN")
-                      for s in (0, 1)])
-    t = compare.trends(runs).row(0, named=True)
-    assert (t["verdict"], t["verdict_excess"]) == ("rises", "no clear trend")
-    assert t["excess_first"] == pytest.approx(1.0) and t["excess_last"] == pytest.approx(1.0)
 
 
 def test_spearman_uses_average_ranks_and_leaves_nan_out():
@@ -197,8 +208,12 @@ def test_unified_study_end_to_end_and_compare_command(tmp_path, ray_cluster, cap
     assert acc["seeds"].to_list() == [2, 2] and acc["family"].to_list() == ["CNN", "CCT"]
     assert (d / "report" / "figures" / "compare_depth.png").stat().st_size > 10_000
     page = (d / "report" / "report.html").read_text()
-    for heading in ("Per-layer measures along relative depth", "Does SNR rise", "ANDC pruning", "Attention heads"):
+    for heading in ("Per-layer measures along relative depth", "Does label dependence rise", "ANDC pruning",
+                    "Attention heads"):
         assert heading in page
+    trends = pl.read_parquet(d / "compare" / "trends.parquet")
+    assert set(trends["networks"]) == {2} and trends["trend"].str.len_chars().min() > 0
+    assert layers["label_specific_fraction"].is_not_null().all() and layers["effect_size"].is_not_null().all()
     runs = pl.read_parquet(d / "compare" / "accuracy.parquet")["job_id"].to_list()
     # the same comparison from the stored jobs (labels become the model names)
     assert cli.main(["compare", *runs, "--store", str(tmp_path / "results"), "--name", "again"]) == 0

@@ -56,7 +56,7 @@ def test_finetune_keeps_the_mask_and_prune_point_reports_all_methods():
 
     x, y = _separable()
     ro = train_readout(x, y, 3, "seqpool", epochs=10, lr=1e-2)
-    m = normalise(snp_accumulate(ro, x, y, 3)[0].snp_matrices())
+    m = normalise(snp_accumulate(ro, x, y, 3).snp_matrices())
     andc = andc_mask_at(m, 0.3)
     tuned = finetune(ro, andc, x, y, epochs=2, lr=1e-3)
     assert torch.all(tuned.weight[~andc] == 0)
@@ -82,7 +82,7 @@ def test_masks_are_chosen_on_the_selection_images_and_the_rows_say_so():
     sel = selection_rows(len(y), 0.25, seed=3)
     assert len(sel) == 150 and np.array_equal(sel, selection_rows(len(y), 0.25, seed=3))
     assert not np.array_equal(sel, selection_rows(len(y), 0.25, seed=4))
-    m_sel = normalise(snp_accumulate(ro, x, y, 3, rows=sel)[0].snp_matrices())
+    m_sel = normalise(snp_accumulate(ro, x, y, 3, rows=sel).snp_matrices())
     other = torch.zeros_like(m_sel)  # a selection that puts every node on label 0 only
     other[:, 0, 0] = 1.0
     rows, _ = prune_point("p", ro, other, x, y, x, y, 0.3, [], ["random"], 0, 1e-3, selection="heldout: test")

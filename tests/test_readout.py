@@ -80,7 +80,7 @@ def test_seqpool_readout_matrices_are_rank_one():
     g = torch.Generator().manual_seed(1)
     y = np.arange(120) % 4
     x = torch.randn(120, 6, 7, generator=g).numpy()
-    acc, _ = snp_accumulate(Readout(6, 7, 4, "seqpool"), x, y, 4)
+    acc = snp_accumulate(Readout(6, 7, 4, "seqpool"), x, y, 4)
     m = acc.snp_matrices()
     assert all(torch.linalg.matrix_rank(m[n], rtol=1e-8) == 1 for n in range(6))
 
@@ -108,7 +108,7 @@ def test_features_held_as_a_tensor_give_the_same_measurement_as_a_memmap(readout
     info = measurement_points(ModelSpec(name="cct_2_3x2_32").config(), 32)["blocks.0.mlp.hidden"]
     from dataclasses import replace
     info = replace(info, nodes=12, positions=5)
-    spec = AnalysisSpec(readout=readout, readout_epochs=5, bootstrap=50, null_permutations=2)
+    spec = AnalysisSpec(readout=readout, readout_epochs=5, bootstrap=50)
     a = measure_point(info, x, y, x, y, 4, spec)
     b = measure_point(info, torch.from_numpy(x), y, torch.from_numpy(x), y, 4, spec)
     for k, v in a.row.items():

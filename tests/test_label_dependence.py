@@ -1,0 +1,248 @@
+"""The per-node test of label dependence (snp.label_dependence) calibrated on fields whose answer is
+known: label-blind nodes with and without a large label-independent mean field (size), weak and
+strong label dependence under a dominating mean field (power), the pathology that fooled the old
+permuted-label SNR, and statistics broken on purpose, which the same checks must catch."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from snp_service.snp import (
+    SNPAccumulator,
+    benjamini_hochberg,
+    label_dependence,
+    node_statistics,
+    normalise,
+    point_label_dependence,
+    point_statistics,
+    snr_text,
+)
+
+L, X, N = 10, 400, 50
+FDR = 0.05
+
+
+def make_fields(rng, rank: int, mean_scale: float, effect: float, n: int = N, x: int = X,
+                balanced: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    """(fields (x, n, L), labels): each node's field vector is its own mean field (times mean_scale),
+    label-blind variation of the given rank (rank 1: a seqpool readout, W[:, n] times one value), and
+    `effect` times a node-specific label profile of the input's label. Labels unbalanced by default."""
+    if balanced:
+        y = np.arange(x) % L
+    else:
+        y = rng.choice(L, size=x, p=np.linspace(1.0, 3.0, L) / np.linspace(1.0, 3.0, L).sum())
+    mean = rng.normal(size=(n, L)) * mean_scale + mean_scale
+    basis = rng.normal(size=(n, rank, L))
+    z = rng.normal(size=(x, n, rank))
+    f = mean[None] + np.einsum("xnr,nrl->xnl", z, basis)
+    if effect:
+        if rank == 1:  # the label moves the node's one value: its field stays in span(W[:, n])
+            u = rng.normal(size=(n, L))
+            f += effect * u[np.arange(n)[None, :], y[:, None]][:, :, None] * basis[None, :, 0, :]
+        else:
+            profile = rng.normal(size=(n, L, L))
+            f += effect * profile[np.arange(n)[None, :], y[:, None]]
+    return torch.from_numpy(f), y
+
+
+def pillai_p(f: torch.Tensor, y: np.ndarray) -> np.ndarray:
+    """The service's test, fed in batches as the streaming pass does (shifted second moments)."""
+    acc = SNPAccumulator(f.shape[1], L)
+    for i in range(0, len(y), 97):
+        acc.update(f[i:i + 97], torch.from_numpy(y[i:i + 97]))
+    return acc.label_dependence().p_value
+
+
+def calibrate(p_of, rng, rank: int, mean_scale: float, effect: float, reps: int) -> dict:
+    """Per-node rejection rate at 0.05, share of points with any BH rejection (the FWER under a
+    complete null), share of nodes BH rejects (power where the nodes depend on the label)."""
+    raw, anyrej, frac = [], [], []
+    for _ in range(reps):
+        f, y = make_fields(rng, rank, mean_scale, effect)
+        p = p_of(f, y)
+        rej = benjamini_hochberg(p, FDR)
+        raw.append(np.mean(p < 0.05))
+        anyrej.append(rej.any())
+        frac.append(rej.mean())
+    return {"size": float(np.mean(raw)), "fwer": float(np.mean(anyrej)), "power": float(np.mean(frac))}
+
+
+def problems(p_of, seed: int = 0) -> list[str]:
+    """The calibration checks, stopping at the first failure; empty when the statistic holds its size
+    and has power. Monte Carlo bounds: 2,000 node tests per null case (sd of a 0.05 rate 0.005), 120
+    points for the FWER (sd 0.02)."""
+    rng = np.random.default_rng(seed)
+    for rank in (1, 4):
+        strong = calibrate(p_of, rng, rank, 1e3, 0.5, reps=10)
+        if strong["power"] < 0.8:
+            return [f"rank {rank}: power {strong['power']:.2f} at strong dependence under a large mean field"]
+        for scale in (0.0, 1e3):
+            c = calibrate(p_of, rng, rank, scale, 0.0, reps=40)
+            if not 0.035 <= c["size"] <= 0.065:
+                return [f"rank {rank}, mean field {scale:g}: size {c['size']:.3f}"]
+        c = calibrate(p_of, rng, rank, 1e3, 0.0, reps=120)
+        if c["fwer"] > FDR + 3 * math.sqrt(FDR * (1 - FDR) / 120):
+            return [f"rank {rank}: BH's FWER under a complete null {c['fwer']:.3f}"]
+    return []
+
+
+def test_the_service_test_holds_its_size_and_has_power():
+    assert problems(pillai_p) == []
+
+
+def test_weak_dependence_is_found_more_often_than_chance_and_less_than_strong():
+    rng = np.random.default_rng(7)
+    weak = calibrate(pillai_p, rng, 1, 1e3, 0.12, reps=10)["power"]
+    strong = calibrate(pillai_p, rng, 1, 1e3, 0.5, reps=10)["power"]
+    assert 0.1 < weak < strong
+
+
+# ---- statistics broken on purpose: each must fail the checks above
+
+
+def uncentred_p(f: torch.Tensor, y: np.ndarray) -> np.ndarray:
+    """Bug: the between-label sum of squares taken about zero instead of the all-input mean, so the
+    node's mean field counts as label signal (F on each node's field summed over outputs)."""
+    from scipy.stats import f as f_dist
+
+    v = f.sum(dim=2).numpy()  # (X, N)
+    counts = np.bincount(y, minlength=L)
+    means = np.stack([v[y == k].mean(axis=0) for k in range(L)])  # (L, N)
+    between = (counts[:, None] * means ** 2).sum(axis=0) / (L - 1)
+    within = sum(((v[y == k] - means[k]) ** 2).sum(axis=0) for k in range(L)) / (len(y) - L)
+    return f_dist.sf(between / within, L - 1, len(y) - L)
+
+
+def labels_ignored_p(f: torch.Tensor, y: np.ndarray) -> np.ndarray:
+    """Bug: the labels shuffled before the test (the wrong labels reach it)."""
+    return pillai_p(f, np.random.default_rng(0).permutation(y))
+
+
+def has_cluster_p(f: torch.Tensor, y: np.ndarray) -> np.ndarray:
+    """The old service's reading: a node with a cluster in its normalised, thresholded SNP matrix
+    "recognises labels" (p 0 when it has one, 1 otherwise)."""
+    acc = SNPAccumulator(f.shape[1], L)
+    acc.update(f, torch.from_numpy(y))
+    ns = node_statistics(normalise(acc.snp_matrices()), 0.3)
+    return np.where(ns.has_cluster, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("broken", [uncentred_p, labels_ignored_p, has_cluster_p])
+def test_the_checks_catch_a_broken_statistic(broken):
+    assert problems(broken) != []
+
+
+# ---- the pathology and the pieces
+
+
+def test_label_specific_nodes_on_a_large_mean_field_are_found_although_their_boolean_matrix_is_a_rectangle():
+    """With a dominant positive mean field every row of a node's SNP matrix is nearly the mean field,
+    so after max-normalisation the Boolean matrix is a rectangle of all-ones columns whatever the label
+    signal: SNR is |K| / (L - |K|) per node, the same as with permuted labels. The test sees the label."""
+    rng = np.random.default_rng(3)
+    f, y = make_fields(rng, 1, 0.0, 0.0, balanced=True)
+    g = torch.from_numpy(rng.uniform(50.0, 100.0, size=(N, L)))  # a large positive mean field
+    f = f * 2.0 + g[None]
+    for n in range(N):  # node n: +1 on output n % L for inputs of label n % L, small next to the mean field
+        f[torch.from_numpy(y == n % L), n, n % L] += 1.0
+    acc = SNPAccumulator(N, L)
+    acc.update(f, torch.from_numpy(y))
+    b = normalise(acc.snp_matrices()) > 0.3
+    assert bool((b == b[:, :1, :]).all())  # every row equal: a rectangle of all-ones columns
+    dep = acc.label_dependence()
+    reject, means = point_label_dependence(dep, FDR)
+    assert reject.mean() >= 0.8 and means["label_specific_fraction"].mean() == reject.mean()
+    # and a label-blind copy of the same mean field is not found
+    blind = SNPAccumulator(N, L)
+    blind.update(f, torch.from_numpy(np.random.default_rng(1).permutation(y)))
+    assert benjamini_hochberg(blind.label_dependence().p_value, FDR).mean() <= 0.04
+
+
+def test_a_seqpool_field_gives_exactly_the_one_way_anova():
+    from scipy.stats import f_oneway
+
+    rng = np.random.default_rng(2)
+    f, y = make_fields(rng, 1, 1e3, 0.2, n=6)
+    dep = SNPAccumulator(6, L)
+    dep.update(f, torch.from_numpy(y))
+    d = dep.label_dependence()
+    value = (f - f.mean(dim=0)).numpy() @ np.ones(L)  # any fixed projection of a rank-1 field
+    for n in range(6):
+        ref = f_oneway(*[value[y == k, n] for k in range(L)])
+        assert d.rank[n] == 1 and d.p_value[n] == pytest.approx(ref.pvalue, rel=1e-6)
+
+
+def test_multivariate_p_values_agree_with_an_exact_permutation_test():
+    rng = np.random.default_rng(4)
+    f, y = make_fields(rng, 4, 10.0, 0.08, n=4, x=200)
+    acc = SNPAccumulator(4, L)
+    acc.update(f, torch.from_numpy(y))
+    d = acc.label_dependence()
+    perms = 2000
+    null = np.empty((perms, 4))
+    for i in range(perms):
+        a = SNPAccumulator(4, L)
+        a.update(f, torch.from_numpy(rng.permutation(y)))
+        null[i] = a.label_dependence().pillai
+    p_perm = (1 + (null >= d.pillai[None] - 1e-12).sum(axis=0)) / (1 + perms)
+    assert np.abs(p_perm - d.p_value).max() < 0.03
+
+
+def test_streaming_batches_and_merged_shards_give_the_same_test():
+    rng = np.random.default_rng(5)
+    f, y = make_fields(rng, 3, 1e4, 0.1, n=5)
+    whole = SNPAccumulator(5, L)
+    whole.update(f, torch.from_numpy(y))
+    a, b = SNPAccumulator(5, L), SNPAccumulator(5, L)
+    a.update(f[:150], torch.from_numpy(y[:150]))
+    b.update(f[150:], torch.from_numpy(y[150:]))
+    merged = a.merge(b).label_dependence()
+    ref = whole.label_dependence()
+    assert np.allclose(merged.pillai, ref.pillai, rtol=1e-8) and np.allclose(merged.p_value, ref.p_value, rtol=1e-6)
+
+
+def test_dead_nodes_and_too_few_inputs():
+    acc = SNPAccumulator(2, L)
+    y = np.arange(20) % L
+    f = torch.zeros(20, 2, L, dtype=torch.float64)
+    f[:, 1] = torch.randn(20, L, dtype=torch.float64)
+    acc.update(f, torch.from_numpy(y))
+    d = acc.label_dependence()
+    assert d.rank[0] == 0 and d.eta2[0] == 0 and d.p_value[0] == 1.0  # dead: no variance, nothing to test
+    assert math.isnan(d.p_value[1])  # 20 inputs, 10 labels, rank 10: X <= g + r, untestable
+    assert not benjamini_hochberg(d.p_value, 0.05).any()
+
+
+def test_benjamini_hochberg_steps_up():
+    p = np.array([0.001, 0.012, 0.014, 0.04, 0.5, np.nan])
+    # sorted p_(i) <= i q / m with m = 6 (the nan counts as a test): 0.001 <= 0.0083, 0.012 <= 0.0167,
+    # 0.014 <= 0.025, 0.04 > 0.033: the first three
+    assert benjamini_hochberg(p, 0.05).tolist() == [True, True, True, False, False, False]
+    assert benjamini_hochberg(p, 0.01).tolist() == [True, False, False, False, False, False]
+
+
+def test_point_statistics_carry_the_fraction_and_effect_size_with_intervals():
+    rng = np.random.default_rng(6)
+    f, y = make_fields(rng, 1, 1.0, 0.4, n=40)
+    blind, yb = make_fields(rng, 1, 1.0, 0.0, n=40)
+    acc = SNPAccumulator(80, L)
+    acc.update(torch.cat([f, blind], dim=1), torch.from_numpy(y))
+    dep = acc.label_dependence()
+    reject, means = point_label_dependence(dep, FDR)
+    ns = node_statistics(normalise(acc.snp_matrices()), 0.3)
+    st = point_statistics(ns, bootstrap=300, seed=0, node_means=means)
+    assert st["label_specific_fraction"] == pytest.approx(reject.mean())
+    assert 0.35 <= st["label_specific_fraction"] <= 0.6  # the 40 dependent nodes of 80, hardly a blind one
+    assert st["label_specific_fraction_lo"] < st["label_specific_fraction"] < st["label_specific_fraction_hi"]
+    assert st["effect_size"] == pytest.approx(dep.eta2.mean())
+    assert st["effect_size_lo"] < st["effect_size"] < st["effect_size_hi"]
+
+
+def test_snr_prints_infinite_and_undefined_with_the_reason():
+    assert snr_text(float("inf"), float("nan"), float("nan")).startswith("SNR infinite (no noise")
+    assert snr_text(float("nan"), float("nan"), float("nan")) == "SNR undefined (no node has a cluster)"
+    assert "interval undefined" in snr_text(0.5, float("nan"), 0.7)
+    assert snr_text(0.5, 0.4, 0.6) == "SNR 0.50 [0.40, 0.60]"
+    assert "nan" not in snr_text(float("inf"), float("nan"), float("nan"))
