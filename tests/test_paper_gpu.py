@@ -23,7 +23,8 @@ def test_paper_gpu_smoke_runs_the_whole_path(tmp_path):
     assert facts["analysis_in_training_epochs"] > 0 and facts["loop_vs_bare"] > 0
     layers = pd.read_parquet(out / "layers.parquet")
     assert layers["point"].tolist() == ["tokenizer.0", "blocks.6.attn.heads"]
-    assert layers["null_snr"].notna().all() and (layers["readout"] == ["flatten", "seqpool"]).all()
+    assert layers["label_specific_fraction"].notna().all() and layers["effect_size"].between(0, 1).all()
+    assert (layers["readout"] == ["flatten", "seqpool"]).all()
     heads = pd.read_parquet(out / "heads.parquet")
     assert heads["heads"].tolist() == [4]
     andc = pd.read_parquet(out / "andc.parquet")

@@ -80,7 +80,8 @@ def test_torchvision_models_run_through_the_service(tmp_path, ray_cluster, name,
     store = Store.from_spec(load_spec(path).storage)
     job_store = store.job(store.job_ids()[0])
     layers = job_store.layers()
-    assert len(layers) == 4 and layers["snr"].is_not_null().all() and layers["null_snr"].is_not_null().all()
+    assert len(layers) == 4 and layers["snr"].is_not_null().all() and layers["effect_size"].is_not_null().all()
+    assert layers["label_specific_fraction"].is_between(0, 1).all()
     if name == "vit_b_16":
         heads = job_store.heads()
         assert heads["point"].to_list() == ["encoder.layers.encoder_layer_0.self_attention.heads",
