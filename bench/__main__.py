@@ -17,7 +17,7 @@ import time
 
 from bench.common import HEADER, RESULTS, sections
 
-ORDER = ["train", "analysis", "memory", "service", "loader", "fields"]
+ORDER = ["train", "analysis", "memory", "service", "loader", "images", "fields"]
 
 
 def _module(name: str):

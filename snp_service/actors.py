@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -41,6 +42,7 @@ from snp_service.structural import cost, prune_cct
 from snp_service.train import autocast_dtype, evaluate, finetune_network
 
 MAX_RESTARTS = 3
+CONNECT_SECONDS = 5.0  # a cluster address that does not answer a TCP connection in this time is refused
 Progress = Callable[[str], None]
 
 
@@ -56,7 +58,23 @@ def ray_address(spec: JobSpec) -> str | None:
                                                                           address):
         raise SnpError(f"Ray address {address!r} (compute.address or RAY_ADDRESS) is not an address: expected "
                        "host:port (the cluster's GCS, e.g. head:6379), ray://host:10001, or auto")
+    if address and address not in ("auto", "local"):
+        check_reachable(address)
     return address
+
+
+def check_reachable(address: str) -> None:
+    """A host:port (or ray://host:port) Ray address must accept a TCP connection within
+    CONNECT_SECONDS; else one message now, before anything is written (ray.init would retry for
+    minutes, and only at the train stage, after the data stage was recorded)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise SnpError(f"Ray address {address!r} (compute.address or RAY_ADDRESS): nothing answers there ({why}, "
+                       f"waited {CONNECT_SECONDS:g} s); start the cluster (`ray start --head`) or correct the "
+                       "address; nothing was written") from None
 
 
 def ensure_ray(spec: JobSpec) -> None:

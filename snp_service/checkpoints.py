@@ -18,14 +18,22 @@ A plain state_dict or a dict holding one under `state_dict` or `model` (as timm-
 scripts save) is accepted; `module.` prefixes (DistributedDataParallel) are removed. Only what
 `torch.load(weights_only=True)` accepts is loaded: a file that needs arbitrary unpickling is
 refused, never loaded unsafely.
+
+A file is checked for type, size and content before it is trusted (docs/RELIABILITY.md): the
+store reads at most MAX_WEIGHTS_BYTES of a regular file; here a zip whose records would inflate
+beyond that, or beyond MAX_INFLATE_RATIO x the file, is refused before torch.load inflates it; and
+after loading, every tensor must be dense, hold values (not a meta tensor), be of the model's kind
+of number (real, integer; never complex or boolean for a real parameter) and be finite.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import re
+import zipfile
 
 import torch
 from torch import nn
@@ -33,6 +41,11 @@ from torch import nn
 from snp_service.errors import CheckpointError
 
 FORMATS = ("auto", "authors", "snp-service", "state_dict")
+# the largest network the spec accepts (spec.MAX_PARAMETERS, 2 billion) in float32
+MAX_WEIGHTS_BYTES = int(os.environ.get("SNP_MAX_WEIGHTS_BYTES", 8 * 2**30))
+# torch.save stores its records uncompressed (ratio 1); as for the dataset archives (data.MAX_RATIO),
+# far above that is a decompression bomb
+MAX_INFLATE_RATIO = 100
 
 # the authors' key -> the service's key (regular expressions, applied in order)
 _AUTHORS_TO_SERVICE = [
@@ -50,12 +63,30 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_state_dict(data: bytes, source: str) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file's bytes (safe load only), unwrapped from `state_dict` /
-    `model` and from DistributedDataParallel's `module.` prefix."""
+def check_inflated_size(data: bytes, source: str, limit: int = MAX_WEIGHTS_BYTES) -> None:
+    """Refuse a torch zip whose records inflate beyond `limit` bytes or MAX_INFLATE_RATIO x the file,
+    from the sizes its central directory states (zipfile's ZipInfo; torch's reader allocates by the
+    same sizes), before torch.load inflates anything."""
+    if not data.startswith(b"PK\x03\x04"):
+        return  # a legacy pickle holds its tensors as they are: no larger than the file
+    try:
+        records = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as e:
+        raise CheckpointError(f"{source}: not a PyTorch checkpoint (a damaged zip: {e})") from None
+    inflated = sum(r.file_size for r in records)
+    if inflated > limit or inflated > MAX_INFLATE_RATIO * len(data):
+        raise CheckpointError(f"{source}: its records inflate to {inflated:,} bytes from a {len(data):,}-byte file "
+                              f"(limits: {limit:,} bytes, SNP_MAX_WEIGHTS_BYTES; {MAX_INFLATE_RATIO}x the file): "
+                              "refused as a decompression bomb (torch.save never compresses its records)")
+
+
+def read_state_dict(data: bytes, source: str, limit: int = MAX_WEIGHTS_BYTES) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file's bytes (safe load only, `limit` bytes inflated at most),
+    unwrapped from `state_dict` / `model` and from DistributedDataParallel's `module.` prefix."""
     if not (data.startswith(b"PK\x03\x04") or data.startswith(b"\x80")):  # torch's zip format, or a pickle
         raise CheckpointError(f"{source}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle; "
                               f"it starts with {data[:16]!r})")
+    check_inflated_size(data, source, limit)
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -139,11 +170,44 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str, nu
                               f"({'; '.join(parts)}); is it a checkpoint of another architecture or format?")
 
 
+def number_kind(t: torch.Tensor) -> str:
+    """What a tensor's numbers are: real, complex, boolean or integer."""
+    return ("real" if t.is_floating_point() else "complex" if t.is_complex() else "boolean" if t.dtype == torch.bool
+            else "integer")
+
+
+def check_values(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse, naming the tensors, what load_state_dict would take wrongly or not at all: sparse or
+    meta tensors (no dense values), another kind of number than the model's (complex would lose its
+    imaginary part, booleans would read as 0/1), and NaN or infinite values (the job would end
+    complete at chance accuracy with NaN statistics everywhere)."""
+    own = model.state_dict()
+
+    def refuse(what: str, keys: list[str], advice: str) -> None:
+        if keys:
+            raise CheckpointError(f"{source}: {what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} "
+                                  f"({len(keys)} tensor(s)); {advice}")
+
+    refuse("sparse tensors", [k for k, t in state.items() if t.layout != torch.strided],
+           "save dense ones (tensor.to_dense())")
+    refuse("meta tensors (shapes without values)", [k for k, t in state.items() if t.device.type == "meta"],
+           "save the state_dict of a network whose weights exist")
+    refuse("another kind of number than the model's", [
+        f"{k} {number_kind(t)} ({t.dtype}) where the model has {number_kind(own[k])}"
+        for k, t in state.items() if k in own and number_kind(t) != number_kind(own[k])],
+        "save the network's own tensors, not converted ones")
+    non_finite = [f"{k} ({int((~torch.isfinite(t)).sum())} of {t.numel()})" for k, t in state.items()
+                  if t.is_floating_point() and not torch.isfinite(t).all()]
+    refuse("NaN or infinite values", non_finite, "a network with non-finite weights predicts nothing; was its "
+           "training diverging?")
+
+
 def load_weights(model: nn.Module, data: bytes, source: str, fmt: str, num_classes: int,
                  img_size: int) -> dict[str, torch.Tensor]:
-    """Read `data`, map it to the model's keys, check it fits, load it; returns the loaded state_dict
-    (the service's keys), which the job stores as its weights."""
+    """Read `data`, map it to the model's keys, check it fits and holds usable numbers, load it;
+    returns the loaded state_dict (the service's keys), which the job stores as its weights."""
     state = to_model_keys(read_state_dict(data, source), fmt)
     check_fits(model, state, source, num_classes, img_size)
+    check_values(model, state, source)
     model.load_state_dict(state)
     return model.state_dict()

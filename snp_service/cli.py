@@ -16,10 +16,10 @@ import sys
 
 import yaml
 
-from snp_service.errors import CheckpointError, DatasetError, SnpError, SpecError, StoreError
+from snp_service.errors import CheckpointError, DamagedError, DatasetError, SnpError, SpecError, StoreError
 from snp_service.models.registry import list_models, measurement_points, model_config
 from snp_service.provenance import code_version
-from snp_service.spec import StorageSpec, is_valid_name, json_schema, load_spec
+from snp_service.spec import StorageSpec, SyntheticSpec, is_valid_name, json_schema, load_spec
 from snp_service.store import TABLES, Store
 
 LOG = logging.getLogger("snp_service")  # progress lines: `[snp-service] ...` on stdout (--quiet, --verbose)
@@ -160,9 +160,12 @@ def cmd_results(args: argparse.Namespace) -> int:
         for jid in store.job_ids():
             job = store.job(jid)
             m = job.manifest()
-            spec = job.spec_json() if job.has("spec") else {}
             ev = job.stage_result("evaluate") or {}
             status = (m or {}).get("status", "incomplete")
+            try:  # one damaged job is listed as damaged; it never takes the listing down
+                spec = job.spec_json()
+            except DamagedError:
+                spec, status = {}, "damaged"
             rows.append({"job_id": jid, "model": (spec.get("model") or {}).get("name"),
                          "dataset": (spec.get("dataset") or {}).get("name"),
                          "status": status, "accuracy": ev.get("accuracy"),
@@ -210,12 +213,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"no jobs in {store.uri}")
     for jid in jobs:
         job = _job(store, jid)
-        if job.manifest() is None:
-            print(f"{jid}: incomplete (no manifest: a run in progress, or one that failed)")
-            continue
-        damage = job.verify()
+        damage = job.verify()  # without a manifest: each finished stage's outputs against its marker
         damaged += bool(damage)
-        print(f"{jid}: " + ("intact" if not damage else "DAMAGED: " + "; ".join(damage)))
+        state = "DAMAGED: " + "; ".join(damage) if damage else "intact"
+        if job.manifest() is None:
+            state = f"incomplete (no manifest: a run in progress, or one that failed); finished stages {state}"
+        print(f"{jid}: {state}")
     return 1 if damaged else 0
 
 
@@ -329,13 +332,31 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+SYNTH_FLAGS = {"num_classes": "--classes", "train_per_class": "--train-per-class",
+               "test_per_class": "--test-per-class", "seed": "--seed"}
+
+
+def synth_counts(args: argparse.Namespace) -> SyntheticSpec:
+    """`synth`'s counts, checked by the rules of a job file's dataset.synthetic section (at least 2
+    classes, 1 image per class and split, bounded), so every dataset it writes is one a job accepts."""
+    from pydantic import ValidationError
+
+    try:
+        return SyntheticSpec(**{field: getattr(args, flag[2:].replace("-", "_"))
+                                for field, flag in SYNTH_FLAGS.items()})
+    except ValidationError as e:
+        raise SpecError("synth: " + "; ".join(f"{SYNTH_FLAGS[str(err['loc'][0])]} {err['input']!r}: {err['msg']}"
+                                              for err in e.errors())) from None
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from snp_service import synthetic  # local: see the note at the top
 
+    counts = synth_counts(args)
     write = synthetic.write_cifar100 if args.layout == "cifar100" else synthetic.write_flowers102
-    base = write(Path(args.root), args.classes, args.train_per_class, args.test_per_class, seed=args.seed)
+    base = write(Path(args.root), counts.num_classes, counts.train_per_class, counts.test_per_class, seed=counts.seed)
     print(f"wrote {args.layout} layout at {base}")
     return 0
 

@@ -1,6 +1,7 @@
 """Datasets: CIFAR-10, CIFAR-100 (fine labels) and Flowers-102 through torchvision in their
-official layouts, image-folder trees and .tar.gz archives of them, and synthetic data in the
-official layouts (snp_service.synthetic). Also the CCT recipe's transforms and subsetting.
+official layouts, from a folder or a .tar.gz archive of one (local or s3://), image-folder trees and
+archives of them, and synthetic data in the official layouts (snp_service.synthetic). Also the CCT
+recipe's transforms and subsetting.
 
 `materialise()` makes the data loadable (generate, extract or download: idempotent, cached, safe to
 call from every Ray worker); `build_datasets()` returns the train and evaluation splits.
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
+from torchvision.datasets.utils import check_integrity
 
 from snp_service import synthetic
 from snp_service.errors import DatasetError, StoreError
@@ -34,6 +36,9 @@ NORMALISATION = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Up to this size the training crop is CIFAR's (4 px reflect padding), above it RandomResizedCrop;
+# snp_service.devicedata follows the same rule on the batch.
+PAD_CROP_MAX_SIZE = 64
 
 
 def cache_dir() -> Path:
@@ -130,6 +135,57 @@ def check_images(paths: list[str], root: Path) -> None:
                            f"{' ...' if len(bad) > 5 else ''}); remove or replace them")
 
 
+def check_images_once(paths: list[str], root: Path, extracted: Path) -> None:
+    """check_images, remembered when `extracted` is an extracted archive (its folder is named by the
+    archive's content, so one check holds for good)."""
+    marker = extracted / ".images-checked" if (extracted / ".complete").exists() else None
+    if marker is None or not marker.exists():
+        check_images(paths, root)
+        if marker is not None:
+            marker.touch()
+
+
+def check_flowers102(root: Path, origin: str, official: bool) -> None:
+    """The Flowers-102 preflight, before any compute: torchvision's layout under `root`
+    (flowers-102/jpg/, imagelabels.mat, setid.mat), the official .mat files (torchvision's MD5s;
+    `official` False for synthetic data, whose marker stands in), every image that setid.mat lists
+    present in jpg/ and readable. A bad or partial dataset is refused naming what is wrong."""
+    from scipy.io import loadmat
+
+    base, where = root / synthetic.FLOWERS_DIR, f"flowers102 dataset {origin}"
+    layout = "flowers-102/jpg/image_NNNNN.jpg, flowers-102/imagelabels.mat and flowers-102/setid.mat"
+    missing = [f"flowers-102/{f}" for f in ("jpg/", "imagelabels.mat", "setid.mat") if not (base / f).exists()]
+    if missing:
+        raise DatasetError(f"{where}: {', '.join(missing)} missing; expected torchvision's Flowers-102 layout, "
+                           f"{layout}, at the top level of the folder or archive")
+    if official:
+        for key in ("label", "setid"):
+            name, md5 = tvd.Flowers102._file_dict[key]
+            if not check_integrity(str(base / name), md5):
+                raise DatasetError(f"{where}: flowers-102/{name} is not the official file (MD5 {md5} expected): "
+                                   "the official labels and split need the official .mat files; replace it")
+    try:
+        n_labels = loadmat(base / "imagelabels.mat", squeeze_me=True)["labels"].size
+        setid = loadmat(base / "setid.mat", squeeze_me=True)
+        ids = sorted({int(i) for key in ("trnid", "valid", "tstid") for i in np.atleast_1d(setid[key])})
+    except (KeyError, OSError, TypeError, ValueError) as e:
+        raise DatasetError(f"{where}: imagelabels.mat / setid.mat cannot be read ({type(e).__name__}: {e}); "
+                           f"expected {layout}") from None
+    if ids and (ids[0] < 1 or ids[-1] > n_labels):
+        raise DatasetError(f"{where}: setid.mat lists image ids {ids[0]}-{ids[-1]}, imagelabels.mat labels "
+                           f"images 1-{n_labels}; the two files do not belong together")
+    files = [base / "jpg" / f"image_{i:05d}.jpg" for i in ids]
+    absent = [f.name for f in files if not f.is_file()]
+    if absent:
+        raise DatasetError(f"{where}: {len(absent)} of the {len(files)} images setid.mat lists are missing from "
+                           f"flowers-102/jpg/ ({', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}): the "
+                           "dataset is partial; extract or download it again")
+    try:
+        check_images_once([str(f) for f in files], base, root)
+    except DatasetError as e:  # name the user's dataset, not only the folder it was extracted to
+        raise DatasetError(f"{where}: {e}") from None
+
+
 def check_folder(root: Path) -> None:
     """Refuse a dataset folder with a link to a directory (the scan follows links: a cycle never ends)."""
     for d, dirs, _files in os.walk(root, followlinks=False):
@@ -159,7 +215,8 @@ def extract_archive(archive: Path) -> Path:
             raise
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise DatasetError(f"dataset archive {archive} is corrupt or unreadable: {e}") from None
+            raise DatasetError(f"dataset archive {archive} is corrupt or unreadable ({e}); copy or download "
+                               "it again") from None
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
         done.touch()
@@ -249,13 +306,13 @@ def materialise(ds: DatasetSpec, endpoint: str | None = None) -> Path:
         return root
     if not root.exists() and not ds.download:
         raise DatasetError(f"dataset root {root} does not exist")
+    base = extract_archive(root) if root.is_file() else root  # a local archive is read like an s3:// one
     if ds.name == "imagefolder":
-        base = extract_archive(root) if root.is_file() else root
         check_folder(base)
         return _split_root(base, root)
     if ds.download:
         root.mkdir(parents=True, exist_ok=True)
-    return root
+    return base
 
 
 class _SyntheticCheck:
@@ -309,12 +366,13 @@ def subset_per_class(ds: Dataset, max_per_class: int | None, seed: int) -> Datas
 
 
 class ResizeIfNeeded:
-    """Resize((size, size)) for images of another size; images already that size pass untouched (the
-    same pixels T.Resize returns for them, without its cost: 10% of the CIFAR loader's time)."""
+    """The evaluation framing, Resize(size) then CenterCrop(size), for images of another size (a
+    non-square image is cropped, not squashed, so training sees what evaluation sees); images already
+    that size pass untouched (the same pixels, without the cost: 10% of the CIFAR loader's time)."""
 
     def __init__(self, size: int):
         self.size = size
-        self.resize = T.Resize((size, size), antialias=True)
+        self.resize = T.Compose([T.Resize(size, antialias=True), T.CenterCrop(size)])
 
     def __call__(self, img):
         if getattr(img, "size", None) == (self.size, self.size):
@@ -330,9 +388,9 @@ def transforms(ds: DatasetSpec, train: bool) -> T.Compose:
     size, a = ds.image_size, ds.augment
     steps: list = []
     if train and a.crop:
-        steps.append(T.RandomCrop(size, padding=4, padding_mode="reflect") if size <= 64
+        steps.append(T.RandomCrop(size, padding=4, padding_mode="reflect") if size <= PAD_CROP_MAX_SIZE
                      else T.RandomResizedCrop(size, antialias=True))
-        if size <= 64:
+        if size <= PAD_CROP_MAX_SIZE:
             steps.insert(0, ResizeIfNeeded(size))
     else:
         steps += [T.Resize(size, antialias=True), T.CenterCrop(size)]
@@ -363,24 +421,25 @@ def build_datasets(ds: DatasetSpec, seed: int = 0, augment: bool = True, endpoin
             classes, splits = list(train.classes), ("train", "test")
         elif ds.name == "flowers102":
             cls = SyntheticFlowers102 if ds.synthetic else tvd.Flowers102
-            parts = ["train", "val"] if ds.train_split == "trainval" else ["train"]
-            sets = [cls(str(root), split=p, transform=tr, download=ds.download) for p in parts]
+            if ds.download:
+                cls(str(root), download=True)  # torchvision fetches the official files (MD5-checked) once
+            check_flowers102(root, ds.root, official=ds.synthetic is None)
+            parts = ["train", "val"] if ds.train_split == "trainval" else ["train"]  # the official split
+            sets = [cls(str(root), split=p, transform=tr) for p in parts]
             train = sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
-            evald = cls(str(root), split="test", transform=ev, download=False)
-            n = ds.synthetic.num_classes if ds.synthetic else 102
-            classes = synthetic.class_names(n) if ds.synthetic else list(getattr(tvd.Flowers102, "classes", [])) \
-                or [f"flower_{i + 1:03d}" for i in range(n)]
+            evald = cls(str(root), split="test", transform=ev)
+            # the 102 official category names in label order, as torchvision ships them with Flowers102;
+            # checked against a second public copy, the Udacity AIPND flower project's cat_to_name.json
+            # (read from github.com/Fatma-Hamouda/aipnd-project at 8433131): the same but for two
+            # spellings there ("pink-yellow dahlia" without "?", "lotus lotus" for "lotus")
+            classes = synthetic.class_names(ds.synthetic.num_classes) if ds.synthetic else list(tvd.Flowers102.classes)
             splits = ("+".join(parts), "test")
         else:
             train = tvd.ImageFolder(str(root / "train"), transform=tr)
             evald = tvd.ImageFolder(str(root / "test"), transform=ev)
             if train.classes != evald.classes:
                 raise DatasetError(f"{root}: train/ and test/ have different class folders")
-            checked = root.parent / ".images-checked" if (root.parent / ".complete").exists() else None
-            if checked is None or not checked.exists():  # an extracted archive is checked once (content-keyed)
-                check_images([p for p, _ in train.samples + evald.samples], root)
-                if checked is not None:
-                    checked.touch()
+            check_images_once([p for p, _ in train.samples + evald.samples], root, root.parent)
             classes, splits = list(train.classes), ("train", "test")
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise DatasetError(f"{ds.name} at {root}: {e} (expected the official layout under this root)") from None

@@ -17,5 +17,13 @@ class StoreError(SnpError):
     """A results store that cannot be reached or holds something unexpected."""
 
 
+class DamagedError(StoreError):
+    """A stored artefact that is damaged: not readable, or not what its job's manifest says."""
+
+
+class JobBusyError(StoreError):
+    """Another run holds the job's lease (store.JobStore.lease)."""
+
+
 class CheckpointError(SnpError):
     """A checkpoint that cannot be read safely, or does not fit the job's model or dataset."""

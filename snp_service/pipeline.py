@@ -36,7 +36,7 @@ from snp_service.actors import (
     structural_network,
     workers_for,
 )
-from snp_service.checkpoints import load_weights, sha256
+from snp_service.checkpoints import MAX_WEIGHTS_BYTES, load_weights, sha256
 from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
 from snp_service.heads import analyse_heads
@@ -45,9 +45,9 @@ from snp_service.provenance import hardware
 from snp_service.report import build as build_report
 from snp_service.snp import point_line
 from snp_service.spec import JobSpec
-from snp_service.store import FILES, JobStore, Store, clean_error, read_weights
+from snp_service.store import FILES, JobStore, Store, clean_error, is_disk_full, read_weights
 from snp_service.structural import plan
-from snp_service.train import fit
+from snp_service.train import STATE_FILE, checkpoint_bytes, fit, readable_checkpoint
 
 Progress = Callable[[str], None]
 STRUCTURAL_CRITERIA: tuple[Criterion, ...] = (SNPCriterion(), WeightMagnitude())
@@ -69,11 +69,26 @@ def stage_data(spec: JobSpec, job: JobStore, progress: Progress, data: DataBundl
 
 def stage_train(spec: JobSpec, job: JobStore, progress: Progress, callbacks: Sequence = ()) -> dict:
     """Ray Train; `callbacks` are Ray Train callbacks (a Tune trial passes TuneReportCallback)."""
-    ensure_ray(spec)
+    needed = checkpoint_space(spec, job)
     storage_path, fs = job.ray_storage()
+    free = job.store.free_bytes()
+    if free is not None and free < needed:  # refused before any worker starts, not after each restart fails
+        raise StoreError(f"train: the results disk at {storage_path} has {free / 1e6:.1f} MB free; training needs "
+                         f"about {needed / 1e6:.1f} MB for its checkpoints (train.checkpoint_keep + 1 of them, and "
+                         "the weights); free space there or set storage.root elsewhere")
+    ensure_ray(spec)
     progress(f"train: {spec.model.name}, {spec.train.epochs} epochs on Ray Train "
              f"({spec.compute.num_workers} worker(s)); checkpoints in {storage_path}")
-    result = fit(spec, storage_path, fs, callbacks=list(callbacks))
+    try:
+        result = fit(spec, storage_path, fs, callbacks=list(callbacks))
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        removed = remove_partial_checkpoints(job)
+        raise StoreError(f"train: the results disk at {storage_path} filled up while training wrote a checkpoint "
+                         f"(training needs about {needed / 1e6:.1f} MB); {removed} partial checkpoint folder(s) "
+                         "removed, complete ones kept to resume from; free space there or set storage.root "
+                         "elsewhere, then run the job again") from None
     state = result.state
     bad = next((h for h in state["history"] if not math.isfinite(h["train_loss"])), None)
     if bad is not None:
@@ -87,6 +102,31 @@ def stage_train(spec: JobSpec, job: JobStore, progress: Progress, callbacks: Seq
             "checkpoint": result.checkpoint_path}
 
 
+def checkpoint_space(spec: JobSpec, job: JobStore) -> int:
+    """Bytes training will add to the store at its peak: checkpoint_keep + 1 checkpoints (Ray Train
+    writes the next before it deletes the oldest) less those already there (a resumed run), and the
+    final weights."""
+    model = spec.model.build(len(job.class_names()), spec.dataset.image_size)
+    one = checkpoint_bytes(model)
+    present = sum(job.checkpoint_folders().values())
+    return max(0, (spec.train.checkpoint_keep + 1) * one - present) + one // 3
+
+
+def remove_partial_checkpoints(job: JobStore) -> int:
+    """Remove the checkpoint folders whose state does not load (cut short by a full disk: one per
+    restart); complete ones stay for resuming. Returns how many were removed."""
+    removed = 0
+    for folder in job.checkpoint_folders():
+        try:
+            complete = readable_checkpoint(job.read_bytes(f"{folder}/{STATE_FILE}"))
+        except StoreError:
+            complete = False
+        if not complete:
+            job.remove_folder(folder)
+            removed += 1
+    return removed
+
+
 @dataclass
 class Checkpoint:
     """model.weights, read once by the run's preflight: its bytes, SHA-256 and a name for messages."""
@@ -98,7 +138,7 @@ class Checkpoint:
 
     @classmethod
     def read(cls, spec: JobSpec) -> Checkpoint:
-        data, source, finished = read_weights(spec.model.weights, spec.storage.endpoint)
+        data, source, finished = read_weights(spec.model.weights, spec.storage.endpoint, MAX_WEIGHTS_BYTES)
         return cls(data, sha256(data), source, finished)
 
     def fitted(self, spec: JobSpec, num_classes: int) -> dict:
@@ -369,9 +409,9 @@ def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) ->
 
 
 def damaged_from(job: JobStore, stages: list[str], progress: Progress) -> int:
-    """Index of the first stage whose stored outputs fail the job's manifest (size, SHA-256, missing);
-    that stage and every later one run again. len(stages) when nothing is damaged or there is no
-    manifest to check against (an unfinished job)."""
+    """Index of the first stage whose stored outputs fail the job's manifest (size, SHA-256, missing),
+    or, without a manifest (an unfinished job, or a re-run interrupted after deleting it), their stage
+    marker's record; that stage and every later one run again. len(stages) when nothing is damaged."""
     damage = job.verify()
     if not damage:
         return len(stages)
@@ -436,8 +476,15 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks: Sequence = (
     store.check()  # unreachable store or bad credentials: fail before any compute or write
     ray_address(spec)  # an address no driver can join: likewise
     job = store.job(spec.job_id())
-    # a bad dataset (missing, wrong layout, corrupt archive) fails here, before anything is written;
-    # the data stage then records this bundle instead of building it again
+    checkpoint, state, prepared = preflight(spec, job)
+    with job.lease():  # one run of a job id at a time, whichever host runs it (another run: refused, naming it)
+        return run_stages(spec, job, progress, train_callbacks, checkpoint, state, prepared)
+
+
+def preflight(spec: JobSpec, job: JobStore) -> tuple[Checkpoint | None, dict | None, DataBundle | None]:
+    """What can refuse the job before anything is written: model.weights (read, checked, fitted to the
+    model) and the dataset (missing, wrong layout, corrupt archive), built here when the data stage
+    has not run; the data stage then records this bundle instead of building it again."""
     checkpoint = Checkpoint.read(spec) if spec.model.weights else None
     state = None  # the checkpoint fitted to the model: checked once here, stored by the load stage
     if checkpoint and spec.dataset.known_classes():  # a checkpoint that does not fit fails before any data
@@ -445,6 +492,12 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks: Sequence = (
     prepared = load_datasets(spec) if job.stage_result("data") is None else None
     if checkpoint and state is None:
         state = checkpoint.fitted(spec, prepared.num_classes if prepared else len(job.class_names()))
+    return checkpoint, state, prepared
+
+
+def run_stages(spec: JobSpec, job: JobStore, progress: Progress, train_callbacks: Sequence,
+               checkpoint: Checkpoint | None, state: dict | None, prepared: DataBundle | None) -> RunOutcome:
+    """`run` once the preflight passed and the job's lease is held: the stages, then the manifest."""
     progress(f"job {job.job_id} -> {job.uri}")
     first_damaged = damaged_from(job, spec.stage_names(), progress)
     job.invalidate_manifest()
@@ -473,7 +526,7 @@ def run(spec: JobSpec, progress: Progress = print, train_callbacks: Sequence = (
             progress(f"{name}: same inputs as job {source.job_id}; copied its {n} result file(s)")
         else:
             summary = run_stage(fn, spec, job, progress, name)
-        job.finish_stage(name, {**summary, "key": key}, time.perf_counter() - t0)
+        job.finish_stage(name, {**summary, "key": key}, time.perf_counter() - t0, STAGE_OUTPUTS.get(name, ()))
         summaries[name] = job.stage_result(name)
     manifest = job.write_manifest({"name": spec.name, "model": spec.model.name, "dataset": spec.dataset.name,
                                    "status": "complete", "stages": summaries, "hardware": hardware()})

@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,6 +38,8 @@ MAX_PARAMETERS = 2_000_000_000  # a CCT's parameters (a 64-block 4096-wide CCT h
 MAX_YAML_NODES = 100_000  # bounds alias expansion ("billion laughs") before validation
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # job and study names: they name folders
 Fraction01 = Annotated[float, Field(gt=0.0, lt=1.0)]
+# `$NAME`, `${NAME}` or a leading `~`: what a shell would expand (refused in paths, see resolve_path)
+_SHELL_EXPANSION = re.compile(r"^~|\$\{?[A-Za-z_]")
 
 
 class _Strict(BaseModel):
@@ -76,9 +79,10 @@ class DatasetSpec(_Strict):
     name: Literal["cifar10", "cifar100", "flowers102", "imagefolder"]
     root: str = Field(
         ...,
-        description="local directory (torchvision layout), or for imagefolder a directory or .tar.gz holding "
-        "train/<class>/ and test/<class>/; relative paths resolve against the working directory; or "
-        "s3://bucket/key.tar.gz | s3://bucket/prefix/ fetched once per node from storage.endpoint",
+        description="local directory or .tar.gz of one (torchvision layout, e.g. flowers-102/ with jpg/, "
+        "imagelabels.mat, setid.mat), or for imagefolder a directory or .tar.gz holding train/<class>/ and "
+        "test/<class>/; relative paths resolve against the working directory; or s3://bucket/key.tar.gz | "
+        "s3://bucket/prefix/ fetched once per node from storage.endpoint",
     )
     download: bool = Field(False, description="let torchvision download the dataset into root")
     synthetic: SyntheticSpec | None = Field(None, description="generate synthetic data in the official layout")
@@ -141,8 +145,11 @@ class DatasetSpec(_Strict):
             if not path.exists():
                 raise ValueError(f"dataset root {str(path)!r} does not exist (set download: true to fetch it, "
                                  "or synthetic: {} to generate a synthetic one)")
-            if self.name == "imagefolder" and path.is_file() and not str(path).endswith((".tar.gz", ".tgz", ".tar")):
-                raise ValueError(f"imagefolder root {str(path)!r} is a file but not a .tar.gz/.tgz/.tar archive")
+            if path.is_file() and not str(path).endswith((".tar.gz", ".tgz", ".tar")):
+                raise ValueError(f"{self.name} root {str(path)!r} is a file but not a .tar.gz/.tgz/.tar archive")
+        if (self.download or self.synthetic is not None) and resolve_path(self.root).is_file():
+            raise ValueError(f"dataset root {self.root!r} is a file (an archive is read as it is); synthetic and "
+                             "download need a directory")
         return self
 
 
@@ -378,14 +385,14 @@ class StorageSpec(_Strict):
                 raise ValueError(f"S3 URI {v!r} has no bucket; expected s3://bucket/prefix")
         elif "://" in v:
             raise ValueError(f"unsupported storage scheme in {v!r}; expected a local path or s3://bucket/prefix")
+        elif _SHELL_EXPANSION.search(v):
+            resolve_path(v)  # refuses it, saying why (kept as written otherwise: the store resolves it where it runs)
         return v
 
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"endpoint {v!r} has no scheme; expected http://host:port or https://host:port")
-        return v
+        return v if v is None else check_endpoint(v)
 
     @model_validator(mode="after")
     def _endpoint_needs_s3(self) -> StorageSpec:
@@ -411,8 +418,9 @@ class ComputeSpec(_Strict):
         "has GPUs when the stage starts, else 0")
     data_on_device: Literal["auto"] | bool = Field(
         "auto", description="training images decoded once into a uint8 tensor kept on the training device, batches "
-        "cut and augmented there (snp_service.devicedata); auto: on a GPU, for images up to 64 px without RandAugment; "
-        "outside the job id (same recipe, other random streams)")
+        "cut and augmented there (snp_service.devicedata); auto: on a GPU, for images up to 64 px; true: at any size "
+        "(above 64 px RandomResizedCrop on the batch, from the images at the job's resolution); never with "
+        "RandAugment; outside the job id (same recipe, other random streams)")
     max_concurrent_jobs: Literal["auto"] | Annotated[int, Field(ge=1, le=1000)] = Field(
         "auto", description="member jobs of a study (compare, heads study) run at once; auto: as many as the "
         "cluster's CPUs and GPUs hold one job's training workers when the study starts (every one of them on an "
@@ -584,6 +592,11 @@ class JobSpec(_Strict):
             if self.heads_study is None:
                 raise SpecError(f"job {self.name} has no heads_study section; give the head counts")
             heads = self.heads_study.num_heads
+        try:  # `--heads` obeys the file form's rules: a count given twice would run one member twice at once
+            heads = HeadsStudySpec(num_heads=list(heads)).num_heads
+        except ValidationError as e:
+            raise SpecError(f"head counts {list(heads)}: " + "; ".join(
+                err["msg"].removeprefix("Value error, ") for err in e.errors())) from None
         out = []
         for h in heads:
             try:
@@ -688,13 +701,50 @@ def is_valid_name(name: str) -> bool:
 
 
 def resolve_path(p: str) -> Path:
-    """Expand ~ and $VARS; relative paths resolve against the working directory."""
+    """A local path exactly as written; relative paths resolve against the working directory.
+
+    `~` and `$VARS` are not expanded: a job file is data, not a shell script, and expanding it would
+    let a job file (one from someone else, run on a cluster) write the environment's secrets into
+    spec.json, the report and error messages (`root: /data/${AWS_SECRET_ACCESS_KEY}`). A path that
+    would need a shell's expansion is refused, naming only what was written; the shell expands
+    command-line paths (`--store ~/results`) before they get here."""
     if "\x00" in p:
         raise ValueError(f"path {p!r} contains a NUL character")
+    if _SHELL_EXPANSION.search(p):
+        raise ValueError(f"path {p!r}: ~ and $VARIABLES are not expanded in job files (a job file is data, not a "
+                         "shell script); write the path out, or give it on the command line (--set, --store), "
+                         "where your shell expands it")
     try:
-        return Path(os.path.expandvars(os.path.expanduser(p))).resolve()
+        return Path(p).resolve()
     except (RuntimeError, OSError) as e:  # a symbolic-link loop, a name too long
         raise ValueError(f"path {p!r} cannot be resolved ({e})") from None
+
+
+def check_endpoint(url: str) -> str:
+    """An S3 endpoint: http(s)://host[:port]. One that holds credentials (user:secret@host) is refused
+    without repeating them: credentials come only from the environment (AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY), so no spec, message or store error ever carries one."""
+    try:
+        parts = urlsplit(url if "://" in url else f"//{url}")
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        raise ValueError(f"endpoint {without_userinfo(url)!r} is not a URL; expected http://host:port") from None
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"endpoint {without_userinfo(url)!r} holds credentials (user:secret@host); they are never "
+                         "read from a job file: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment")
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", url):
+        raise ValueError(f"endpoint {url!r} has no scheme; expected http://host:port or https://host:port")
+    return url
+
+
+def without_userinfo(text: str) -> str:
+    """`text` with a URL's user:secret@ replaced by ***@ (urllib.parse finds it); other text unchanged."""
+    try:
+        parts = urlsplit(text if "://" in text else f"//{text}")
+    except ValueError:  # not a URL urllib can split: hide everything up to a last @, if any
+        return "***@" + text.rpartition("@")[2] if "@" in text else text
+    if parts.username is None and parts.password is None:
+        return text
+    return text.replace(parts.netloc, "***@" + parts.netloc.rpartition("@")[2], 1)
 
 
 def _count_nodes(node: Any, limit: int) -> None:
@@ -764,6 +814,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         elif e["type"] == "missing":
             msg = "required field is missing"
         got = e.get("input")
+        got = without_userinfo(got) if isinstance(got, str) else got  # an endpoint's user:secret@ never shown
         shown = "" if e["type"] in ("missing",) or isinstance(got, (dict, list)) else f" (got {got!r:.80})"
         lines.append(f"  - {loc}: {msg}{shown}" if loc else f"  - {msg}")
     return "\n".join(lines)

@@ -8,12 +8,20 @@ every artefact with its size and SHA-256. A job folder without a manifest is inc
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import platform
 import posixpath
+import shutil
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,12 +30,18 @@ from typing import Any
 import polars as pl
 import pyarrow.fs as pafs
 
-from snp_service.errors import StoreError
+from snp_service.errors import DamagedError, JobBusyError, StoreError
 from snp_service.provenance import code_version
-from snp_service.spec import StorageSpec, resolve_path
+from snp_service.spec import StorageSpec, check_endpoint, resolve_path
 
 MANIFEST = "manifest.json"
 STAGES = "stages"
+LEASES = "_leases"  # <root>/_leases/<job-id>.json: who runs the job now (not a job: `_` names are skipped)
+# a run renews its lease every quarter of this; a crashed run's lease lapses after it
+LEASE_SECONDS = float(os.environ.get("SNP_LEASE_SECONDS", "600"))
+# S3 has no create-if-absent here (pyarrow): a run writes its lease, waits this long, and holds the job
+# only if it reads its own lease back (of two runs that start together, the later writer wins)
+LEASE_SETTLE_SECONDS = float(os.environ.get("SNP_LEASE_SETTLE_SECONDS", "2"))
 
 # Every artefact of a job, by name: the one place its path is spelled. Stages write through these
 # names; the report, the studies and the CLI read through them (`snp-service results --table`).
@@ -97,9 +111,7 @@ class Store:
     def check(self) -> None:
         """Fail early, before any compute, when the store cannot be reached or written."""
         if not self.remote:
-            existing = Path(self.base)
-            while not existing.exists():
-                existing = existing.parent
+            existing = nearest_existing(Path(self.base))
             if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
                 raise StoreError(f"results directory {self.uri} cannot be created or written "
                                  f"({existing} is not a writable directory)")
@@ -113,6 +125,10 @@ class Store:
         if info.type == pafs.FileType.NotFound:
             raise StoreError(f"bucket {bucket!r} does not exist at endpoint {self.endpoint or 'AWS'}; create it first")
 
+    def free_bytes(self) -> int | None:
+        """Free space on the local disk the store writes to (None on S3: a bucket's quota is not seen)."""
+        return None if self.remote else shutil.disk_usage(nearest_existing(Path(self.base))).free
+
     @classmethod
     def from_spec(cls, storage: StorageSpec) -> Store:
         if storage.root.startswith("s3://"):
@@ -121,6 +137,10 @@ class Store:
             kwargs: dict[str, Any] = {}
             endpoint = storage.endpoint or os.environ.get("AWS_ENDPOINT_URL")  # the AWS CLI's variable too
             if endpoint:
+                try:  # the environment's endpoint is checked as the spec's is: never one with user:secret@
+                    check_endpoint(endpoint)
+                except ValueError as e:
+                    raise StoreError(f"results store {storage.root}: {e} (AWS_ENDPOINT_URL)") from None
                 u = urlparse(endpoint)
                 kwargs.update(endpoint_override=u.netloc, scheme=u.scheme)
             kwargs["region"] = storage.region or "us-east-1"
@@ -219,10 +239,24 @@ class JobStore:
         info = self.store.call(f"checking {rel}", self.store.fs.get_file_info, self.path(rel))
         return info.type != pafs.FileType.NotFound
 
-    def read_bytes(self, rel: str) -> bytes:
+    def read_bytes(self, rel: str, limit: int | None = None) -> bytes:
+        """The file's bytes; with `limit`, a larger file is refused from its size, before it is read.
+        A local file must be a regular file (read_regular_file); an object's size comes from S3."""
+        if not self.store.remote:
+            return read_regular_file(Path(self.path(rel)), limit, f"{self.uri}/{rel}")
+
         def get():
+            if limit is not None:
+                info = self.store.fs.get_file_info(self.path(rel))
+                if info.type == pafs.FileType.NotFound:
+                    raise FileNotFoundError(rel)
+                if info.size is not None and info.size > limit:
+                    raise StoreError(too_large(f"{self.uri}/{rel}", info.size, limit))
             with self.store.fs.open_input_stream(self.path(rel), compression=None) as f:
-                return f.read()
+                data = f.read() if limit is None else f.read(limit + 1)
+            if limit is not None and len(data) > limit:
+                raise StoreError(too_large(f"{self.uri}/{rel}", len(data), limit))
+            return data
 
         try:
             return self.store.call(f"reading {rel}", get)
@@ -230,7 +264,13 @@ class JobStore:
             raise StoreError(f"{self.uri}/{rel} not found") from None
 
     def read_json(self, rel: str) -> Any:
-        return json.loads(self.read_bytes(rel))
+        """A JSON artefact; one that does not parse (truncated, overwritten) raises DamagedError."""
+        data = self.read_bytes(rel)
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise DamagedError(f"{self.uri}/{rel} is damaged (not readable JSON: {e}); "
+                               "`snp-service verify` checks the job") from None
 
     def read_table(self, rel: str) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(self.read_bytes(rel)))
@@ -285,10 +325,20 @@ class JobStore:
         return self.table("andc")
 
     def spec_json(self) -> dict:
-        return self.read_json(FILES["spec"])
+        """The job's spec as stored (a mapping; anything else raises DamagedError)."""
+        spec = self.read_json(FILES["spec"])
+        if not isinstance(spec, dict):
+            raise DamagedError(f"{self.uri}/{FILES['spec']} is damaged (a {type(spec).__name__}, not a job spec)")
+        return spec
 
     def class_names(self) -> list[str]:
-        return self.read_json(FILES["class_names"])
+        """The dataset's class names as the data stage recorded them (a list of strings; anything
+        else raises DamagedError)."""
+        names = self.read_json(FILES["class_names"])
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise DamagedError(f"{self.uri}/{FILES['class_names']} is damaged (expected a list of class names, "
+                               f"got {type(names).__name__}); run the job again to rewrite it")
+        return names
 
     @staticmethod
     def point_path(point: str, what: str) -> str:
@@ -323,13 +373,21 @@ class JobStore:
             return None
         try:
             marker = self.read_json(rel)
-        except ValueError:
+        except DamagedError:
             return None
         return marker if isinstance(marker, dict) and "finished" in marker else None
 
-    def finish_stage(self, stage: str, summary: dict, seconds: float) -> None:
-        self.write_json(f"{STAGES}/{stage}.json", {"stage": stage, "seconds": round(seconds, 3),
-                                                   "finished": _now(), **summary})
+    def finish_stage(self, stage: str, summary: dict, seconds: float, outputs: tuple[str, ...] = ()) -> None:
+        """Record a finished stage, with the size and SHA-256 of every file under its `outputs`
+        prefixes: the marker vouches for them even when the job has no manifest (a re-run deletes
+        it first, and may be interrupted)."""
+        self.write_json(f"{STAGES}/{stage}.json", {"stage": stage, "seconds": round(seconds, 3), "finished": _now(),
+                                                   **summary, "artefacts": self.fingerprints(outputs)})
+
+    def finished_stages(self) -> list[str]:
+        """Stages with a marker in the store (readable or not)."""
+        return [posixpath.basename(i.path).removesuffix(".json") for i in self.files()
+                if posixpath.relpath(i.path, self.base).startswith(f"{STAGES}/") and i.path.endswith(".json")]
 
     def invalidate_manifest(self) -> None:
         """Mark the job incomplete while it is being (re)written."""
@@ -342,7 +400,7 @@ class JobStore:
             return None
         try:
             m = self.read_json(MANIFEST)
-        except ValueError:
+        except DamagedError:
             return {"status": "damaged", "damage": [f"{MANIFEST}: not readable JSON"], "artefacts": []}
         if not isinstance(m, dict) or not isinstance(m.get("artefacts"), list):
             return {"status": "damaged", "damage": [f"{MANIFEST}: not a manifest"], "artefacts": []}
@@ -350,21 +408,49 @@ class JobStore:
 
     def verify(self) -> list[str]:
         """Every artefact the manifest lists, checked against its size and SHA-256: the damaged ones
-        ("path: why"); empty when all are intact. A job without a manifest has nothing to check."""
+        ("path: why"); empty when all are intact. A job without a manifest (running, failed, or a
+        re-run interrupted after deleting it): every finished stage's outputs against its marker."""
         m = self.manifest()
-        if m is None:
-            return []
-        damage = list(m.get("damage", []))
+        if m is not None:
+            return list(m.get("damage", [])) + self.check_entries(m["artefacts"], "the manifest")
+        damage = []
+        for stage in self.finished_stages():
+            marker = self.stage_result(stage)  # an unreadable marker: the stage counts as not finished
+            if marker is not None and isinstance(marker.get("artefacts"), list):  # older markers list none
+                damage += self.check_entries(marker["artefacts"], f"stage {stage}'s marker")
+        return damage
+
+    def check_entries(self, entries: list, whose: str) -> list[str]:
+        """The entries ({path, size, sha256}) whose file is missing, of another size or content."""
         sizes = {posixpath.relpath(i.path, self.base): i.size for i in self.files()}
-        for entry in m["artefacts"]:
-            rel = entry.get("path", "")
+        damage = []
+        for entry in entries:
+            rel = entry.get("path", "") if isinstance(entry, dict) else ""
             if rel not in sizes:
                 damage.append(f"{rel}: missing")
             elif sizes[rel] != entry.get("size"):
-                damage.append(f"{rel}: {sizes[rel]} bytes, the manifest says {entry.get('size')}")
+                damage.append(f"{rel}: {sizes[rel]} bytes, {whose} says {entry.get('size')}")
             elif self.sha256(rel) != entry.get("sha256"):
-                damage.append(f"{rel}: content differs from the manifest's SHA-256")
+                damage.append(f"{rel}: content differs from {whose}'s SHA-256")
         return damage
+
+    def read_intact(self, rel: str, limit: int | None = None) -> bytes:
+        """A finished job's artefact taken as input (its weights for another job): read only when the
+        job's manifest says complete and lists the bytes with this size and SHA-256."""
+        m = self.manifest()
+        if m is None:
+            raise StoreError(f"{self.uri}: job {self.job_id} has not finished (no {MANIFEST}); run it first")
+        if m.get("status") != "complete":
+            why = "; ".join(m.get("damage", [])[:2]) or f"status {m.get('status')!r}"
+            raise DamagedError(f"{self.uri}: job {self.job_id} is not intact ({why}); run it again first")
+        entry = next((e for e in m["artefacts"] if isinstance(e, dict) and e.get("path") == rel), None)
+        if entry is None:
+            raise DamagedError(f"{self.uri}/{rel}: not in job {self.job_id}'s manifest; run the job again first")
+        data = self.read_bytes(rel, limit)
+        if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise DamagedError(f"{self.uri}/{rel} is damaged ({len(data):,} bytes, the manifest says "
+                               f"{entry.get('size')}; or another SHA-256): run job {self.job_id} again first")
+        return data
 
     def sha256(self, rel: str) -> str:
         def digest(path=self.path(rel)):
@@ -376,20 +462,132 @@ class JobStore:
 
         return self.store.call(f"hashing {rel}", digest).hexdigest()
 
-    def write_manifest(self, extra: dict) -> dict:
-        """List every artefact with size and SHA-256; written last, so its presence means complete."""
+    def fingerprints(self, prefixes: tuple[str, ...] | None = None) -> list[dict]:
+        """{path, size, sha256} of every file (under `prefixes`, if given), but the manifest and
+        temporary files."""
         entries = []
         for info in self.files():
             rel = posixpath.relpath(info.path, self.base)
-            if rel == MANIFEST or ".tmp-" in rel:
+            if rel == MANIFEST or ".tmp-" in rel or (prefixes is not None and not rel.startswith(prefixes)):
                 continue
             entries.append({"path": rel, "size": info.size, "sha256": self.sha256(rel)})
+        return entries
+
+    def write_manifest(self, extra: dict) -> dict:
+        """List every artefact with size and SHA-256; written last, so its presence means complete."""
         manifest = {"job_id": self.job_id, "written": _now(), "code_version": code_version(),
-                    "host": platform.node(), "artefacts": entries, **extra}
+                    "host": platform.node(), "artefacts": self.fingerprints(), **extra}
         self.write_json(MANIFEST, manifest)
         return manifest
 
+    # --- the lease: one run of a job at a time -------------------------------------------------
+    @contextmanager
+    def lease(self, seconds: float = LEASE_SECONDS) -> Iterator[dict]:
+        """Hold the job's lease while the body runs: a second run of the same job id, on this host or
+        another sharing the store, is refused with one message naming the holder (JobBusyError). The
+        lease names its owner (host, pid) and an expiry, renewed by a thread while the run lives; a
+        lease past its expiry, or held by a process of this host that no longer exists, is taken over,
+        so a crashed run never blocks its job for longer than `seconds`."""
+        mine = self._take_lease(seconds)
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew_lease, args=(mine, seconds, stop), daemon=True,
+                                   name=f"lease {self.job_id}")
+        renewer.start()
+        try:
+            yield mine
+        finally:
+            stop.set()
+            renewer.join()
+            self._drop_lease(mine)
+
+    @property
+    def _leases(self) -> JobStore:
+        return self.store.job(LEASES)
+
+    def lease_holder(self) -> dict | None:
+        """The job's lease, when a live run holds it (None when free, lapsed, its holder's process
+        gone from this host, or the record unreadable)."""
+        try:
+            held = self._leases.read_json(f"{self.job_id}.json")
+        except DamagedError:
+            return None
+        except StoreError:
+            if self._leases.exists(f"{self.job_id}.json"):
+                raise
+            return None
+        return held if isinstance(held, dict) and lease_is_live(held) else None
+
+    @contextmanager
+    def _lease_guard(self) -> Iterator[None]:
+        """Local store: read-check-write of a lease under an exclusive flock (released by the kernel
+        when its process dies, also on NFS's lock manager). S3: nothing (see LEASE_SETTLE_SECONDS)."""
+        if self.store.remote:
+            yield
+            return
+        import fcntl
+
+        folder = Path(self.store.base) / LEASES
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".guard", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _take_lease(self, seconds: float) -> dict:
+        mine = {"job_id": self.job_id, "owner": f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+                "host": platform.node(), "pid": os.getpid(), "since": _now(), "expires": time.time() + seconds}
+        with self._lease_guard():
+            held = self.lease_holder()
+            if held is not None:
+                raise JobBusyError(busy_message(self.job_id, held))
+            self._leases.write_json(f"{self.job_id}.json", mine)
+        if self.store.remote:  # the later of two writers wins: hold the job only if ours is what is there
+            time.sleep(LEASE_SETTLE_SECONDS)
+            held = self.lease_holder()
+            if held is None or held.get("owner") != mine["owner"]:
+                raise JobBusyError(busy_message(self.job_id, held or {"owner": "another run"}))
+        return mine
+
+    def _renew_lease(self, mine: dict, seconds: float, stop: threading.Event) -> None:
+        while not stop.wait(seconds / 4):
+            try:
+                with self._lease_guard():
+                    held = self.lease_holder()
+                    if held is not None and held.get("owner") != mine["owner"]:
+                        return  # taken over (this run stalled past its expiry): never overwrite the new holder
+                    mine["expires"] = time.time() + seconds
+                    self._leases.write_json(f"{self.job_id}.json", mine)
+            except StoreError:
+                pass  # the store is down for now: the next renewal tries again
+
+    def _drop_lease(self, mine: dict) -> None:
+        try:
+            with self._lease_guard():
+                held = self.lease_holder()
+                if held is not None and held.get("owner") == mine["owner"]:
+                    self.store.call("releasing the lease", self.store.fs.delete_file,
+                                    self._leases.path(f"{self.job_id}.json"))
+        except (StoreError, FileNotFoundError):
+            pass  # it lapses after its expiry
+
     # --- Ray Train ------------------------------------------------------------------------
+    def checkpoint_folders(self) -> dict[str, int]:
+        """Ray Train's checkpoint folders of this job (`train/<run>/checkpoint_*`) and their bytes."""
+        sel = pafs.FileSelector(self.path("train"), recursive=True, allow_not_found=True)
+        infos = self.store.call("listing checkpoints", self.store.fs.get_file_info, sel)
+        folders = {posixpath.relpath(i.path, self.base): 0 for i in infos
+                   if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")}
+        for i in infos:
+            folder = posixpath.dirname(posixpath.relpath(i.path, self.base))
+            if i.type == pafs.FileType.File and folder in folders:
+                folders[folder] += i.size or 0
+        return folders
+
+    def remove_folder(self, rel: str) -> None:
+        self.store.call(f"removing {rel}", self.store.fs.delete_dir, self.path(rel))
+
     def ray_storage(self) -> tuple[str, pafs.FileSystem | None]:
         """(storage_path, storage_filesystem) for ray.train.RunConfig: checkpoints land in the job."""
         if isinstance(self.store.fs, pafs.LocalFileSystem):
@@ -410,24 +608,97 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def read_weights(weights: str, endpoint: str | None) -> tuple[bytes, str, bool]:
-    """The bytes of `model.weights`: a checkpoint file (local path or s3://bucket/key), or a finished
-    job's stored weights (its folder, local or s3://). Returns (bytes, a name for messages, whether it
-    is a finished job of this service)."""
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest parent that exists (a store's folder is created on its first write)."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether an error (or one it was raised from; Ray passes a worker's as text) is a full disk,
+    a quota or a file-size limit."""
+    seen: BaseException | None = e
+    chain: set[int] = set()
+    while seen is not None and id(seen) not in chain:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return True
+        chain.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    return any(text in str(e) for text in ("No space left on device", "Disk quota exceeded", "File too large"))
+
+
+def lease_is_live(held: dict) -> bool:
+    """A lease is live until its expiry, unless its holder was a process of this host that is gone."""
+    if not isinstance(held.get("expires"), (int, float)) or held["expires"] < time.time():
+        return False
+    if held.get("host") == platform.node() and isinstance(held.get("pid"), int):
+        try:
+            os.kill(held["pid"], 0)
+        except ProcessLookupError:
+            return False  # crashed or killed: its lease is not waited for
+        except PermissionError:
+            pass  # another user's live process
+    return True
+
+
+def busy_message(job_id: str, held: dict) -> str:
+    until = (datetime.fromtimestamp(held["expires"], timezone.utc).isoformat(timespec="seconds")
+             if isinstance(held.get("expires"), (int, float)) else "?")
+    return (f"job {job_id} is being run by {held.get('owner')} (host {held.get('host', '?')}, pid "
+            f"{held.get('pid', '?')}, since {held.get('since', '?')}; its lease runs to {until} and is renewed "
+            f"while that run lives); wait for it to end, then run the job again (a crashed run's lease lapses "
+            f"within {LEASE_SECONDS:g} s, SNP_LEASE_SECONDS)")
+
+
+def too_large(what: str, size: int, limit: int) -> str:
+    return (f"{what} is {size:,} bytes, over the limit of {limit:,} for a file the service reads whole "
+            "(SNP_MAX_WEIGHTS_BYTES raises it for weights)")
+
+
+def read_regular_file(path: Path, limit: int | None, what: str) -> bytes:
+    """A local file's bytes, checked before it is read: a regular file (a FIFO would block, a device
+    such as /dev/zero never end; links are followed to what they name) of at most `limit` bytes by
+    its size (a 40 GB sparse file is refused, not read); opened without blocking and checked on the
+    open descriptor, so what is checked is what is read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise StoreError(f"{what} not found") from None
+    except OSError as e:
+        raise StoreError(f"{what}: cannot read: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                    else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket")
+            raise StoreError(f"{what}: not a regular file ({kind}); refused before reading")
+        if limit is not None and info.st_size > limit:
+            raise StoreError(too_large(what, info.st_size, limit))
+        try:
+            data = f.read() if limit is None else f.read(limit + 1)  # bounded even if it grows meanwhile
+        except OSError as e:
+            raise StoreError(f"{what}: cannot read: {e.strerror or e}") from None
+    if limit is not None and len(data) > limit:
+        raise StoreError(too_large(what, len(data), limit))
+    return data
+
+
+def read_weights(weights: str, endpoint: str | None, limit: int) -> tuple[bytes, str, bool]:
+    """The bytes of `model.weights` (at most `limit`, refused from the size before reading): a
+    checkpoint file (a regular local file or s3://bucket/key), or a finished job's stored weights
+    (its folder, local or s3://; read only when its manifest vouches for them). Returns (bytes, a name
+    for messages, whether it is a finished job of this service)."""
     if weights.startswith("s3://"):
         bucket, _, key = weights[5:].partition("/")
         store = Store.from_spec(StorageSpec(root=f"s3://{bucket}", endpoint=endpoint))
         parent, _, leaf = key.rstrip("/").rpartition("/")
         job = store.job(key.rstrip("/"))
         if job.exists(FILES["weights"]):  # a finished job's folder
-            return job.read_bytes(FILES["weights"]), f"{weights} (job {leaf})", True
-        return store.job(parent).read_bytes(leaf) if parent else store.job("").read_bytes(leaf), weights, False
+            return job.read_intact(FILES["weights"], limit), f"{weights} (job {leaf})", True
+        return store.job(parent).read_bytes(leaf, limit), weights, False
     path = resolve_path(weights)
-    try:
-        if path.is_dir():
-            if not (path / MANIFEST).is_file():
-                raise StoreError(f"weights {path}: job {path.name} has not finished (no {MANIFEST}); run it first")
-            return (path / FILES["weights"]).read_bytes(), f"{path} (job {path.name})", True
-        return path.read_bytes(), str(path), False
-    except OSError as e:
-        raise StoreError(f"weights {path}: cannot read: {e.strerror or e}") from None
+    if path.is_dir():  # a finished job's folder: its parent is a results root
+        job = Store(pafs.LocalFileSystem(), str(path.parent), str(path.parent)).job(path.name)
+        return job.read_intact(FILES["weights"], limit), f"{path} (job {path.name})", True
+    return read_regular_file(path, limit, f"weights {path}"), str(path), False

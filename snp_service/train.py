@@ -7,6 +7,7 @@ TorchTrainer whose checkpoints live in the job's results folder.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -140,7 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
     gen = torch.Generator()
     device = ray.train.torch.get_device()
     on_device = devicedata.usable(spec.dataset, spec.compute.data_on_device, device)
-    if on_device:  # small images: decoded once, kept on the device, augmented there in batches
+    if on_device:  # images decoded once at the job's resolution, kept on the device, augmented there in batches
         plain = build_datasets(spec.dataset, seed=t.seed, augment=False, endpoint=spec.storage.endpoint)
         key = {"data": data.describe(), "dataset": spec.dataset.model_dump(mode="json", exclude={"augment"}),
                "seed": t.seed}
@@ -291,6 +292,22 @@ def check_fits_cluster(spec: JobSpec, use_gpu: bool, nodes: list[dict]) -> None:
                        f"largest node has {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs); "
                        "lower compute.num_workers or cpus_per_worker, set use_gpu: false or auto, or set "
                        "compute.autoscaling: true on a cluster that adds nodes")
+
+
+def checkpoint_bytes(model: nn.Module) -> int:
+    """About one training checkpoint's size: the model's tensors plus AdamW's two moments of each
+    parameter (STATE_FILE holds the model and the optimizer; the rest is small)."""
+    return (sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            + 2 * sum(p.numel() * p.element_size() for p in model.parameters()))
+
+
+def readable_checkpoint(state_file: bytes) -> bool:
+    """Whether a checkpoint's STATE_FILE loads (one cut short by a full disk does not)."""
+    try:
+        torch.load(io.BytesIO(state_file), map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return True
 
 
 def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: str | None = None,

@@ -151,6 +151,7 @@ def test_weights_from_the_bucket_a_file_or_a_finished_job(s3_server, tmp_path, m
     bucket.job("files").write_bytes("model.pth", _bytes({"state_dict": state}))
     finished = bucket.job("tiny-0123456789ab")
     finished.write_torch("model/weights.pt", state)
+    finished.write_manifest({"status": "complete"})  # a finished job: its manifest vouches for its weights
     for weights, is_job in ((f"s3://snp-test/{prefix}/files/model.pth", False),
                             (f"s3://snp-test/{prefix}/tiny-0123456789ab", True)):
         job = tiny_job(tmp_path)
@@ -161,3 +162,106 @@ def test_weights_from_the_bucket_a_file_or_a_finished_job(s3_server, tmp_path, m
         assert ckpt.finished_job is is_job
         loaded = ckpt.fitted(spec, 4)
         assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+# --- issue 30: a file the service reads is checked for type, size and content before it is trusted
+
+_READ_WEIGHTS = """
+import sys
+from snp_service.errors import StoreError
+from snp_service.store import read_weights
+try:
+    read_weights(sys.argv[1], None, 8 * 2**30)
+except StoreError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def _limit_memory():  # a regression reads the file whole: let it fail in the child, not take the host
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+
+
+@pytest.mark.parametrize("kind, make, message", [
+    ("a link to /dev/zero", lambda p: p.symlink_to("/dev/zero"), "not a regular file (a device)"),
+    ("a FIFO", lambda p: __import__("os").mkfifo(p), "not a regular file (a FIFO)"),
+    ("a 40 GB sparse file", lambda p: __import__("os").truncate(p.open("wb").name, 40 * 2**30), "over the limit"),
+])
+def test_weights_that_are_not_a_bounded_regular_file_are_refused_before_reading(tmp_path, kind, make, message):
+    import subprocess
+    import sys
+
+    path = tmp_path / "model.pth"
+    make(path)
+    done = subprocess.run([sys.executable, "-c", _READ_WEIGHTS, str(path)], capture_output=True, text=True,
+                          timeout=60, preexec_fn=_limit_memory, cwd=REPO)
+    assert done.returncode == 3, f"{kind}: {done.stdout}{done.stderr[-2000:]}"
+    assert message in done.stdout and "Traceback" not in done.stderr
+
+
+def test_a_zip_that_inflates_far_beyond_its_size_is_refused_before_torch_load():
+    import zipfile
+
+    plain = _bytes({"w": torch.zeros(16 * 2**20)})  # 64 MiB of zeros, stored as torch.save does
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(plain)) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert len(bomb.getvalue()) < len(plain) / 100
+    with pytest.raises(CheckpointError, match="bomb.pth: its records inflate to 67,1.* as a decompression bomb"):
+        read_state_dict(bomb.getvalue(), "bomb.pth")
+    with pytest.raises(CheckpointError, match="limits: 1,000 bytes"):  # the absolute limit, for stored records
+        read_state_dict(_bytes(_small().build(4, 32).state_dict()), "big.pth", limit=1000)
+
+
+def _altered(key: str, change) -> bytes:
+    state = _small().build(4, 32).state_dict()
+    state[key] = change(state[key].clone())
+    return _bytes(state)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.index_fill_(0, torch.tensor([0]), float("nan")), "NaN or infinite values: fc.weight (32 of 128)"),
+    (lambda t: t.fill_(float("inf")), "NaN or infinite values: fc.weight"),
+    (lambda t: t.to(torch.complex64), "fc.weight complex (torch.complex64) where the model has real"),
+    (lambda t: t.bool(), "fc.weight boolean (torch.bool) where the model has real"),
+    (lambda t: t.to(torch.int64), "fc.weight integer (torch.int64) where the model has real"),
+    (lambda t: t.to_sparse(), "sparse tensors: fc.weight"),
+    (lambda t: t.to("meta"), "meta tensors (shapes without values): fc.weight"),
+])
+def test_weights_whose_values_the_model_cannot_take_are_refused_naming_the_tensor(change, message):
+    with pytest.raises(CheckpointError) as e:
+        load_weights(_small().build(4, 32), _altered("fc.weight", change), "ckpt.pth", "auto", 4, 32)
+    assert str(e.value).startswith("ckpt.pth: ") and message in str(e.value)
+
+
+def test_integer_buffers_and_half_precision_weights_still_load():
+    src = ModelSpec(name="vgg11_bn").build(4, 32)  # BatchNorm's num_batches_tracked is int64
+    dst = ModelSpec(name="vgg11_bn").build(4, 32)
+    load_weights(dst, _bytes(src.state_dict()), "vgg.pth", "auto", 4, 32)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in _small().build(4, 32).state_dict().items()}
+    load_weights(_small().build(4, 32), _bytes(half), "half.pth", "auto", 4, 32)
+
+
+def test_a_finished_job_is_taken_as_weights_only_when_its_manifest_vouches_for_them(tmp_path):
+    from snp_service.errors import DamagedError
+    from snp_service.spec import StorageSpec
+    from snp_service.store import Store, read_weights
+
+    job = Store.from_spec(StorageSpec(root=str(tmp_path))).job("done-0123456789ab")
+    job.write_torch("model/weights.pt", _small().build(4, 32).state_dict())
+    job.write_manifest({"status": "complete"})
+    data, source, finished = read_weights(job.base, None, 2**30)
+    assert finished and data == (tmp_path / job.job_id / "model" / "weights.pt").read_bytes()
+    weights = tmp_path / job.job_id / "model" / "weights.pt"
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF  # same size, other content
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(DamagedError, match="weights.pt is damaged"):
+        read_weights(job.base, None, 2**30)
+    weights.write_bytes(data)
+    (tmp_path / job.job_id / "manifest.json").write_text('{"job_id": "done-01')  # a truncated manifest
+    with pytest.raises(DamagedError, match="is not intact"):
+        read_weights(job.base, None, 2**30)

@@ -50,6 +50,49 @@ def test_a_truncated_manifest_or_marker_takes_no_job_down(tmp_path, capsys):
     assert "damaged" in out and "other-0123456789ab" in out
 
 
+def test_a_job_without_its_manifest_is_checked_against_its_stage_markers(tmp_path, capsys):
+    """As after a re-run interrupted once it deleted the manifest: each finished stage's marker
+    records its outputs, so a truncated table is found, the re-run starts at its stage, and `verify`
+    says so (issue 30)."""
+    from snp_service.pipeline import damaged_from
+
+    store, job = _finished(tmp_path)
+    job.finish_stage("snp", {"key": "k"}, 1.0, ("snp/",))
+    job.invalidate_manifest()
+    stages = ["data", "train", "evaluate", "snp", "heads", "prune", "report"]
+    assert damaged_from(job, stages, lambda m: None) == len(stages)  # intact: every finished stage reused
+    layers = tmp_path / "results" / job.job_id / "snp" / "layers.parquet"
+    layers.write_bytes(layers.read_bytes()[:-40])
+    messages = []
+    assert damaged_from(job, stages, messages.append) == stages.index("snp")
+    assert "snp/layers.parquet" in messages[0] and "stage snp's marker" in messages[0]
+    assert main(["verify", "--store", str(tmp_path / "results")]) == 1
+    out = capsys.readouterr().out
+    assert "incomplete" in out and "DAMAGED: snp/layers.parquet" in out
+
+
+@pytest.mark.parametrize("damaged, content, message", [
+    ("spec.json", '{"name": "done", "mod', "spec.json is damaged (not readable JSON"),
+    ("spec.json", '["not", "a", "spec"]', "spec.json is damaged (a list, not a job spec)"),
+    ("data/classes.json", '{"0": "cat"}', "classes.json is damaged (expected a list of class names"),
+])
+def test_a_damaged_spec_or_class_list_gives_one_message_and_the_listing_survives(tmp_path, capsys, damaged,
+                                                                                 content, message):
+    store, job = _finished(tmp_path)
+    _, other = _finished(tmp_path, "other-0123456789ab")
+    job.write_json("data/classes.json", ["a", "b"])
+    (tmp_path / "results" / job.job_id / damaged).write_text(content)
+    root = str(tmp_path / "results")
+    assert main(["results", "--store", root]) == 0
+    out = capsys.readouterr().out
+    assert other.job_id in out and (damaged != "spec.json" or "damaged" in out)
+    assert main(["report", job.job_id, "--store", root]) == 2
+    assert message in capsys.readouterr().err
+    if damaged == "spec.json":
+        assert main(["compare", job.job_id, other.job_id, "--store", root]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_folders_that_are_not_jobs_are_not_listed(tmp_path):
     store, job = _finished(tmp_path)
     (tmp_path / "results" / "not-a-job").mkdir()
@@ -75,3 +118,12 @@ def test_a_rerun_recomputes_from_the_first_damaged_stage(tmp_path, ray_cluster):
     assert "train: already finished" in text and "snp: already finished" not in text
     assert job.verify() == [] and again.manifest["status"] == "complete"
     assert json.loads((tmp_path / "results" / first.job_id / "manifest.json").read_text())["status"] == "complete"
+    # a re-run interrupted after deleting the manifest, and the table truncated: the snp stage's
+    # marker still finds it (issue 30); before, every stage was reused and a manifest written over it
+    job.invalidate_manifest()
+    layers.write_bytes(layers.read_bytes()[:-40])
+    messages.clear()
+    pipeline.run(spec, progress=messages.append)
+    text = "\n".join(messages)
+    assert "damaged results: snp/layers.parquet" in text and "snp: already finished" not in text
+    assert job.verify() == [] and job.layers().height > 0

@@ -1,7 +1,10 @@
 """The on-device data path (snp_service.devicedata), run here on CPU: decoded pixels are the
-dataset's own, batches are the DataLoader recipe's (normalisation, reflect-padded crop, flip), ranks
-see disjoint images, and the decoded split is cached."""
+dataset's own, batches are the DataLoader recipe's (normalisation, reflect-padded crop or, above 64 px,
+RandomResizedCrop; flip), ranks see disjoint images, and the decoded split is cached."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,6 +90,7 @@ def test_training_epochs_are_seeded_permutations_split_disjointly_between_ranks(
 @pytest.mark.parametrize("setting, size, randaugment, device, expect", [
     ("auto", 32, False, "cuda", True), ("auto", 32, False, "cpu", False), (True, 32, False, "cpu", True),
     (False, 32, False, "cuda", False), ("auto", 224, False, "cuda", False), ("auto", 32, True, "cuda", False),
+    (True, 224, False, "cpu", True), (True, 224, True, "cuda", False),
 ])
 def test_path_is_taken_for_small_images_on_a_gpu(tmp_path, setting, size, randaugment, device, expect):
     spec = DatasetSpec(name="cifar100", root=str(tmp_path), image_size=size, augment={"randaugment": randaugment},
@@ -107,3 +111,95 @@ def test_batches_run_without_pydantic():
             "x, y = next(iter(b)); assert x.shape == (2, 3, 8, 8) and float(x.max()) == -2.0\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# Larger images (issue 26): decoded once at the job's resolution, cropped by RandomResizedCrop on the batch.
+
+@pytest.fixture
+def large(tmp_path, cache_env):
+    """An image-folder tree of non-square 120 x 90 noise images, trained at 72 px (above 64)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for c in ("a", "b"):
+            (tmp_path / "large" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(
+                    tmp_path / "large" / split / c / f"{i}.png")
+    return DatasetSpec(name="imagefolder", root=str(tmp_path / "large"), image_size=72)
+
+
+def test_larger_images_are_decoded_once_with_the_dataloaders_pixels(large, cache_env):
+    before = set((cache_env / "decoded").glob("*.npz"))
+    (images, labels), plain = _decoded(large)
+    assert images.dtype == torch.uint8 and tuple(images.shape) == (8, 3, 72, 72)
+    assert len(set((cache_env / "decoded").glob("*.npz")) - before) == 1
+    assert torch.equal(_decoded(large)[0][0], images)  # read back from the cache
+    # the DataLoader's transform of each image (resize the shorter side, centre square) is its decoded pixels
+    batches = devicedata.for_dataset(images, labels, large, 3, torch.device("cpu"), train=False)
+    x = torch.cat([b for b, _y in batches])
+    torch.testing.assert_close(x, torch.stack([plain.train[i][0] for i in range(8)]), atol=1e-5, rtol=0)
+    # training batches without crop and flip are the same pixels, in the epoch's order; with them, a box of
+    # RandomResizedCrop resized back to 72 px
+    still = large.model_copy(update={"augment": large.augment.model_copy(update={"crop": False, "flip": False})})
+    train = devicedata.for_dataset(images, torch.arange(8), still, 4, torch.device("cpu"), train=True)
+    for xb, rows in train:
+        torch.testing.assert_close(xb, x[rows], atol=1e-5, rtol=0)
+    cropped = devicedata.for_dataset(images, torch.arange(8), large, 4, torch.device("cpu"), train=True)
+    assert cropped.resized_crop and not devicedata.for_dataset(images, labels, large.model_copy(
+        update={"image_size": 64}), 4, torch.device("cpu"), train=True).resized_crop
+    xb, rows = next(iter(cropped))
+    assert xb.shape == (4, 3, 72, 72) and xb.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.allclose(xb, x[rows])
+
+
+def test_resized_crop_is_torchvisions_resized_crop_of_each_image():
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.rand(32, 3, 72, 72, generator=torch.Generator().manual_seed(0))
+    state = torch.get_rng_state()
+    out = devicedata.crop_flip(x, True, False, torch.Generator().manual_seed(7), resized=True)
+    assert torch.equal(torch.get_rng_state(), state)  # the global random stream is untouched
+    boxes = devicedata.resized_crop_boxes(32, 72, torch.Generator().manual_seed(7))
+    sides = set()
+    for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+        w, h = x2 - x1, y2 - y1
+        assert 0 <= x1 < x2 <= 72 and 0 <= y1 < y2 <= 72 and 0.07 <= w * h / 72**2 <= 1
+        ref = TF.resized_crop(x[i], y1, x1, h, w, [72, 72], antialias=True)
+        # equal but for the samples less than half a pixel outside the box (the rows and columns nearest
+        # its edges), which weigh the image there where interpolate repeats the box's edge
+        my, mx = (math.ceil(36 / side - 0.5) for side in (h, w))
+        inner = (slice(None), slice(my, 72 - my), slice(mx, 72 - mx))
+        torch.testing.assert_close(out[i][inner], ref[inner], atol=1e-4, rtol=0)
+        torch.testing.assert_close(out[i], ref, atol=0.75, rtol=0)  # >= 1/4 of a sample's weight is in the box
+        sides.add((w, h))
+    assert len(sides) > 20  # boxes vary
+    whole = torch.tensor([[0, 0.0, 0, 72, 72]])
+    from torchvision.ops import roi_align
+    assert torch.equal(roi_align(x[:1], whole, (72, 72), 1.0, 1, True), x[:1])  # the whole image: its own pixels
+    again = devicedata.crop_flip(x, True, False, torch.Generator().manual_seed(7), resized=True)
+    assert torch.equal(again, out)  # seeded
+
+
+def test_crop_boxes_are_drawn_as_torchvisions_random_resized_crop_draws_them():
+    from torchvision.transforms import v2
+
+    n, size = 10_000, 72
+    ours = devicedata.resized_crop_boxes(n, size, torch.Generator().manual_seed(0))
+    rrc, probe = v2.RandomResizedCrop(size), torch.empty(0, size, size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        theirs = torch.tensor([[p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"]]
+                               for p in (rrc.make_params([probe]) for _ in range(n))], dtype=torch.float32)
+    for boxes in (ours, theirs):
+        assert boxes.min() >= 0 and boxes.max() <= size and bool(((boxes[:, 2:] - boxes[:, :2]) >= 1).all())
+
+    def summary(boxes):
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        whole = ((w == size) & (h == size)).float().mean()
+        slack = torch.stack([boxes[:, 0] / (size - w + 1), boxes[:, 1] / (size - h + 1)])  # offset in its range
+        return torch.stack([(w * h).mean() / size**2, torch.log(w / h).mean(), torch.log(w / h).std(), whole,
+                            slack.mean()])
+
+    torch.testing.assert_close(summary(ours), summary(theirs), atol=0.015, rtol=0)

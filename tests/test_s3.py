@@ -194,3 +194,19 @@ def test_a_stage_failing_while_the_store_is_down_is_reported_as_the_store(monkey
     local = Store.from_spec(StorageSpec(root=str(tmp_path / "results"))).job("j")
     with pytest.raises(RuntimeError, match="controller error"):
         run_stage(broken, None, local, print, "train")
+
+
+def test_the_lease_of_a_job_holds_on_s3_too(s3_server, monkeypatch):
+    """One run of a job at a time on a bucket (issue 30): the lease object names its holder."""
+    from snp_service.errors import JobBusyError
+
+    monkeypatch.setattr(store_mod, "LEASE_SETTLE_SECONDS", 0.5)
+    st = s3_store(s3_server)
+    with st.job("job-a").lease() as mine:
+        with pytest.raises(JobBusyError, match=f"job job-a is being run by {mine['owner']}"):
+            with st.job("job-a").lease():
+                pass
+        assert st.job_ids() == []  # the lease is no job
+    with st.job("job-a").lease():  # released
+        assert st.job("job-a").lease_holder()["pid"] == mine["pid"]
+    assert st.job("job-a").lease_holder() is None

@@ -12,7 +12,7 @@ import yaml
 from snp_service.cli import main
 from snp_service.errors import SpecError
 from snp_service.spec import JobSpec, load_spec, spec_from_dict
-from tests.conftest import REPO, SHARED_CIFAR10, tiny_job
+from tests.conftest import REPO, SHARED_CIFAR10, SHARED_FLOWERS, tiny_job
 
 JOBS = sorted((REPO / "jobs").glob("*.yaml"))
 
@@ -20,9 +20,10 @@ JOBS = sorted((REPO / "jobs").glob("*.yaml"))
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
 def test_shipped_jobs_validate(path, monkeypatch):
     text = path.read_text()
-    on_shared = "../shared/datasets/cifar10-jpg.tar.gz" in text
-    if on_shared and not SHARED_CIFAR10.exists():
-        pytest.skip(f"real CIFAR-10 archive not at {SHARED_CIFAR10}")
+    shared = [a for a in (SHARED_CIFAR10, SHARED_FLOWERS) if f"../shared/datasets/{a.name}" in text]
+    on_shared = bool(shared)
+    if on_shared and not shared[0].exists():
+        pytest.skip(f"real dataset archive not at {shared[0]}")
     monkeypatch.chdir(REPO)
     if "weights: results/" in text:
         pytest.skip(f"{path.name} analyses a finished job's weights: it validates once that job has run")

@@ -37,3 +37,80 @@ def test_stages_are_recorded(tmp_path):
     assert store.job_ids() == []  # a folder is a job once its spec.json is written (the run's first write)
     job.write_json("spec.json", {"name": "j"})
     assert store.job_ids() == ["j-2"]
+
+
+# --- one run of a job at a time (issue 30, class 5): a lease per job id in the store
+
+LEASE_HOLDER = """
+import sys, time
+from snp_service.spec import StorageSpec
+from snp_service.store import Store
+with Store.from_spec(StorageSpec(root=sys.argv[1])).job(sys.argv[3]).lease():
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def lease_held_elsewhere(root, seconds: float, job_id: str = "j-1"):
+    """Another process holding the job's lease for `seconds` (it prints `held` once it does)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, str(root), str(seconds), job_id],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_of_a_job_is_refused_naming_the_holder_and_may_run_once_it_ends(tmp_path):
+    import pytest
+
+    from snp_service.errors import JobBusyError
+
+    store = Store.from_spec(StorageSpec(root=str(tmp_path)))
+    holder = lease_held_elsewhere(tmp_path, 3)
+    try:
+        with pytest.raises(JobBusyError, match=rf"job j-1 is being run by .*pid {holder.pid}, since"):
+            with store.job("j-1").lease():
+                pass
+        with store.job("j-2").lease():  # another job id is free
+            pass
+    finally:
+        holder.wait(timeout=30)
+    with store.job("j-1").lease() as mine:  # released when that run ended
+        assert mine["pid"] == __import__("os").getpid()
+    assert store.job("j-1").lease_holder() is None and store.job_ids() == []
+
+
+def test_a_crashed_runs_lease_does_not_block_its_job(tmp_path):
+    import time
+
+    store = Store.from_spec(StorageSpec(root=str(tmp_path)))
+    holder = lease_held_elsewhere(tmp_path, 600)
+    holder.kill()  # SIGKILL: no finally runs, the lease stays behind
+    holder.wait()
+    assert (tmp_path / "_leases" / "j-1.json").exists()
+    with store.job("j-1").lease():  # its holder is gone from this host: taken over at once
+        pass
+    leases = store.job("_leases")
+    leases.write_json("j-1.json", {"owner": "elsewhere:1:x", "host": "another-host", "pid": 1,
+                                   "since": "2026-01-01T00:00:00+00:00", "expires": time.time() - 1})
+    with store.job("j-1").lease():  # another host's lease past its expiry: taken over
+        pass
+
+
+def test_a_long_run_renews_its_lease(tmp_path):
+    import time
+
+    import pytest
+
+    from snp_service.errors import JobBusyError
+
+    store = Store.from_spec(StorageSpec(root=str(tmp_path)))
+    with store.job("j-1").lease(seconds=0.8):
+        time.sleep(2.0)  # past the first expiry: renewed meanwhile
+        with pytest.raises(JobBusyError):
+            with store.job("j-1").lease():
+                pass
