@@ -148,6 +148,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     job = _job(_store(args.store), args.job_id)
     build(job, progress=LOG.info)
+    job.refresh_manifest("report/")  # what it rewrote, re-listed: verify and results still read the job as intact
     return 0
 
 

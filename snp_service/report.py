@@ -81,8 +81,11 @@ def store_figure(job: JobStore, name: str, fig) -> str:
     import matplotlib.pyplot as plt
 
     png, svg = io.BytesIO(), io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
-    fig.savefig(svg, format="svg")
+    # the same figure gives the same bytes: no date in the SVG, its element ids salted by a constant
+    # (matplotlib salts them randomly), so a rebuilt report does not damage its own job's manifest
+    with plt.rc_context({"svg.hashsalt": "snp-service"}):
+        fig.savefig(png, format="png", dpi=110, metadata={"Software": None})
+        fig.savefig(svg, format="svg", metadata={"Date": None})
     plt.close(fig)
     job.write_bytes(f"report/figures/{name}.png", png.getvalue())
     job.write_bytes(f"report/figures/{name}.svg", svg.getvalue())

@@ -480,6 +480,17 @@ class JobStore:
         self.write_json(MANIFEST, manifest)
         return manifest
 
+    def refresh_manifest(self, prefix: str) -> bool:
+        """After a rewrite of the files under `prefix` (a rebuilt report): the manifest's entries there
+        replaced by the files as they now are; every other entry kept as it was, so damage elsewhere
+        is still found. False (nothing written) when the job has no readable manifest."""
+        m = self.manifest()
+        if m is None or m.get("status") == "damaged":
+            return False
+        kept = [e for e in m["artefacts"] if not (isinstance(e, dict) and str(e.get("path", "")).startswith(prefix))]
+        self.write_json(MANIFEST, {**m, "artefacts": kept + self.fingerprints((prefix,))})
+        return True
+
     # --- the lease: one run of a job at a time -------------------------------------------------
     @contextmanager
     def lease(self, seconds: float = LEASE_SECONDS) -> Iterator[dict]:

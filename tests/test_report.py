@@ -58,3 +58,8 @@ def test_cli_results_lists_and_prints_tables(full_job):
     assert absent.returncode == 2 and "no job" in absent.stderr and "Traceback" not in absent.stderr
     rebuilt = subprocess.run(run + ["report", job.job_id, "--store", root], capture_output=True, text=True)
     assert rebuilt.returncode == 0, rebuilt.stderr
+    intact = subprocess.run(run + ["verify", job.job_id, "--store", root], capture_output=True, text=True)
+    assert intact.returncode == 0, intact.stdout + intact.stderr  # the rebuilt report does not damage its job
+    again = subprocess.run(run + ["results", job.job_id, "--table", "layers", "--store", root], capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr

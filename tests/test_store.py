@@ -28,6 +28,44 @@ def test_write_read_and_manifest(tmp_path):
     assert not list((tmp_path / "res").rglob("*.tmp-*"))
 
 
+def test_a_rewritten_report_is_relisted_and_damage_elsewhere_is_still_found(tmp_path):
+    job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
+    job.write_json("snp/layers.json", {"x": 1})
+    job.write_bytes("report/report.html", b"<p>old</p>")
+    job.write_manifest({"status": "complete"})
+    job.write_bytes("report/report.html", b"<p>rebuilt, longer</p>")
+    job.write_bytes("report/figures/new.svg", b"<svg/>")
+    table = tmp_path / "res" / "j-1" / "snp" / "layers.json"
+    table.write_bytes(table.read_bytes().replace(b"1", b"2"))  # same size, other bytes
+    assert len(job.verify()) == 2  # the rewritten report and the damaged table
+    assert job.refresh_manifest("report/")
+    assert job.verify() == ["snp/layers.json: content differs from the manifest's SHA-256"]
+    assert {e["path"] for e in job.manifest()["artefacts"]} == {"snp/layers.json", "report/report.html",
+                                                                 "report/figures/new.svg"}
+    job.invalidate_manifest()
+    assert not job.refresh_manifest("report/")  # no manifest: nothing to refresh, none written
+    assert job.manifest() is None
+
+
+def test_the_same_figure_gives_the_same_bytes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from snp_service.report import store_figure
+
+    job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
+    out = []
+    for _ in range(2):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [1, 0, 2], label="a")
+        ax.legend()
+        store_figure(job, "f", fig)
+        out.append((job.read_bytes("report/figures/f.svg"), job.read_bytes("report/figures/f.png")))
+    assert out[0] == out[1]
+
+
 def test_stages_are_recorded(tmp_path):
     store = Store.from_spec(StorageSpec(root=str(tmp_path)))
     job = store.job("j-2")
