@@ -252,7 +252,7 @@ def prune_point_work(spec: JobSpec, p: str, readout: Readout, raw_eval: torch.Te
         out["rows"], out["curve"] = prune_point(
             p, readout, normalise(raw, afcc=an.normalise == "afcc"), train.points[p], train.labels,
             evaluation.points[p], evaluation.labels, threshold, pr.curve_thresholds, pr.baselines, pr.finetune_epochs,
-            pr.finetune_lr, pr.seed, selection, an.candidate_order)
+            pr.finetune_lr, pr.seed, selection, an.candidate_order, an.cluster_time_limit_s)
     return out
 
 

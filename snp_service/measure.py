@@ -65,7 +65,7 @@ def measure_point(info: PointInfo, train: np.ndarray, train_labels: np.ndarray, 
     acc = snp_accumulate(readout, evaluation, eval_labels, num_labels)
     raw = acc.snp_matrices(centred=analysis.normalise == "centred")
     m = normalise(raw, afcc=analysis.normalise == "afcc")
-    ns = node_statistics(m, analysis.threshold, analysis.candidate_order)
+    ns = node_statistics(m, analysis.threshold, analysis.candidate_order, analysis.cluster_time_limit_s)
     dep = acc.label_dependence()
     specific, node_means = point_label_dependence(dep, analysis.fdr)
     stats = point_statistics(ns, analysis.bootstrap, analysis.confidence, analysis.seed, node_means)

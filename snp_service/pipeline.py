@@ -224,7 +224,8 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     for p in points:
         raw = torch.from_numpy(job.read_point(p, "snp_raw")).double()
         r = analyse_heads(p, raw, info[p].heads, spec.analysis.threshold, spec.heads.null_draws, spec.analysis.seed,
-                          spec.heads.level, spec.analysis.normalise == "afcc", spec.analysis.candidate_order)
+                          spec.heads.level, spec.analysis.normalise == "afcc", spec.analysis.candidate_order,
+                          spec.analysis.cluster_time_limit_s)
         job.write_point(p, "heads_labels", r.heads_labels)
         job.write_point(p, "head_matrices", r.head_matrices.numpy().astype(np.float32))
         job.write_point(p, "head_stats", r.head_stats)

@@ -30,10 +30,12 @@ positive; <code>afcc</code> by any non-zero maximum (as the AFCC code: a negativ
 <li><b>Boolean matrix</b> B_n = M_n &gt; threshold. <b>Clusters</b>: the candidate labels (j with
 B_n[j, j]) partitioned into all-ones diagonal blocks with the largest signal sum |S|&sup2;: the
 candidates split into components of mutual links; a component that is a clique is one cluster, one
-of up to 10 labels is partitioned exactly, a larger one by the greedy rule (candidates visited in the
-job's candidate order: largest diagonal first, or label order as the AFCC code; each opens a block
-that later ones join when linked to all its members). <b>greedy_fraction</b>: the share of nodes with
-a component on the greedy rule.</li>
+of up to 10 labels is partitioned exactly by dynamic programming over subsets, a larger one exactly by
+an integer program (HiGHS) given analysis.cluster_time_limit_s seconds; only where the solver does not
+prove its partition optimal in that time does the greedy rule partition the component (candidates
+visited in the job's candidate order: largest diagonal first, or label order as the AFCC code; each
+opens a block that later ones join when linked to all its members). <b>greedy_fraction</b>: the share
+of nodes with a component left to the greedy fallback.</li>
 <li><b>Cluster size</b>: labels covered; <b>signal</b>: sum of |S|&sup2;; <b>noise</b>: ones of B_n outside
 the blocks; <b>noise per covered label</b>: noise / cluster size. Means are over nodes with a cluster;
 <b>SNR</b> = mean signal / mean noise over those nodes (this service's own definition; infinite when

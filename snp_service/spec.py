@@ -296,6 +296,10 @@ class AnalysisSpec(_Strict):
     candidate_order: Literal["diagonal", "label"] = Field(
         "diagonal", description="order of a node's candidate labels in the cluster rule: largest diagonal first, "
         "or label order as the AFCC code (breaks ties; the greedy fallback's visiting order)")
+    cluster_time_limit_s: float = Field(
+        1.0, gt=0.0, le=3600.0, description="seconds the exact cluster solver (an integer program, HiGHS) may "
+        "spend on one linked component of more than 10 labels; where it does not prove the best partition in "
+        "that time the greedy rule partitions it (greedy_fraction counts those nodes)")
     bootstrap: int = Field(1000, ge=0, le=100_000,
                            description="bootstrap resamples over nodes for the BCa intervals of every point statistic")
     confidence: Fraction01 = 0.95
