@@ -43,7 +43,7 @@ from snp_service.heads import analyse_heads
 from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS, Criterion, SNPCriterion, WeightMagnitude
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
-from snp_service.snp import point_line
+from snp_service.snp import normalisation_flags, point_line
 from snp_service.spec import NEUTRAL_DEFAULTS, JobSpec, without_neutral_defaults
 from snp_service.store import FILES, JobStore, Store, clean_error, is_disk_full, read_weights
 from snp_service.structural import plan
@@ -224,8 +224,8 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     for p in points:
         raw = torch.from_numpy(job.read_point(p, "snp_raw")).double()
         r = analyse_heads(p, raw, info[p].heads, spec.analysis.threshold, spec.heads.null_draws, spec.analysis.seed,
-                          spec.heads.level, spec.analysis.normalise == "afcc", spec.analysis.candidate_order,
-                          spec.analysis.cluster_time_limit_s)
+                          spec.heads.level, normalisation_flags(spec.analysis.normalise)[1],
+                          spec.analysis.candidate_order, spec.analysis.cluster_time_limit_s)
         job.write_point(p, "heads_labels", r.heads_labels)
         job.write_point(p, "head_matrices", r.head_matrices.numpy().astype(np.float32))
         job.write_point(p, "head_stats", r.head_stats)

@@ -16,6 +16,7 @@ import yaml
 from snp_service import figures
 from snp_service.compare import INTERVAL, Run
 from snp_service.provenance import code_version, describe_hardware
+from snp_service.snp import interval_text
 from snp_service.store import FILES, JobStore
 
 DEFINITIONS = """
@@ -305,12 +306,6 @@ def fmt_mean_sd(mean, sd=None, scale: float = 1.0, digits: int = 2) -> str:
     return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
 
-def _interval(lo, hi, digits: int = 2) -> str:
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return ""
-    return f" [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
 def markdown_table(rows: list[list[str]], head: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -339,10 +334,10 @@ def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: 
           fmt_mean_sd(r["readout_accuracy"], r["readout_accuracy_sd"], 100, 1),
           fmt_mean_sd(r["label_specific_fraction"], r["label_specific_fraction_sd"]),
           fmt_mean_sd(r["effect_size"], r["effect_size_sd"], digits=3)
-          + _interval(r["effect_size_seed_lo"], r["effect_size_seed_hi"], 3),
+          + interval_text(r["effect_size_seed_lo"], r["effect_size_seed_hi"], 3),
           fmt_mean_sd(r["mean_cluster_size"], r["mean_cluster_size_sd"]),
           fmt_mean_sd(r["mean_noise"], r["mean_noise_sd"]),
-          fmt_mean_sd(r["snr"], r["snr_sd"]) + _interval(r["snr_seed_lo"], r["snr_seed_hi"]),
+          fmt_mean_sd(r["snr"], r["snr_sd"]) + interval_text(r["snr_seed_lo"], r["snr_seed_hi"]),
           fmt_mean_sd(r["frac_no_cluster"], r["frac_no_cluster_sd"])] for r in lay.iter_rows(named=True)],
         ["model", "point", "kind", "readout", "depth", "readout acc. %", "label-specific", "effect size (eta²)",
          "cluster size", "noise", "SNR", "no cluster"]), ""]

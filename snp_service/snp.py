@@ -167,7 +167,9 @@ def label_dependence(sums: torch.Tensor, second: torch.Tensor, counts: torch.Ten
     total = second - X * centre[:, :, None] * centre[:, None, :]
     means = sums[:, present] / counts[present][None, :, None]  # (N, g, L)
     dev = means - (centre + shift)[:, None, :]
-    between = torch.einsum("nik,nil,i->nkl", dev, dev, counts[present])
+    # one batched matmul: torch.einsum("nik,nil,i->nkl", ...) took 36 s at 128 nodes x 102 labels (it
+    # materialised an (N, g, L, L) product), this 0.02 s (bench/bench_label_dependence.py)
+    between = (dev * counts[present][None, :, None]).transpose(1, 2) @ dev
     total = (total + total.transpose(1, 2)) / 2
     evals, evecs = torch.linalg.eigh(total)
     top = evals.amax(dim=-1, keepdim=True)
@@ -205,6 +207,15 @@ def benjamini_hochberg(p_values: np.ndarray, fdr: float) -> np.ndarray:
 
 NORMALISATIONS = ("max", "centred", "afcc")
 CANDIDATE_ORDERS = ("diagonal", "label")
+
+
+def normalisation_flags(mode: str) -> tuple[bool, bool]:
+    """analysis.normalise decoded once for every stage: (centred, afcc), i.e. whether the SNP matrices
+    are taken about each output's all-input mean (`SNPAccumulator.snp_matrices`) and whether any
+    non-zero maximum divides (`normalise`)."""
+    if mode not in NORMALISATIONS:
+        raise ValueError(f"normalisation {mode!r}: expected one of {NORMALISATIONS}")
+    return mode == "centred", mode == "afcc"
 
 
 def normalise(m: torch.Tensor, afcc: bool = False) -> torch.Tensor:
@@ -280,7 +291,7 @@ def clusters_of(m_normalised: torch.Tensor, threshold: float, order: str = "diag
         if all(mutual[a, c] for a in comp for c in comp):
             result.append(comp)
         elif len(comp) <= EXACT_MAX_LABELS:
-            result.extend(_best_partition(comp, mutual))
+            result.extend(best_partition(comp, mutual))
         else:
             best = milp_partition(comp, mutual, time_limit_s)
             greedy = greedy or best is None
@@ -289,7 +300,7 @@ def clusters_of(m_normalised: torch.Tensor, threshold: float, order: str = "diag
     return [sorted(s) for s in result], greedy
 
 
-def _best_partition(comp: list[int], mutual: np.ndarray) -> list[list[int]]:
+def best_partition(comp: list[int], mutual: np.ndarray) -> list[list[int]]:
     """Exact: the partition of `comp` (labels in tie-break order) into cliques with the largest sum
     of squared sizes; bit i of a mask stands for comp[i]."""
     c = len(comp)
@@ -541,6 +552,14 @@ def point_label_dependence(dep: LabelDependence, fdr: float) -> tuple[np.ndarray
     return reject, {"label_specific_fraction": reject.astype(np.float64), "effect_size": dep.eta2}
 
 
+def interval_text(lo: float | None, hi: float | None, digits: int = 2) -> str:
+    """` [lo, hi]` for people, or nothing where either end is missing or undefined (the console line and
+    the report print intervals through this one function)."""
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return ""
+    return f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 def snr_text(snr: float, lo: float, hi: float) -> str:
     """SNR with its interval for people: an infinite or undefined value says why, an undefined
     interval says so (never `inf [nan, nan]`)."""
@@ -558,9 +577,7 @@ def point_line(row: dict) -> str:
     (label-specific fraction and effect size, with their node-bootstrap intervals), then the paper's
     description (cluster size, noise, SNR)."""
     def iv(k: str, digits: int = 2) -> str:
-        lo, hi = row.get(f"{k}_lo", float("nan")), row.get(f"{k}_hi", float("nan"))
-        text = f"{row[k]:.{digits}f}"
-        return text if math.isnan(lo) or math.isnan(hi) else f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        return f"{row[k]:.{digits}f}" + interval_text(row.get(f"{k}_lo"), row.get(f"{k}_hi"), digits)
 
     greedy = row.get("greedy_fraction", 0.0)
     return (f"readout acc {row['readout_accuracy']:.3f}  label-specific {iv('label_specific_fraction')} "

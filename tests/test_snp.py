@@ -208,7 +208,7 @@ def _signal(cs) -> int:
 def test_the_integer_program_reaches_the_brute_force_best_partition_on_random_components():
     """milp_partition (used above EXACT_MAX_LABELS) against exhaustive search and the subset dynamic
     programme on components small enough for both."""
-    from snp_service.snp import _best_partition, milp_partition
+    from snp_service.snp import best_partition, milp_partition
 
     rng = np.random.default_rng(3)
     for _ in range(60):
@@ -219,7 +219,7 @@ def test_the_integer_program_reaches_the_brute_force_best_partition_on_random_co
         cs = milp_partition(comp, b, 10.0)
         assert cs is not None and sorted(j for s in cs for j in s) == comp  # a partition
         assert all(b[a, d] for s in cs for a in s for d in s)  # of all-ones blocks
-        assert _signal(cs) == _brute_best_signal(b) == _signal(_best_partition(comp, b))
+        assert _signal(cs) == _brute_best_signal(b) == _signal(best_partition(comp, b))
 
 
 def _bridged_cliques(blocks: int) -> torch.Tensor:
@@ -282,3 +282,24 @@ def test_an_interval_with_undefined_resamples_is_undefined_not_silently_narrowed
     assert stats["mean_cluster_size"] == 3
     assert math.isnan(stats["mean_cluster_size_lo"]) and math.isnan(stats["mean_cluster_size_hi"])
     assert not math.isnan(stats["frac_no_cluster_lo"])  # defined in every resample
+
+
+def test_intervals_print_through_one_function_and_an_undefined_one_prints_nothing():
+    from snp_service.snp import interval_text, point_line
+
+    assert interval_text(0.1234, 0.5, 3) == " [0.123, 0.500]"
+    assert interval_text(float("nan"), 0.5) == interval_text(None, 0.5) == ""
+    row = {"readout_accuracy": 0.5, "label_specific_fraction": 0.25, "label_specific_fraction_lo": 0.1,
+           "label_specific_fraction_hi": 0.4, "fdr": 0.05, "effect_size": 0.1234, "effect_size_lo": float("nan"),
+           "effect_size_hi": 0.2, "mean_cluster_size": 2.0, "mean_noise": 1.0, "snr": 1.5, "snr_lo": 1.0,
+           "snr_hi": 2.0, "frac_no_cluster": 0.0}
+    line = point_line(row)
+    assert "label-specific 0.25 [0.10, 0.40] (FDR 0.05)" in line and "eta2 0.123  " in line
+
+
+def test_the_normalise_mode_decodes_in_one_place():
+    from snp_service.snp import NORMALISATIONS, normalisation_flags
+
+    assert [normalisation_flags(m) for m in NORMALISATIONS] == [(False, False), (True, False), (False, True)]
+    with pytest.raises(ValueError, match="normalisation 'maximum'"):
+        normalisation_flags("maximum")
