@@ -36,7 +36,7 @@ from snp_service.errors import SnpError
 from snp_service.measure import PointResult, measure_point, readout_kind, snp_accumulate
 from snp_service.prune import prune_point, selection_rows
 from snp_service.readout import Features, Readout, capture
-from snp_service.snp import normalise
+from snp_service.snp import normalisation_flags, normalise
 from snp_service.spec import JobSpec
 from snp_service.structural import cost, prune_cct
 from snp_service.train import autocast_dtype, evaluate, finetune_network
@@ -239,7 +239,7 @@ def prune_point_work(spec: JobSpec, p: str, readout: Readout, raw_eval: torch.Te
     if pr.selection_split == "heldout":
         rows = selection_rows(len(train.labels), pr.selection_fraction, pr.seed)
         acc = snp_accumulate(readout, train.points[p], train.labels, num_labels, rows=rows)
-        raw = acc.snp_matrices(centred=an.normalise == "centred")
+        raw = acc.snp_matrices(centred=normalisation_flags(an.normalise)[0])
         eta2 = acc.label_dependence().eta2.astype("float32")
         selection = f"heldout: a subset of {len(rows)} training images, disjoint from the scoring split"
     else:
@@ -250,9 +250,9 @@ def prune_point_work(spec: JobSpec, p: str, readout: Readout, raw_eval: torch.Te
     if andc:
         threshold = an.threshold if pr.threshold is None else pr.threshold
         out["rows"], out["curve"] = prune_point(
-            p, readout, normalise(raw, afcc=an.normalise == "afcc"), train.points[p], train.labels,
+            p, readout, normalise(raw, afcc=normalisation_flags(an.normalise)[1]), train.points[p], train.labels,
             evaluation.points[p], evaluation.labels, threshold, pr.curve_thresholds, pr.baselines, pr.finetune_epochs,
-            pr.finetune_lr, pr.seed, selection, an.candidate_order)
+            pr.finetune_lr, pr.seed, selection, an.candidate_order, an.cluster_time_limit_s)
     return out
 
 

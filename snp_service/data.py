@@ -365,6 +365,26 @@ def subset_per_class(ds: Dataset, max_per_class: int | None, seed: int) -> Datas
     return Subset(ds, sorted(keep))
 
 
+RANDOM_LABELS_STREAM = 0x52414E44  # keys the label-blind control's generator apart from every other seeded draw
+
+
+class RandomLabels(Dataset):
+    """A split whose labels are drawn uniformly at random from `num_labels`, independent of the images
+    (the label-blind control, dataset.random_labels): the same images, the same order, a seeded label
+    for each (`stream` keeps the splits' draws apart)."""
+
+    def __init__(self, base: Dataset, num_labels: int, seed: int, stream: int):
+        self.base = base
+        rng = np.random.default_rng([RANDOM_LABELS_STREAM, seed, stream])
+        self.targets = rng.integers(0, num_labels, size=len(base)).tolist()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.base[i][0], self.targets[i]
+
+
 class ResizeIfNeeded:
     """The evaluation framing, Resize(size) then CenterCrop(size), for images of another size (a
     non-square image is cropped, not squashed, so training sees what evaluation sees); images already
@@ -450,4 +470,6 @@ def build_datasets(ds: DatasetSpec, seed: int = 0, augment: bool = True, endpoin
     _check_classes(classes, root)
     train = subset_per_class(train, ds.max_per_class, seed)
     evald = subset_per_class(evald, ds.eval_max_per_class, seed)
+    if ds.random_labels:  # after the subsets: the same images as the job on real labels
+        train, evald = (RandomLabels(d, len(classes), seed, i) for i, d in enumerate((train, evald)))
     return DataBundle(train, evald, classes, str(root), splits[0], splits[1])

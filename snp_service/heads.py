@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from snp_service.snp import membership, node_statistics, normalise
+from snp_service.snp import CLUSTER_TIME_LIMIT_S, membership, node_statistics, normalise
 
 
 def head_matrices(raw: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -172,10 +172,11 @@ class HeadAnalysis:
 
 
 def analyse_heads(point: str, raw: torch.Tensor, num_heads: int, threshold: float, draws: int = 10_000,
-                  seed: int = 0, level: float = 0.05, afcc: bool = False, order: str = "diagonal") -> HeadAnalysis:
+                  seed: int = 0, level: float = 0.05, afcc: bool = False, order: str = "diagonal",
+                  time_limit_s: float = CLUSTER_TIME_LIMIT_S) -> HeadAnalysis:
     """Everything of METHOD.md section 3 at one MHA point, from its raw node SNP matrices."""
     m = normalise(head_matrices(raw.to(torch.float64), num_heads), afcc=afcc)
-    ns = node_statistics(m, threshold, order)
+    ns = node_statistics(m, threshold, order, time_limit_s)
     L = m.shape[-1]
     a = label_sets(ns.clusters, L)
     sizes = a.sum(1)

@@ -17,6 +17,7 @@ from snp_service.snp import (
     SNPAccumulator,
     fields,
     node_statistics,
+    normalisation_flags,
     normalise,
     point_label_dependence,
     point_statistics,
@@ -63,9 +64,10 @@ def measure_point(info: PointInfo, train: np.ndarray, train_labels: np.ndarray, 
                             seed=analysis.seed)
     accuracy = readout_accuracy(readout, evaluation, eval_labels)
     acc = snp_accumulate(readout, evaluation, eval_labels, num_labels)
-    raw = acc.snp_matrices(centred=analysis.normalise == "centred")
-    m = normalise(raw, afcc=analysis.normalise == "afcc")
-    ns = node_statistics(m, analysis.threshold, analysis.candidate_order)
+    centred, afcc = normalisation_flags(analysis.normalise)
+    raw = acc.snp_matrices(centred=centred)
+    m = normalise(raw, afcc=afcc)
+    ns = node_statistics(m, analysis.threshold, analysis.candidate_order, analysis.cluster_time_limit_s)
     dep = acc.label_dependence()
     specific, node_means = point_label_dependence(dep, analysis.fdr)
     stats = point_statistics(ns, analysis.bootstrap, analysis.confidence, analysis.seed, node_means)

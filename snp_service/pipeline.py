@@ -43,8 +43,8 @@ from snp_service.heads import analyse_heads
 from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS, Criterion, SNPCriterion, WeightMagnitude
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
-from snp_service.snp import point_line
-from snp_service.spec import JobSpec
+from snp_service.snp import normalisation_flags, point_line
+from snp_service.spec import NEUTRAL_DEFAULTS, JobSpec, without_neutral_defaults
 from snp_service.store import FILES, JobStore, Store, clean_error, is_disk_full, read_weights
 from snp_service.structural import plan
 from snp_service.train import STATE_FILE, checkpoint_bytes, fit, readable_checkpoint
@@ -224,7 +224,8 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     for p in points:
         raw = torch.from_numpy(job.read_point(p, "snp_raw")).double()
         r = analyse_heads(p, raw, info[p].heads, spec.analysis.threshold, spec.heads.null_draws, spec.analysis.seed,
-                          spec.heads.level, spec.analysis.normalise == "afcc", spec.analysis.candidate_order)
+                          spec.heads.level, normalisation_flags(spec.analysis.normalise)[1],
+                          spec.analysis.candidate_order, spec.analysis.cluster_time_limit_s)
         job.write_point(p, "heads_labels", r.heads_labels)
         job.write_point(p, "head_matrices", r.head_matrices.numpy().astype(np.float32))
         job.write_point(p, "head_stats", r.head_stats)
@@ -367,7 +368,7 @@ STAGES: list[tuple[str, Stage]] = [
 _TRAINED = (("dataset", None), ("model", None), ("train", None))
 _MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_epochs", "readout_lr", "threshold",
                                                           "normalise", "candidate_order", "bootstrap", "confidence",
-                                                          "fdr", "seed")))
+                                                          "fdr", "cluster_time_limit_s", "seed")))
 STAGE_INPUTS: dict[str, tuple] = {
     "data": (("dataset", None), ("train", ("seed",))),
     "train": _TRAINED,
@@ -400,11 +401,12 @@ def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) ->
     workers = (spec_json.get("compute") or {}).get("num_workers", 1)
     if workers != 1:  # batch_size is per worker: N workers train another network (1: keys as before)
         train["workers"] = workers
-    spec_json = {**spec_json, "model": model, "train": train}
+    spec_json = without_neutral_defaults({**spec_json, "model": model, "train": train})
     picked = {}
     for section, fields in STAGE_INPUTS[stage]:
         value = spec_json.get(section) or {}
-        picked[section] = value if fields is None else {f: value.get(f) for f in fields}
+        picked[section] = value if fields is None else {
+            f: value.get(f) for f in fields if f in value or (section, f) not in NEUTRAL_DEFAULTS}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

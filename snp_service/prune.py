@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from snp_service.readout import Readout, fit_on_features, readout_accuracy
+from snp_service.snp import CLUSTER_TIME_LIMIT_S, membership
 from snp_service.snp import clusters as node_clusters
-from snp_service.snp import membership
 from snp_service.structural import ff_magnitude, head_magnitude
 
 
@@ -39,9 +39,11 @@ def andc_mask(clusters: list[list[list[int]]], num_labels: int) -> torch.Tensor:
     return torch.from_numpy(membership(clusters, num_labels).T.copy())
 
 
-def andc_mask_at(m_normalised: torch.Tensor, threshold: float, order: str = "diagonal") -> torch.Tensor:
-    """ANDC mask from normalised node SNP matrices (N, L, L) at a threshold (candidate `order`)."""
-    return andc_mask([node_clusters(m, threshold, order) for m in m_normalised], m_normalised.shape[-1])
+def andc_mask_at(m_normalised: torch.Tensor, threshold: float, order: str = "diagonal",
+                 time_limit_s: float = CLUSTER_TIME_LIMIT_S) -> torch.Tensor:
+    """ANDC mask from normalised node SNP matrices (N, L, L) at a threshold (candidate `order`; the
+    exact cluster solver's `time_limit_s` per large component)."""
+    return andc_mask([node_clusters(m, threshold, order, time_limit_s) for m in m_normalised], m_normalised.shape[-1])
 
 
 def selection_rows(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -179,14 +181,15 @@ CURVE_COLUMNS = ["point", "threshold", "selection", "kept_fraction", "accuracy_p
 def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train: np.ndarray, train_labels: np.ndarray,
                 evaluation: np.ndarray, eval_labels: np.ndarray, threshold: float, curve_thresholds: list[float],
                 methods: list[str], finetune_epochs: int, finetune_lr: float, seed: int = 0,
-                selection: str = "eval", order: str = "diagonal") -> tuple[list[dict], list[dict]]:
+                selection: str = "eval", order: str = "diagonal",
+                time_limit_s: float = CLUSTER_TIME_LIMIT_S) -> tuple[list[dict], list[dict]]:
     """(table rows: method x kept fraction x accuracy before/after fine-tune, curve rows).
 
     m_normalised: the normalised SNP matrices of the selection images (they choose the masks);
     evaluation / eval_labels score them; `selection` names the selection images in every row."""
     L = m_normalised.shape[-1]
     full = readout_accuracy(readout, evaluation, eval_labels)
-    andc = andc_mask_at(m_normalised, threshold, order)
+    andc = andc_mask_at(m_normalised, threshold, order, time_limit_s)
     rows = []
     for method, mask in baseline_masks(andc, readout.weight, methods, seed).items():
         before = readout_accuracy(masked(readout, mask), evaluation, eval_labels)
@@ -198,7 +201,7 @@ def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train:
                      "accuracy_pruned": before, "accuracy_finetuned": after, "finetune_epochs": finetune_epochs})
     curve = []
     for th in curve_thresholds:
-        mask = andc_mask_at(m_normalised, th, order)
+        mask = andc_mask_at(m_normalised, th, order, time_limit_s)
         curve.append({"point": point, "threshold": th, "selection": selection, "kept_fraction": float(mask.float().mean()),
                       "accuracy_pruned": readout_accuracy(masked(readout, mask), evaluation, eval_labels),
                       "accuracy_full": full, "labels": L})

@@ -16,6 +16,7 @@ import yaml
 from snp_service import figures
 from snp_service.compare import INTERVAL, Run
 from snp_service.provenance import code_version, describe_hardware
+from snp_service.snp import interval_text
 from snp_service.store import FILES, JobStore
 
 DEFINITIONS = """
@@ -30,10 +31,12 @@ positive; <code>afcc</code> by any non-zero maximum (as the AFCC code: a negativ
 <li><b>Boolean matrix</b> B_n = M_n &gt; threshold. <b>Clusters</b>: the candidate labels (j with
 B_n[j, j]) partitioned into all-ones diagonal blocks with the largest signal sum |S|&sup2;: the
 candidates split into components of mutual links; a component that is a clique is one cluster, one
-of up to 10 labels is partitioned exactly, a larger one by the greedy rule (candidates visited in the
-job's candidate order: largest diagonal first, or label order as the AFCC code; each opens a block
-that later ones join when linked to all its members). <b>greedy_fraction</b>: the share of nodes with
-a component on the greedy rule.</li>
+of up to 10 labels is partitioned exactly by dynamic programming over subsets, a larger one exactly by
+an integer program (HiGHS) given analysis.cluster_time_limit_s seconds; only where the solver does not
+prove its partition optimal in that time does the greedy rule partition the component (candidates
+visited in the job's candidate order: largest diagonal first, or label order as the AFCC code; each
+opens a block that later ones join when linked to all its members). <b>greedy_fraction</b>: the share
+of nodes with a component left to the greedy fallback.</li>
 <li><b>Cluster size</b>: labels covered; <b>signal</b>: sum of |S|&sup2;; <b>noise</b>: ones of B_n outside
 the blocks; <b>noise per covered label</b>: noise / cluster size. Means are over nodes with a cluster;
 <b>SNR</b> = mean signal / mean noise over those nodes (this service's own definition; infinite when
@@ -306,12 +309,6 @@ def fmt_mean_sd(mean, sd=None, scale: float = 1.0, digits: int = 2) -> str:
     return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
 
-def _interval(lo, hi, digits: int = 2) -> str:
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return ""
-    return f" [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
 def markdown_table(rows: list[list[str]], head: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -340,10 +337,10 @@ def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: 
           fmt_mean_sd(r["readout_accuracy"], r["readout_accuracy_sd"], 100, 1),
           fmt_mean_sd(r["label_specific_fraction"], r["label_specific_fraction_sd"]),
           fmt_mean_sd(r["effect_size"], r["effect_size_sd"], digits=3)
-          + _interval(r["effect_size_seed_lo"], r["effect_size_seed_hi"], 3),
+          + interval_text(r["effect_size_seed_lo"], r["effect_size_seed_hi"], 3),
           fmt_mean_sd(r["mean_cluster_size"], r["mean_cluster_size_sd"]),
           fmt_mean_sd(r["mean_noise"], r["mean_noise_sd"]),
-          fmt_mean_sd(r["snr"], r["snr_sd"]) + _interval(r["snr_seed_lo"], r["snr_seed_hi"]),
+          fmt_mean_sd(r["snr"], r["snr_sd"]) + interval_text(r["snr_seed_lo"], r["snr_seed_hi"]),
           fmt_mean_sd(r["frac_no_cluster"], r["frac_no_cluster_sd"])] for r in lay.iter_rows(named=True)],
         ["model", "point", "kind", "readout", "depth", "readout acc. %", "label-specific", "effect size (eta²)",
          "cluster size", "noise", "SNR", "no cluster"]), ""]

@@ -10,6 +10,7 @@ Pure tensor code: no Ray, no I/O, no globals. Shapes, by the paper's names:
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -166,7 +167,9 @@ def label_dependence(sums: torch.Tensor, second: torch.Tensor, counts: torch.Ten
     total = second - X * centre[:, :, None] * centre[:, None, :]
     means = sums[:, present] / counts[present][None, :, None]  # (N, g, L)
     dev = means - (centre + shift)[:, None, :]
-    between = torch.einsum("nik,nil,i->nkl", dev, dev, counts[present])
+    # one batched matmul: torch.einsum("nik,nil,i->nkl", ...) took 36 s at 128 nodes x 102 labels (it
+    # materialised an (N, g, L, L) product), this 0.02 s (bench/bench_label_dependence.py)
+    between = (dev * counts[present][None, :, None]).transpose(1, 2) @ dev
     total = (total + total.transpose(1, 2)) / 2
     evals, evecs = torch.linalg.eigh(total)
     top = evals.amax(dim=-1, keepdim=True)
@@ -206,6 +209,15 @@ NORMALISATIONS = ("max", "centred", "afcc")
 CANDIDATE_ORDERS = ("diagonal", "label")
 
 
+def normalisation_flags(mode: str) -> tuple[bool, bool]:
+    """analysis.normalise decoded once for every stage: (centred, afcc), i.e. whether the SNP matrices
+    are taken about each output's all-input mean (`SNPAccumulator.snp_matrices`) and whether any
+    non-zero maximum divides (`normalise`)."""
+    if mode not in NORMALISATIONS:
+        raise ValueError(f"normalisation {mode!r}: expected one of {NORMALISATIONS}")
+    return mode == "centred", mode == "afcc"
+
+
 def normalise(m: torch.Tensor, afcc: bool = False) -> torch.Tensor:
     """Divide each node's matrix by its maximum only where that maximum is positive, so signs
     are never flipped; afcc: as the AFCC code, divide by any non-zero maximum (a negative maximum
@@ -223,13 +235,17 @@ def boolean(m_normalised: torch.Tensor, threshold: float) -> torch.Tensor:
 EXACT_MAX_LABELS = 10  # largest non-clique component partitioned exactly (3^c subset steps)
 
 
-def clusters(m_normalised: torch.Tensor, threshold: float, order: str = "diagonal") -> list[list[int]]:
+CLUSTER_TIME_LIMIT_S = 1.0  # analysis.cluster_time_limit_s's default: the solver's budget per large component
+
+
+def clusters(m_normalised: torch.Tensor, threshold: float, order: str = "diagonal",
+             time_limit_s: float = CLUSTER_TIME_LIMIT_S) -> list[list[int]]:
     """The clusters of one node; see `clusters_of` (which also says whether the greedy rule ran)."""
-    return clusters_of(m_normalised, threshold, order)[0]
+    return clusters_of(m_normalised, threshold, order, time_limit_s)[0]
 
 
-def clusters_of(m_normalised: torch.Tensor, threshold: float,
-                order: str = "diagonal") -> tuple[list[list[int]], bool]:
+def clusters_of(m_normalised: torch.Tensor, threshold: float, order: str = "diagonal",
+                time_limit_s: float = CLUSTER_TIME_LIMIT_S) -> tuple[list[list[int]], bool]:
     """Disjoint clusters of one node (METHOD.md 2.7): a partition of the candidate labels (those with
     B[j, j]) into all-ones diagonal blocks that maximises the signal sum |S|^2 (equivalently, with
     the ones of B fixed, minimises the noise).
@@ -237,12 +253,15 @@ def clusters_of(m_normalised: torch.Tensor, threshold: float,
     Two labels can share a block only if B[a, c] and B[c, a] (mutually linked). The candidates split
     into connected components of that link graph; a component that is itself a clique is one cluster
     (optimal: merging blocks raises sum |S|^2). Other components of up to EXACT_MAX_LABELS labels are
-    partitioned exactly (dynamic programming over subsets); larger ones, rare in practice, fall back to
-    the deterministic greedy rule (`greedy_clusters`), whose failure mode is documented there.
+    partitioned exactly by dynamic programming over subsets; larger ones exactly by an integer
+    program (`milp_partition`, HiGHS) within `time_limit_s` seconds per component, and only where the
+    solver does not prove its partition optimal in that time by the deterministic greedy rule
+    (`greedy_clusters`), whose failure mode is documented there.
     Candidate order (`order`): "diagonal", the largest diagonal M[j, j] first (then the lower label), or
     "label", label order as the AFCC code visits them; it breaks ties between equally good partitions
-    (the earlier label gets the larger block) and is the greedy rule's visiting order.
-    Returns (sorted label lists ordered by their first candidate, whether the greedy rule was used).
+    (the earlier label gets the larger block) up to EXACT_MAX_LABELS labels, and is the greedy rule's
+    visiting order; above, ties are the solver's (the same for the same matrix and scipy version).
+    Returns (sorted label lists ordered by their first candidate, whether the greedy fallback was used).
     """
     if order not in CANDIDATE_ORDERS:
         raise ValueError(f"candidate order {order!r}: expected one of {CANDIDATE_ORDERS}")
@@ -272,15 +291,16 @@ def clusters_of(m_normalised: torch.Tensor, threshold: float,
         if all(mutual[a, c] for a in comp for c in comp):
             result.append(comp)
         elif len(comp) <= EXACT_MAX_LABELS:
-            result.extend(_best_partition(comp, mutual))
+            result.extend(best_partition(comp, mutual))
         else:
-            result.extend(greedy_clusters(comp, mutual))
-            greedy = True
+            best = milp_partition(comp, mutual, time_limit_s)
+            greedy = greedy or best is None
+            result.extend(greedy_clusters(comp, mutual) if best is None else best)
     result.sort(key=lambda s: order.index(s[0]))
     return [sorted(s) for s in result], greedy
 
 
-def _best_partition(comp: list[int], mutual: np.ndarray) -> list[list[int]]:
+def best_partition(comp: list[int], mutual: np.ndarray) -> list[list[int]]:
     """Exact: the partition of `comp` (labels in tie-break order) into cliques with the largest sum
     of squared sizes; bit i of a mask stands for comp[i]."""
     c = len(comp)
@@ -317,8 +337,70 @@ def _best_partition(comp: list[int], mutual: np.ndarray) -> list[list[int]]:
     return [[comp[i] for i in range(c) if s >> i & 1] for s in blocks]
 
 
+def milp_partition(comp: list[int], mutual: np.ndarray, time_limit_s: float) -> list[list[int]] | None:
+    """Exact: the partition of `comp` into cliques of `mutual` with the largest sum of squared sizes,
+    as an integer program solved by HiGHS (scipy.optimize.milp); None when optimality is not proved
+    within `time_limit_s` seconds (then the caller falls back to the greedy rule).
+
+    Variables: y[a, c] in {0, 1} for each linked pair, 1 when a and c share a block. A partition into
+    blocks S has sum |S|^2 = |comp| + 2 * (pairs sharing a block), so the objective is sum y. The
+    pairs chosen must be transitive (y[a, b] = y[b, c] = 1 implies y[a, c] = 1): the constraint
+    y[a, b] + y[b, c] - y[a, c] <= 1 for each path a-b-c (y[a, c] = 0 where a, c are not linked).
+    Paths over an unlinked pair are all posed at once; those over a linked pair are added only when
+    a solution breaks them (cutting planes), and the program is solved again until a solution keeps
+    every one. That solution is optimal for the full program: it is feasible there, and no partition
+    beats the optimum of a program with fewer constraints."""
+    from scipy.optimize import Bounds, LinearConstraint, milp  # lazily: the rest of the core runs without scipy
+    from scipy.sparse import csr_array
+
+    deadline = time.monotonic() + time_limit_s
+    c = len(comp)
+    linked = mutual[np.ix_(comp, comp)] & ~np.eye(c, dtype=bool)
+    ia, ic = np.nonzero(np.triu(linked))
+    if len(ia) == 0:
+        return [[j] for j in comp]
+    index = np.full((c, c), -1)
+    index[ia, ic] = index[ic, ia] = np.arange(len(ia))
+    # paths a-b-c with a, c unlinked: y[a, b] + y[b, c] <= 1
+    rows = [(index[a, b], index[b, d], -1) for a, d in zip(*np.nonzero(np.triu(~linked, 1)))
+            for b in np.nonzero(linked[a] & linked[d])[0]]
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        constraints = []
+        if rows:
+            r = np.asarray(rows)
+            n = len(r)
+            cols = np.concatenate([r[:, 0], r[:, 1], r[r[:, 2] >= 0, 2]])
+            at = np.concatenate([np.arange(n), np.arange(n), np.nonzero(r[:, 2] >= 0)[0]])
+            coef = np.concatenate([np.ones(2 * n), -np.ones(int((r[:, 2] >= 0).sum()))])
+            constraints = [LinearConstraint(csr_array((coef, (at, cols)), shape=(n, len(ia))), -np.inf, 1.0)]
+        res = milp(-np.ones(len(ia)), integrality=np.ones(len(ia)), bounds=Bounds(0, 1), constraints=constraints,
+                   options={"time_limit": left, "mip_rel_gap": 0.0})
+        if res.status != 0:  # 1: time or node limit; anything else: not proved optimal either
+            return None
+        together = np.zeros((c, c), dtype=bool)
+        chosen = res.x > 0.5
+        together[ia[chosen], ic[chosen]] = together[ic[chosen], ia[chosen]] = True
+        # broken transitivity: a, d share a neighbour b in `together` but not a block
+        broken = [(index[a, b], index[b, d], index[a, d]) for a, d in zip(*np.nonzero(np.triu(~together, 1)))
+                  for b in np.nonzero(together[a] & together[d])[0]]
+        if not broken:
+            break
+        rows += broken
+    blocks, seen = [], set()
+    for i in range(c):  # together is now an equivalence (plus the diagonal): its classes are the blocks
+        if i not in seen:
+            block = [i] + [j for j in np.nonzero(together[i])[0].tolist() if j != i]
+            seen.update(block)
+            blocks.append([comp[j] for j in block])
+    return blocks
+
+
 def greedy_clusters(candidates: list[int], mutual: np.ndarray) -> list[list[int]]:
-    """The AFCC-style greedy rule, used for components above EXACT_MAX_LABELS: visit candidates in
+    """The AFCC-style greedy rule, the fallback for components above EXACT_MAX_LABELS whose exact
+    partition the solver did not prove in time (`milp_partition`): visit candidates in
     order (largest diagonal first); each unassigned one opens a block that every later unassigned
     candidate joins if it is mutually linked to all members. Known failure: it can split a clique
     badly (a 0-1 link plus a clique {1, 2, 3}, equal diagonals, gives {0, 1}, {2, 3} with signal 8
@@ -357,17 +439,18 @@ class NodeStatistics:
     signal: np.ndarray  # ones inside the diagonal blocks: sum |S|^2
     noise: np.ndarray  # ones(B) - signal
     clusters: list[list[list[int]]]
-    greedy: np.ndarray  # True where a linked component was too large for the exact partition
+    greedy: np.ndarray  # True where the greedy fallback partitioned a component (exact solver out of time)
 
     @property
     def has_cluster(self) -> np.ndarray:
         return self.n_clusters > 0
 
 
-def node_statistics(m_normalised: torch.Tensor, threshold: float, order: str = "diagonal") -> NodeStatistics:
+def node_statistics(m_normalised: torch.Tensor, threshold: float, order: str = "diagonal",
+                    time_limit_s: float = CLUSTER_TIME_LIMIT_S) -> NodeStatistics:
     """Clusters and counts for every node of a point; m_normalised is (N, L, L)."""
     ones = boolean(m_normalised, threshold).sum(dim=(1, 2)).numpy()
-    found = [clusters_of(m, threshold, order) for m in m_normalised]
+    found = [clusters_of(m, threshold, order, time_limit_s) for m in m_normalised]
     per_node = [c for c, _ in found]
     size = np.array([sum(len(s) for s in c) for c in per_node], dtype=np.int64)
     signal = np.array([sum(len(s) ** 2 for s in c) for c in per_node], dtype=np.int64)
@@ -469,6 +552,14 @@ def point_label_dependence(dep: LabelDependence, fdr: float) -> tuple[np.ndarray
     return reject, {"label_specific_fraction": reject.astype(np.float64), "effect_size": dep.eta2}
 
 
+def interval_text(lo: float | None, hi: float | None, digits: int = 2) -> str:
+    """` [lo, hi]` for people, or nothing where either end is missing or undefined (the console line and
+    the report print intervals through this one function)."""
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return ""
+    return f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 def snr_text(snr: float, lo: float, hi: float) -> str:
     """SNR with its interval for people: an infinite or undefined value says why, an undefined
     interval says so (never `inf [nan, nan]`)."""
@@ -486,9 +577,7 @@ def point_line(row: dict) -> str:
     (label-specific fraction and effect size, with their node-bootstrap intervals), then the paper's
     description (cluster size, noise, SNR)."""
     def iv(k: str, digits: int = 2) -> str:
-        lo, hi = row.get(f"{k}_lo", float("nan")), row.get(f"{k}_hi", float("nan"))
-        text = f"{row[k]:.{digits}f}"
-        return text if math.isnan(lo) or math.isnan(hi) else f"{text} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        return f"{row[k]:.{digits}f}" + interval_text(row.get(f"{k}_lo"), row.get(f"{k}_hi"), digits)
 
     greedy = row.get("greedy_fraction", 0.0)
     return (f"readout acc {row['readout_accuracy']:.3f}  label-specific {iv('label_specific_fraction')} "

@@ -28,6 +28,10 @@ from snp_service.models.registry import (
 )
 from snp_service.units import units_removed
 
+# Fields added after jobs were stored, left out of job ids and stage keys at these values, so every
+# earlier job keeps its id and its stages stay reusable (any other value enters both as usual).
+NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {("dataset", "random_labels"): False,
+                                                ("analysis", "cluster_time_limit_s"): 1.0}
 STAGE_ORDER = ("data", "train", "evaluate", "snp", "heads", "prune", "report")  # snp_service.pipeline.STAGES
 MAX_YAML_BYTES = 1_000_000
 # documented limits, checked in bounded time before anything runs (README, "Job spec in brief")
@@ -92,6 +96,10 @@ class DatasetSpec(_Strict):
     eval_max_per_class: int | None = Field(None, ge=1, description="subset of the evaluation split")
     augment: AugmentSpec = AugmentSpec()
     num_workers: int = Field(1, ge=0, le=64, description="DataLoader worker processes per training worker")
+    random_labels: bool = Field(
+        False, description="the label-blind control: every image of every split gets a label drawn uniformly at "
+        "random, independent of the image, from a generator seeded by train.seed (class names unchanged); "
+        "no node's field can then depend on the evaluation label (METHOD.md section 7, item 3)")
 
     @field_validator("root")
     @classmethod
@@ -288,6 +296,10 @@ class AnalysisSpec(_Strict):
     candidate_order: Literal["diagonal", "label"] = Field(
         "diagonal", description="order of a node's candidate labels in the cluster rule: largest diagonal first, "
         "or label order as the AFCC code (breaks ties; the greedy fallback's visiting order)")
+    cluster_time_limit_s: float = Field(
+        1.0, gt=0.0, le=3600.0, description="seconds the exact cluster solver (an integer program, HiGHS) may "
+        "spend on one linked component of more than 10 labels; where it does not prove the best partition in "
+        "that time the greedy rule partitions it (greedy_fraction counts those nodes)")
     bootstrap: int = Field(1000, ge=0, le=100_000,
                            description="bootstrap resamples over nodes for the BCa intervals of every point statistic")
     confidence: Fraction01 = 0.95
@@ -667,6 +679,7 @@ class JobSpec(_Strict):
             if path.is_absolute() and path.is_relative_to(Path.cwd()):
                 content[section][key] = path.relative_to(Path.cwd()).as_posix()
         content["train"].pop("compile", None)  # floating-point noise only (TrainSpec.compile)
+        content = without_neutral_defaults(content)
         if self.compute.num_workers != 1:  # batch_size is per worker: N workers train another network
             content["train"]["workers"] = self.compute.num_workers
         if content["model"].get("weights") is None:  # jobs without weights keep the ids they had
@@ -674,6 +687,16 @@ class JobSpec(_Strict):
             content["model"].pop("weights_format", None)
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}-{digest}"
+
+
+def without_neutral_defaults(spec_json: dict) -> dict:
+    """`spec_json` (a JobSpec dumped as JSON, or a stored spec.json) without the NEUTRAL_DEFAULTS fields
+    that hold their neutral value: what job ids and stage keys hash."""
+    out = dict(spec_json)
+    for (section, key), neutral in NEUTRAL_DEFAULTS.items():
+        if isinstance(out.get(section), dict) and key in out[section] and out[section][key] == neutral:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
 
 
 def _merge(base: dict, over: dict) -> dict:

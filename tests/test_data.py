@@ -30,6 +30,29 @@ def test_synthetic_cifar100_through_torchvision_loader(tmp_path):
     assert tuple(x.shape) == (3, 32, 32) and 0 <= y < 5
 
 
+def test_random_labels_keep_the_images_and_draw_labels_independent_of_them(tmp_path):
+    """dataset.random_labels: the same images and class names; in both splits a seeded label drawn
+    uniformly and independently of the image's real label."""
+    from scipy.stats import chi2_contingency
+
+    synth = {"num_classes": 5, "train_per_class": 40, "test_per_class": 40}
+    real = build_datasets(DatasetSpec(name="cifar100", root=str(tmp_path), synthetic=synth), augment=False)
+    blind = build_datasets(DatasetSpec(name="cifar100", root=str(tmp_path), synthetic=synth, random_labels=True),
+                           augment=False)
+    again = build_datasets(DatasetSpec(name="cifar100", root=str(tmp_path), synthetic=synth, random_labels=True))
+    assert blind.classes == real.classes and (len(blind.train), len(blind.eval)) == (len(real.train), len(real.eval))
+    for split in ("train", "eval"):
+        a, b = getattr(real, split), getattr(blind, split)
+        y, z = targets(a), targets(b)
+        assert z.tolist() == targets(getattr(again, split)).tolist()  # seeded
+        for i in (0, 7, len(a) - 1):
+            assert torch.equal(a[i][0], b[i][0]) and b[i][1] == z[i]  # same image, the drawn label
+        assert (y == z).mean() < 0.35  # 1/5 expected; real labels kept would give 1
+        table = np.array([[np.sum((y == i) & (z == j)) for j in range(5)] for i in range(5)])
+        assert table.sum(axis=0).min() > 0 and chi2_contingency(table).pvalue > 1e-3  # independent of the image's label
+    assert targets(blind.train)[:len(blind.eval)].tolist() != targets(blind.eval).tolist()  # splits drawn apart
+
+
 def test_synthetic_is_deterministic_and_class_dependent(tmp_path):
     a = write_cifar100(tmp_path / "a", 3, 20, 2, seed=1)
     b = write_cifar100(tmp_path / "b", 3, 20, 2, seed=1)

@@ -42,3 +42,36 @@ def test_settings_that_change_results_only_by_noise_or_placement_keep_ids_and_st
     assert other.job_id() == base.job_id() == "quickstart-c108a585f438"
     a, b = base.model_dump(mode="json"), other.model_dump(mode="json")
     assert all(stage_key(a, s) == stage_key(b, s) for s in STAGE_INPUTS)
+
+
+def test_the_label_blind_control_changes_the_id_and_the_keys_only_when_on(monkeypatch):
+    """dataset.random_labels: false (the default, or written out) keeps every id and stage key; true
+    is another job whose every stage runs afresh (its network learns other labels)."""
+    from snp_service.pipeline import STAGE_INPUTS, stage_key
+
+    monkeypatch.chdir(REPO)
+    d = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
+    base = spec_from_dict(d)
+    d["dataset"]["random_labels"] = False
+    same = spec_from_dict(d)
+    d["dataset"]["random_labels"] = True
+    blind = spec_from_dict(d)
+    assert same.job_id() == base.job_id() == "quickstart-c108a585f438" != blind.job_id()
+    a, b, c = (s.model_dump(mode="json") for s in (base, same, blind))
+    assert all(stage_key(a, s) == stage_key(b, s) != stage_key(c, s) for s in STAGE_INPUTS if s != "load")
+
+
+def test_the_cluster_solvers_time_limit_enters_the_id_and_the_analysis_keys_only_off_its_default(monkeypatch):
+    from snp_service.pipeline import stage_key
+
+    monkeypatch.chdir(REPO)
+    d = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
+    base = spec_from_dict(d)
+    d["analysis"] = {"cluster_time_limit_s": 1.0}
+    same = spec_from_dict(d)
+    d["analysis"] = {"cluster_time_limit_s": 10.0}
+    longer = spec_from_dict(d)
+    assert same.job_id() == base.job_id() == "quickstart-c108a585f438" != longer.job_id()
+    a, b, c = (s.model_dump(mode="json") for s in (base, same, longer))
+    assert stage_key(a, "snp") == stage_key(b, "snp") != stage_key(c, "snp")
+    assert stage_key(a, "train") == stage_key(c, "train")  # the trained network is reused

@@ -201,6 +201,63 @@ def test_clusters_reach_the_best_partition_on_random_matrices():
         assert sum(len(s) ** 2 for s in cs) == _brute_best_signal(b)
 
 
+def _signal(cs) -> int:
+    return sum(len(s) ** 2 for s in cs)
+
+
+def test_the_integer_program_reaches_the_brute_force_best_partition_on_random_components():
+    """milp_partition (used above EXACT_MAX_LABELS) against exhaustive search and the subset dynamic
+    programme on components small enough for both."""
+    from snp_service.snp import best_partition, milp_partition
+
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        c, p = int(rng.integers(3, 10)), rng.uniform(0.3, 0.9)
+        upper = np.triu(rng.random((c, c)) < p, 1)
+        b = upper | upper.T | np.eye(c, dtype=bool)
+        comp = list(range(c))
+        cs = milp_partition(comp, b, 10.0)
+        assert cs is not None and sorted(j for s in cs for j in s) == comp  # a partition
+        assert all(b[a, d] for s in cs for a in s for d in s)  # of all-ones blocks
+        assert _signal(cs) == _brute_best_signal(b) == _signal(best_partition(comp, b))
+
+
+def _bridged_cliques(blocks: int) -> torch.Tensor:
+    """One linked component of 4 * blocks labels on which the greedy rule fails: per block a link
+    4k-(4k+1) into the clique {4k+1, 4k+2, 4k+3}, and a link (4k+3)-(4k+4) to the next block."""
+    pairs = []
+    for k in range(blocks):
+        a = 4 * k
+        pairs += [(a, a + 1), (a + 1, a + 2), (a + 1, a + 3), (a + 2, a + 3)] + ([(a + 3, a + 4)] if k < blocks - 1 else [])
+    return _linked(4 * blocks, pairs)
+
+
+def test_a_component_above_the_dynamic_programmes_limit_is_partitioned_exactly():
+    from snp_service.snp import EXACT_MAX_LABELS, clusters_of, greedy_clusters
+
+    m = _bridged_cliques(4)  # 16 labels, one component, not a clique
+    assert len(m) > EXACT_MAX_LABELS
+    b = (m > 0.3).numpy()
+    cs, greedy = clusters_of(m, 0.3, order="label")
+    assert not greedy
+    assert sorted(j for s in cs for j in s) == list(range(16)) and all(b[a, d] for s in cs for a in s for d in s)
+    assert _signal(cs) == _brute_best_signal(b) == 4 * 10  # {4k}, {4k+1, 4k+2, 4k+3} per block
+    assert _signal(greedy_clusters(list(range(16)), b & b.T)) == 4 * 8 < _signal(cs)  # what the fallback gives
+    ns = node_statistics(m[None], 0.3, order="label")
+    assert (ns.signal[0], ns.noise[0], bool(ns.greedy[0])) == (40, int(b.sum()) - 40, False)
+
+
+def test_the_greedy_fallback_runs_only_when_the_solver_runs_out_of_time():
+    from snp_service.snp import clusters_of, greedy_clusters
+
+    m = _bridged_cliques(4)
+    cs, greedy = clusters_of(m, 0.3, order="label", time_limit_s=1e-9)
+    b = (m > 0.3).numpy()
+    assert greedy and cs == sorted(sorted(s) for s in greedy_clusters(list(range(16)), b & b.T))
+    assert node_statistics(m[None], 0.3, "label", time_limit_s=1e-9).greedy.tolist() == [True]
+    assert node_statistics(m[None], 0.3, "label").greedy.tolist() == [False]
+
+
 def test_bca_interval_agrees_with_scipy_on_a_skewed_mean():
     from scipy.stats import bootstrap
 
@@ -225,3 +282,24 @@ def test_an_interval_with_undefined_resamples_is_undefined_not_silently_narrowed
     assert stats["mean_cluster_size"] == 3
     assert math.isnan(stats["mean_cluster_size_lo"]) and math.isnan(stats["mean_cluster_size_hi"])
     assert not math.isnan(stats["frac_no_cluster_lo"])  # defined in every resample
+
+
+def test_intervals_print_through_one_function_and_an_undefined_one_prints_nothing():
+    from snp_service.snp import interval_text, point_line
+
+    assert interval_text(0.1234, 0.5, 3) == " [0.123, 0.500]"
+    assert interval_text(float("nan"), 0.5) == interval_text(None, 0.5) == ""
+    row = {"readout_accuracy": 0.5, "label_specific_fraction": 0.25, "label_specific_fraction_lo": 0.1,
+           "label_specific_fraction_hi": 0.4, "fdr": 0.05, "effect_size": 0.1234, "effect_size_lo": float("nan"),
+           "effect_size_hi": 0.2, "mean_cluster_size": 2.0, "mean_noise": 1.0, "snr": 1.5, "snr_lo": 1.0,
+           "snr_hi": 2.0, "frac_no_cluster": 0.0}
+    line = point_line(row)
+    assert "label-specific 0.25 [0.10, 0.40] (FDR 0.05)" in line and "eta2 0.123  " in line
+
+
+def test_the_normalise_mode_decodes_in_one_place():
+    from snp_service.snp import NORMALISATIONS, normalisation_flags
+
+    assert [normalisation_flags(m) for m in NORMALISATIONS] == [(False, False), (True, False), (False, True)]
+    with pytest.raises(ValueError, match="normalisation 'maximum'"):
+        normalisation_flags("maximum")
