@@ -254,3 +254,17 @@ def test_accuracy_summary_gives_mean_sd_and_range_over_seeds():
     assert vgg["accuracy_sd"] == pytest.approx(np.std([0.5, 0.6, 0.8], ddof=1))
     assert (vgg["accuracy_min"], vgg["accuracy_max"]) == (0.5, 0.8)
     assert s[1]["seeds"] == 1 and s[1]["accuracy_sd"] is None  # one seed: no spread
+
+
+def test_the_refusal_names_the_reference_job_every_differing_field_and_its_values():
+    """The whole message (mutants of check_comparable that garbled it, named the wrong job, or compared
+    only the keys both jobs set survived the tests above): the third job differs from the first in
+    the dataset's root and in a field only it sets."""
+    run = lambda spec, jid: compare.Run("m", 0, jid, "", spec)  # noqa: E731
+    a = {"dataset": {"name": "x", "root": "/a"}}
+    b = {"dataset": {"name": "x", "root": "/b", "max_per_class": 5}}
+    with pytest.raises(StoreError) as e:
+        compare.check_comparable([run(a, "ref"), run(a, "same"), run(b, "other")])
+    assert str(e.value) == ("jobs ref and other differ in dataset.max_per_class, root (None vs 5, '/a' vs '/b'); "
+                            "a comparison needs the same dataset, evaluation split, threshold, normalisation "
+                            "and readout kind")
