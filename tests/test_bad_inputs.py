@@ -11,8 +11,19 @@ from snp_service.cli import main
 CORPUS = sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
 
 
-def test_corpus_is_large_enough():
-    assert len(CORPUS) >= 40
+def test_the_corpus_control_is_accepted(tmp_path, capsys):
+    """A corpus file with its one defect repaired (batch_zero.yaml with batch_size 4), through the same
+    materialisation, validates: the refusals below come from each file's defect, not from the
+    harness or from a validator that refuses everything."""
+    src = Path(__file__).parent / "bad_inputs" / "batch_zero.yaml"
+    assert "  batch_size: 0\n" in src.read_text()
+    good = tmp_path / "src" / "good.yaml"
+    good.parent.mkdir()
+    good.write_text(src.read_text().replace("# expect: train.batch_size", "# expect: nothing")
+                    .replace("  batch_size: 0\n", "  batch_size: 4\n"))
+    path, _ = _materialise(good, tmp_path)
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
 
 
 def _materialise(src: Path, tmp: Path) -> tuple[Path, str]:

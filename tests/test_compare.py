@@ -236,3 +236,35 @@ def test_jobs_on_different_data_or_thresholds_are_refused(tmp_path):
     d = spec_from_dict(tiny_job(tmp_path, **{"analysis.readout": "flatten"})).model_dump(mode="json")
     with pytest.raises(StoreError, match="differ in analysis.readout"):
         compare.check_comparable([run(a, "a"), run(d, "d")])
+
+
+def test_accuracy_summary_gives_mean_sd_and_range_over_seeds():
+    """Quick cover of accuracy_summary (before, only the slow end-to-end test reached it: the mutation
+    run found its mutants untested)."""
+    import numpy as np
+    import polars as pl
+
+    acc = pl.DataFrame({"model": ["vgg", "vgg", "vgg", "cct"], "family": ["cnn"] * 3 + ["cct"],
+                        "network": ["vgg11_bn"] * 3 + ["cct_2"], "seed": [0, 1, 2, 0], "epochs": [3, 3, 3, 5],
+                        "accuracy": [0.5, 0.6, 0.8, 0.7]})
+    s = compare.accuracy_summary(acc).rows(named=True)
+    assert [r["model"] for r in s] == ["vgg", "cct"]
+    vgg = s[0]
+    assert vgg["seeds"] == 3 and vgg["epochs"] == 3 and vgg["accuracy"] == pytest.approx(np.mean([0.5, 0.6, 0.8]))
+    assert vgg["accuracy_sd"] == pytest.approx(np.std([0.5, 0.6, 0.8], ddof=1))
+    assert (vgg["accuracy_min"], vgg["accuracy_max"]) == (0.5, 0.8)
+    assert s[1]["seeds"] == 1 and s[1]["accuracy_sd"] is None  # one seed: no spread
+
+
+def test_the_refusal_names_the_reference_job_every_differing_field_and_its_values():
+    """The whole message (mutants of check_comparable that garbled it, named the wrong job, or compared
+    only the keys both jobs set survived the tests above): the third job differs from the first in
+    the dataset's root and in a field only it sets."""
+    run = lambda spec, jid: compare.Run("m", 0, jid, "", spec)  # noqa: E731
+    a = {"dataset": {"name": "x", "root": "/a"}}
+    b = {"dataset": {"name": "x", "root": "/b", "max_per_class": 5}}
+    with pytest.raises(StoreError) as e:
+        compare.check_comparable([run(a, "ref"), run(a, "same"), run(b, "other")])
+    assert str(e.value) == ("jobs ref and other differ in dataset.max_per_class, root (None vs 5, '/a' vs '/b'); "
+                            "a comparison needs the same dataset, evaluation split, threshold, normalisation "
+                            "and readout kind")

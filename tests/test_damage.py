@@ -127,3 +127,50 @@ def test_a_rerun_recomputes_from_the_first_damaged_stage(tmp_path, ray_cluster):
     text = "\n".join(messages)
     assert "damaged results: snp/layers.parquet" in text and "snp: already finished" not in text
     assert job.verify() == [] and job.layers().height > 0
+
+
+# --- issue 33: damage the suite never made (same size, several stages, half-written files)
+
+
+def test_a_byte_flipped_without_a_size_change_is_found_by_its_sha256(tmp_path, capsys):
+    store, job = _finished(tmp_path)
+    weights = tmp_path / "results" / job.job_id / "model" / "weights.pt"
+    data = bytearray(weights.read_bytes())
+    data[3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert job.verify() == ["model/weights.pt: content differs from the manifest's SHA-256"]
+    assert main(["verify", "--store", str(tmp_path / "results")]) == 1
+    with pytest.raises(Exception, match="is damaged"):
+        job.read_intact("model/weights.pt")
+
+
+def test_a_rerun_starts_from_the_first_of_several_damaged_stages(tmp_path):
+    """Damage in the heads, prune and snp stages' outputs (listed in that order, by path): the re-run
+    starts at snp, the earliest in the pipeline, neither the first listed nor the last."""
+    from snp_service.pipeline import STAGE_OUTPUTS, damaged_from
+
+    store = Store.from_spec(StorageSpec(root=str(tmp_path / "results")))
+    job = store.job("several-0123456789ab")
+    stages = ["data", "train", "evaluate", "snp", "heads", "prune", "report"]
+    for stage in stages:
+        for prefix in STAGE_OUTPUTS.get(stage, ()):
+            job.write_bytes(prefix + "out.bin" if prefix.endswith("/") else prefix, f"{stage} output".encode())
+    job.write_manifest({"status": "complete"})
+    base = tmp_path / "results" / job.job_id
+    for rel in ("prune/out.bin", "snp/out.bin", "heads/out.bin"):
+        (base / rel).write_bytes((base / rel).read_bytes()[::-1])  # same size, other content
+    assert [d.split(":")[0] for d in job.verify()] == ["heads/out.bin", "prune/out.bin", "snp/out.bin"]
+    messages = []
+    assert damaged_from(job, stages, messages.append) == stages.index("snp")
+    assert "from the snp stage" in messages[0]
+
+
+def test_the_manifest_never_lists_half_written_temporary_files(tmp_path):
+    store, job = _finished(tmp_path)
+    base = tmp_path / "results" / job.job_id
+    (base / "snp" / "layers.parquet.tmp-4242").write_bytes(b"half of a table")  # a writer killed mid-way
+    (base / "model" / "weights.pt.tmp-7").write_bytes(b"wei")
+    m = job.write_manifest({"status": "complete"})
+    listed = {e["path"] for e in m["artefacts"]}
+    assert listed == {"spec.json", "snp/layers.parquet", "model/weights.pt", "stages/snp.json"}
+    assert job.verify() == []

@@ -115,3 +115,25 @@ def test_p_min_is_the_mass_of_the_nulls_smallest_value():
     for level, status in ((0.1, "ok"), (0.01, "uninformative")):
         assert analyse_heads("p", _block_raw([[0, 1, 2], [3, 4, 5]], 6, 2), 2, 0.3, draws=20_000, seed=1,
                              level=level).summary["status"] == status
+
+
+# --- issue 33: edges the suite never reached
+
+
+def test_two_empty_heads_are_undefined():
+    r = analyse_heads("p", _block_raw([[], []], 4, 2), 2, 0.3, draws=200)
+    s = r.summary
+    assert s["status"] == "undefined" and s["reason"].startswith("0 head(s) with a non-empty label set")
+    assert np.isnan(s["p_value"]) and np.isnan(s["observed_jaccard"]) and r.null is None
+
+
+def test_p_min_equal_to_the_level_is_uninformative():
+    """p_min >= level: at p_min == level the test cannot reject (p <= level would need p < p_min).
+    Two heads of 5 labels of 10 are disjoint in 1 of C(10, 5) = 252 draws: with 19 draws (seeded)
+    none is, so p_min = 1 / 20; the level is set to exactly that."""
+    raw = _block_raw([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], 10, 2)
+    r = analyse_heads("p", raw, 2, 0.3, draws=19, seed=0)
+    p_min = r.summary["p_min"]
+    assert p_min == 1 / 20
+    assert analyse_heads("p", raw, 2, 0.3, draws=19, seed=0, level=p_min).summary["status"] == "uninformative"
+    assert analyse_heads("p", raw, 2, 0.3, draws=19, seed=0, level=p_min * 1.01).summary["status"] == "ok"

@@ -6,6 +6,7 @@ import io
 import os
 import tarfile
 
+import numpy as np
 import pytest
 
 from snp_service.data import build_datasets
@@ -115,3 +116,66 @@ def test_sweep_trials_of_long_job_names_get_distinct_folders(tmp_path):
     trials = [trial_spec(spec, o) for o in grid(spec)]
     assert len({t.name for t in trials}) < len(trials)  # names cut at 64 characters collide
     assert len({trial_id(t.model_dump(mode="json")) for t in trials}) == len(trials)
+
+
+# --- issue 33: the archive check against the limits it states, not beyond them
+
+
+def _tar_of(path, payload: bytes, hard_link: bool = False):
+    with tarfile.open(path, "w:gz") as tf:
+        for name in ("train", "train/a", "test"):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            tf.addfile(info)
+        info = tarfile.TarInfo("train/a/x.jpg")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+        if hard_link:
+            link = tarfile.TarInfo("test/a.jpg")
+            link.type, link.linkname = tarfile.LNKTYPE, "train/a/x.jpg"
+            tf.addfile(link)
+
+
+def _compressible(ratio: float, size: int = 4_000_000) -> bytes:
+    """Bytes that gzip about `ratio` times: one random block in every `ratio` blocks, zeros elsewhere."""
+    rng = np.random.default_rng(0)
+    block = 4096
+    blocks = size // block
+    every = max(1, int(ratio))
+    return b"".join(rng.bytes(block) if i % every == 0 else bytes(block) for i in range(blocks))
+
+
+def _check(path):
+    from snp_service.data import check_archive
+
+    with tarfile.open(path, "r:*") as tf:
+        check_archive(path, tf)
+
+
+DOCUMENTED_RATIO = 100  # docs/RELIABILITY.md: "at most ... 100x the archive's size"
+
+
+def test_the_bomb_limit_is_the_documented_ratio_not_ten_times_it(tmp_path):
+    """An archive unpacking to about 3x the documented limit is refused (a limit ten times higher
+    would let it through); one at a quarter of it is accepted."""
+    over, under = tmp_path / "over.tar.gz", tmp_path / "under.tar.gz"
+    _tar_of(over, _compressible(3 * DOCUMENTED_RATIO))
+    _tar_of(under, _compressible(DOCUMENTED_RATIO / 4))
+    ratio_over = len(_compressible(3 * DOCUMENTED_RATIO)) / over.stat().st_size
+    ratio_under = len(_compressible(DOCUMENTED_RATIO / 4)) / under.stat().st_size
+    # the fixture's sizing: well above the limit, well below ten times it; and well below the limit
+    assert 1.5 * DOCUMENTED_RATIO < ratio_over < 5 * DOCUMENTED_RATIO and ratio_under < DOCUMENTED_RATIO / 2
+    with pytest.raises(DatasetError, match=f"{DOCUMENTED_RATIO}x the archive.*decompression bomb"):
+        _check(over)
+    _check(under)
+
+
+def test_an_archive_with_a_hard_link_is_refused(tmp_path):
+    arch = tmp_path / "hard.tar.gz"
+    _tar_of(arch, b"\xff\xd8 not much", hard_link=True)
+    with tarfile.open(arch) as tf:
+        assert [m.name for m in tf if m.islnk()] == ["test/a.jpg"]
+    with pytest.raises(DatasetError, match="'test/a.jpg' is a link"):
+        _check(arch)
+    _tar_of(arch, b"\xff\xd8 not much")
+    _check(arch)  # the same archive without the link passes

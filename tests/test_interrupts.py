@@ -26,8 +26,8 @@ def _start(tmp_path, features):
 
 def _wait_for(proc, text, timeout=300):
     seen = []
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line and proc.poll() is not None:
             break
@@ -37,6 +37,15 @@ def _wait_for(proc, text, timeout=300):
     raise AssertionError(f"never saw {text!r}: {''.join(seen)[-2000:]}")
 
 
+def _until(proc, condition, limit: float = 300):
+    """Wait for `condition()` while the run lives (polled: a folder has no event to wait on); its
+    last value. The limit only keeps a hung run from hanging the suite."""
+    deadline = time.monotonic() + limit
+    while not (value := condition()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value or condition()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code, when", [(signal.SIGINT, 130, "snp: "), (signal.SIGTERM, 143, "epoch 1/4")])
 def test_an_interrupted_run_says_so_cleans_up_and_resumes(tmp_path, sig, code, when):
@@ -44,10 +53,9 @@ def test_an_interrupted_run_says_so_cleans_up_and_resumes(tmp_path, sig, code, w
     features.mkdir()
     path, proc = _start(tmp_path, features)
     _wait_for(proc, when)
-    if when == "snp: ":  # let the workers capture something first
-        deadline = time.time() + 120
-        while not list(features.glob("snp-features-*")) and time.time() < deadline:
-            time.sleep(0.5)
+    if when == "snp: ":  # the workers have captured something: there is a folder to clean up
+        assert _until(proc, lambda: list(features.glob("snp-features-*"))), "no feature folder ever appeared"
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == code, (proc.returncode, err[-2000:])

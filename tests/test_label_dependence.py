@@ -246,3 +246,52 @@ def test_snr_prints_infinite_and_undefined_with_the_reason():
     assert "interval undefined" in snr_text(0.5, float("nan"), 0.7)
     assert snr_text(0.5, 0.4, 0.6) == "SNR 0.50 [0.40, 0.60]"
     assert "nan" not in snr_text(float("inf"), float("nan"), float("nan"))
+
+
+def test_measure_point_tests_each_node_on_the_true_evaluation_labels(tmp_path):
+    """The pipeline's wiring (measure.measure_point), against the literal computation: features with
+    a large per-node offset and unbalanced labels (60 / 25 / 10 / 5 per hundred); strong, weak and
+    label-blind nodes; evaluation images distinct from the training images. Each node's p-value is
+    the one-way ANOVA of its pooled value on the evaluation labels (a seqpool field has rank 1), the
+    label-specific fraction is the Benjamini-Hochberg share at analysis.fdr, the effect size the mean
+    eta2."""
+    from scipy.stats import f_oneway, false_discovery_control
+
+    from snp_service.measure import measure_point
+    from snp_service.models import PointInfo
+    from snp_service.spec import spec_from_dict
+    from tests.conftest import tiny_job
+
+    rng = np.random.default_rng(7)
+    nodes, positions, labels = 12, 4, 4
+    effect = np.array([1.5] * 4 + [0.25] * 4 + [0.0] * 4)  # strong, weak, blind
+    offset = rng.normal(0, 50, size=(1, nodes, 1))
+
+    def split(x):
+        y = rng.choice(labels, size=x, p=[0.6, 0.25, 0.1, 0.05])
+        centre = rng.normal(size=(labels, nodes))
+        f = rng.normal(size=(x, nodes, positions)) + offset + (centre[y] * effect)[:, :, None]
+        return f.astype(np.float16), y
+
+    train, train_y = split(600)
+    evaluation, eval_y = split(300)
+    analysis = spec_from_dict(tiny_job(tmp_path, **{"analysis": {"readout": "seqpool", "readout_epochs": 3,
+                                                                 "bootstrap": 0, "fdr": 0.2}})).analysis
+    info = PointInfo(name="p", kind="block", nodes=nodes, positions=positions)
+    r = measure_point(info, train, train_y, evaluation, eval_y, labels, analysis)
+
+    with torch.no_grad():
+        pooled = r.readout.node_activations(torch.from_numpy(evaluation.astype(np.float32)))[:, :, 0].double().numpy()
+    p = np.array([f_oneway(*[pooled[eval_y == k, n] for k in range(labels)]).pvalue for n in range(nodes)])
+    eta2 = np.array([sum((eval_y == k).sum() * (pooled[eval_y == k, n].mean() - pooled[:, n].mean()) ** 2
+                         for k in range(labels)) / ((pooled[:, n] - pooled[:, n].mean()) ** 2).sum()
+                     for n in range(nodes)])
+    reject = false_discovery_control(p, method="bh") <= analysis.fdr
+    assert 0 < reject.sum() < nodes  # the fixture has nodes on both sides
+    # and nodes between the default FDR and this job's: a test at another FDR would count otherwise
+    assert (false_discovery_control(p, method="bh") <= 0.05).sum() < reject.sum()
+    np.testing.assert_allclose(r.nodes["p_value"], p, rtol=1e-3)
+    assert r.nodes["label_specific"] == reject.tolist()
+    assert r.row["label_specific_fraction"] == reject.mean()
+    assert r.row["effect_size"] == pytest.approx(eta2.mean(), rel=1e-3)
+    assert r.row["eval_images"] == len(eval_y)

@@ -90,3 +90,105 @@ def test_masks_are_chosen_on_the_selection_images_and_the_rows_say_so():
     assert rows[0]["kept_fraction"] == pytest.approx(1 / 3)  # one label per node: the given matrices chose
     rows_sel, _ = prune_point("p", ro, m_sel, x, y, x, y, 0.3, [], [], 0, 1e-3)
     assert rows_sel[0]["kept_fraction"] != rows[0]["kept_fraction"]
+
+
+# --- issue 33: comparisons that fail when a baseline, a fine-tune or a curve is wired wrongly
+
+
+def test_the_random_baseline_is_a_draw_of_its_own_not_the_andc_mask():
+    """Same count per node as ANDC, but other labels: over 40 nodes keeping 1-3 of 10 labels, a
+    uniform draw equal to ANDC everywhere has probability below 1e-40."""
+    g = torch.Generator().manual_seed(1)
+    andc = torch.zeros(10, 40, dtype=torch.bool)
+    for n in range(40):
+        andc[torch.randperm(10, generator=g)[:1 + n % 3], n] = True
+    masks = baseline_masks(andc, torch.randn(10, 40, 1, generator=g), ["random"], seed=5)
+    assert torch.equal(masks["random"].sum(0), andc.sum(0))
+    assert not torch.equal(masks["random"], andc)
+    assert torch.equal(masks["random"], random_mask(andc.sum(0), 10, 5))  # the seeded draw itself
+    assert not torch.equal(masks["random"], random_mask(andc.sum(0), 10, 6))
+
+
+def _mislabelled_readout():
+    """A readout whose weights were scrambled after training: its masked accuracy is poor, and ten
+    epochs of fine-tuning change it."""
+    from snp_service.measure import snp_accumulate
+    from snp_service.readout import train_readout
+    from snp_service.snp import normalise
+
+    x, y = _separable(n=300)
+    ro = train_readout(x, y, 3, "seqpool", epochs=10, lr=1e-2)
+    m = normalise(snp_accumulate(ro, x, y, 3).snp_matrices())
+    with torch.no_grad():
+        ro.weight.copy_(ro.weight[[1, 2, 0]])  # every label reads another label's nodes
+    return ro, m, x, y
+
+
+def test_accuracy_finetuned_is_the_accuracy_after_fine_tuning():
+    ro, m, x, y = _mislabelled_readout()
+    rows, _ = prune_point("p", ro, m, x, y, x, y, 0.3, [], [], 10, 5e-2, seed=0)
+    andc = andc_mask_at(m, 0.3)
+    before = readout_accuracy(masked(ro, andc), x, y)
+    after = readout_accuracy(finetune(ro, andc, x, y, 10, 5e-2, 0), x, y)
+    assert after != before  # the fixture is one where fine-tuning changes the accuracy
+    assert rows[0]["accuracy_pruned"] == before
+    assert rows[0]["accuracy_finetuned"] == after
+    rows0, _ = prune_point("p", ro, m, x, y, x, y, 0.3, [], [], 0, 1e-2, seed=0)
+    assert np.isnan(rows0[0]["accuracy_finetuned"])  # no fine-tune: no number
+
+
+def test_the_curve_follows_its_own_thresholds():
+    """Each curve row is the ANDC mask at that row's threshold, not at the table's."""
+    m = torch.zeros(3, 4, 4, dtype=torch.float64)
+    for n in range(3):
+        m[n].fill_diagonal_(1.0)
+        m[n, 1, 1] = 0.45  # label 1 kept only below 0.45
+        m[n, 2, 2] = 0.25  # label 2 kept only below 0.25
+    ro = _readout_of(4, 3)
+    x = np.random.default_rng(0).normal(size=(64, 3, 2)).astype(np.float16)
+    y = np.arange(64) % 4
+    thresholds = [0.1, 0.3, 0.5]
+    _, curve = prune_point("p", ro, m, x, y, x, y, 0.3, thresholds, [], 0, 1e-3)
+    assert [c["threshold"] for c in curve] == thresholds
+    assert [c["kept_fraction"] for c in curve] == [1.0, 3 / 4, 2 / 4]
+    for c, th in zip(curve, thresholds):
+        mask = andc_mask_at(m, th)
+        assert c["accuracy_pruned"] == readout_accuracy(masked(ro, mask), x, y)
+
+
+def _readout_of(labels, nodes):
+    from snp_service.readout import Readout
+
+    torch.manual_seed(0)
+    return Readout(nodes, 1, labels, "seqpool").eval()
+
+
+def test_heldout_selection_reads_the_training_subset_never_the_evaluation_matrices(tmp_path):
+    """actors.prune_point_work with selection_split heldout: the matrices that choose the masks are
+    those of the seeded training subset, whatever evaluation matrices it is handed."""
+    from snp_service.actors import prune_point_work
+    from snp_service.measure import snp_accumulate
+    from snp_service.prune import selection_rows
+    from snp_service.readout import Features, train_readout
+    from snp_service.spec import spec_from_dict
+    from tests.conftest import tiny_job
+
+    x, y = _separable(n=400)
+    ro = train_readout(x, y, 3, "seqpool", epochs=10, lr=1e-2)
+    spec = spec_from_dict(tiny_job(tmp_path, **{"pruning": {"enabled": True, "selection_split": "heldout",
+                                                            "selection_fraction": 0.25, "seed": 2,
+                                                            "baselines": [], "finetune_epochs": 0,
+                                                            "curve_thresholds": [0.5]}}))
+    raw_eval = torch.zeros(6, 3, 3, dtype=torch.float64)
+    raw_eval[:, 0, 0] = 1.0  # evaluation matrices that would keep label 0 alone on every node
+    feats = Features({"p": x}, y)
+    out = prune_point_work(spec, "p", ro, raw_eval, feats, feats, 3, andc=True)
+    rows = selection_rows(len(y), 0.25, 2)
+    expected = snp_accumulate(ro, x, y, 3, rows=rows)
+    np.testing.assert_array_equal(out["selection_raw"], expected.snp_matrices().numpy().astype("float32"))
+    np.testing.assert_array_equal(out["selection_eta2"], expected.label_dependence().eta2.astype("float32"))
+    assert out["selection"].startswith("heldout") and out["rows"][0]["selection"] == out["selection"]
+    assert out["rows"][0]["kept_fraction"] != pytest.approx(1 / 3)  # not the evaluation matrices' mask
+    evaluated = prune_point_work(spec.model_copy(update={"pruning": spec.pruning.model_copy(
+        update={"selection_split": "eval"})}), "p", ro, raw_eval, feats, feats, 3, andc=True)
+    assert evaluated["rows"][0]["kept_fraction"] == pytest.approx(1 / 3)

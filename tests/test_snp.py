@@ -303,3 +303,66 @@ def test_the_normalise_mode_decodes_in_one_place():
     assert [normalisation_flags(m) for m in NORMALISATIONS] == [(False, False), (True, False), (False, True)]
     with pytest.raises(ValueError, match="normalisation 'maximum'"):
         normalisation_flags("maximum")
+
+
+# --- issue 33: edges the suite never reached
+
+
+def test_a_value_exactly_at_the_threshold_is_not_a_one():
+    """B = M > th, strictly (METHOD.md 2.6): an entry equal to the threshold is a zero, so a label
+    whose diagonal equals it is no candidate and a link at it is no link."""
+    from snp_service.snp import boolean
+
+    th = 0.5
+    m = torch.tensor([[1.0, th, 0.0], [th, 0.8, 0.0], [0.0, 0.0, th]], dtype=torch.float64)
+    assert boolean(m, th).tolist() == [[True, False, False], [False, True, False], [False, False, False]]
+    assert clusters(m, th) == [[0], [1]]  # not {0, 1} (linked only at th), and no {2}
+    ns = node_statistics(m[None], th)
+    assert ns.signal.tolist() == [2] and ns.noise.tolist() == [0]
+
+
+def test_a_linked_group_above_the_exact_limit_gets_only_all_ones_clusters():
+    """A star of 12 labels (0 linked with each other label, no other links) is not a clique and is
+    too large for the exact partition: the fallback rule must still return all-ones blocks."""
+    from snp_service.snp import EXACT_MAX_LABELS, clusters_of
+
+    L = EXACT_MAX_LABELS + 2
+    m = torch.zeros(L, L, dtype=torch.float64)
+    m.fill_diagonal_(1.0)
+    m[0, 0] = 2.0  # the hub first in diagonal order
+    m[0, 1:] = m[1:, 0] = 0.9
+    mn = normalise(m[None])[0]
+    b = (mn > 0.3).numpy()
+    # the greedy fallback (a solver given no time) and the exact integer program: both all-ones blocks
+    for limit, want_greedy in ((0.0, True), (30.0, False)):
+        found, greedy = clusters_of(mn, 0.3, time_limit_s=limit)
+        assert greedy == want_greedy
+        for s in found:
+            assert b[np.ix_(s, s)].all(), s  # every block all ones
+        assert sorted(i for s in found for i in s) == list(range(L))  # a partition of the candidates
+        assert sum(len(s) ** 2 for s in found) == 4 + (L - 2)  # a star's best: one pair, the rest alone
+    assert clusters_of(mn, 0.3, time_limit_s=0.0)[0][0] == [0, 1]  # greedy: the hub takes its first linked label
+
+
+def test_ties_with_theta_in_the_bootstrap_count_half():
+    """BCa's bias correction counts replicates equal to theta as half below: with as many
+    replicates above as below and a block tied at theta, z0 = 0, so (with no acceleration) the
+    interval is the percentile interval itself."""
+    from snp_service.snp import bca_interval
+
+    boot = np.concatenate([np.arange(40.0), np.full(20, 40.0), np.arange(41.0, 81.0)])
+    lo, hi = bca_interval(40.0, boot, np.array([1.0]), 0.95)
+    assert (lo, hi) == tuple(np.quantile(boot, [0.025, 0.975], method="inverted_cdf"))
+
+
+def test_centring_with_unbalanced_labels_subtracts_the_mean_over_inputs():
+    """Centred M[n, i, k] = mean over inputs of label i of f[x, n, k] minus the mean of f[x, n, k]
+    over all inputs (not the mean of the label means): literal, on 90 / 9 / 1 inputs per label."""
+    g = torch.Generator().manual_seed(4)
+    y = torch.cat([torch.zeros(90), torch.ones(9), torch.full((1,), 2.0)]).long()
+    f = torch.randn(100, 2, 3, generator=g, dtype=torch.float64) + torch.tensor([5.0, -1.0, 0.5])
+    f[y == 2] += 4.0
+    acc = SNPAccumulator(2, 3)
+    acc.update(f, y)
+    expected = torch.stack([f[y == i].mean(dim=0) - f.mean(dim=0) for i in range(3)], dim=1)  # (N, L, L)
+    torch.testing.assert_close(acc.snp_matrices(centred=True), expected)

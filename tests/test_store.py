@@ -80,26 +80,33 @@ def test_stages_are_recorded(tmp_path):
 # --- one run of a job at a time (issue 30, class 5): a lease per job id in the store
 
 LEASE_HOLDER = """
-import sys, time
+import select, sys
 from snp_service.spec import StorageSpec
 from snp_service.store import Store
 with Store.from_spec(StorageSpec(root=sys.argv[1])).job(sys.argv[3]).lease():
     print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
+    select.select([sys.stdin], [], [], float(sys.argv[2]))  # until the test closes our stdin
 """
 
 
 def lease_held_elsewhere(root, seconds: float, job_id: str = "j-1"):
-    """Another process holding the job's lease for `seconds` (it prints `held` once it does)."""
+    """Another process holding the job's lease (it prints `held` once it does) until its stdin is
+    closed (`release`), at most `seconds`."""
     import subprocess
     import sys
 
     from tests.conftest import REPO
 
     proc = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, str(root), str(seconds), job_id],
-                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout.readline().strip() == "held"
     return proc
+
+
+def release(holder) -> None:
+    """Let a lease holder leave its lease and end."""
+    holder.stdin.close()
+    holder.wait(timeout=60)
 
 
 def test_a_second_run_of_a_job_is_refused_naming_the_holder_and_may_run_once_it_ends(tmp_path):
@@ -108,15 +115,17 @@ def test_a_second_run_of_a_job_is_refused_naming_the_holder_and_may_run_once_it_
     from snp_service.errors import JobBusyError
 
     store = Store.from_spec(StorageSpec(root=str(tmp_path)))
-    holder = lease_held_elsewhere(tmp_path, 3)
+    holder = lease_held_elsewhere(tmp_path, 600)
     try:
+        assert holder.poll() is None  # still holding when the second run asks
         with pytest.raises(JobBusyError, match=rf"job j-1 is being run by .*pid {holder.pid}, since"):
             with store.job("j-1").lease():
                 pass
         with store.job("j-2").lease():  # another job id is free
             pass
     finally:
-        holder.wait(timeout=30)
+        release(holder)
+    assert holder.returncode == 0  # it ended by leaving its lease, not by a crash
     with store.job("j-1").lease() as mine:  # released when that run ended
         assert mine["pid"] == __import__("os").getpid()
     assert store.job("j-1").lease_holder() is None and store.job_ids() == []
@@ -147,8 +156,17 @@ def test_a_long_run_renews_its_lease(tmp_path):
     from snp_service.errors import JobBusyError
 
     store = Store.from_spec(StorageSpec(root=str(tmp_path)))
-    with store.job("j-1").lease(seconds=0.8):
-        time.sleep(2.0)  # past the first expiry: renewed meanwhile
+    with store.job("j-1").lease(seconds=1.0):
+        first = store.job("j-1").lease_holder()["expires"]
+        deadline = time.monotonic() + 60  # only keeps a broken renewal from hanging the suite
+
+        def renewed_past_first_expiry():
+            held = store.job("j-1").lease_holder()
+            return held is not None and held["expires"] > first and time.time() > first
+
+        while not renewed_past_first_expiry() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert renewed_past_first_expiry()  # the lease outlived its first expiry by a renewal
         with pytest.raises(JobBusyError):
             with store.job("j-1").lease():
                 pass

@@ -77,3 +77,63 @@ def test_structural_work_on_a_worker_prunes_and_times_on_its_device(tmp_path, ca
     ev = evaluate_network(spec.model_dump(mode="json"), net.state_dict(), 1)
     assert ev["accuracy"] == rows[0]["accuracy"] and ev["device"] == "cpu"  # fp32 both: the same evaluation
     assert int(ev["confusion"].sum()) == 64
+
+
+# --- issue 33: removal and scores with realistic weights (non-zero biases, distinct q/k/v rows)
+
+
+@pytest.fixture
+def biased():
+    """The CCT with every bias drawn non-zero (a trained network's are; the initial ones are 0)."""
+    torch.manual_seed(1)
+    m = ModelSpec(name="cct_2_3x2_32", num_heads=4, embedding_dim=64).build(10, 32).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.5)
+    return m
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "reference"])
+def test_removal_is_exact_with_non_zero_biases(biased, attention):
+    for blk in biased.blocks:
+        blk.attn.kind = attention
+    assert all(b.abs().min() > 0 for n, b in biased.named_parameters() if n.endswith("bias"))
+    keep_ff = {0: [2, 7, 40, 41], 1: list(range(1, 64, 3))}
+    keep_heads = {0: [0, 2], 1: [3]}
+    x = torch.randn(4, 3, 32, 32)
+    pruned, ref = prune_cct(biased, keep_ff, keep_heads), masked_cct(biased, keep_ff, keep_heads)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), ref(x), rtol=1e-5, atol=1e-5)
+    l1 = pruned.blocks[1].mlp.linear1
+    torch.testing.assert_close(l1.bias, biased.blocks[1].mlp.linear1.bias[keep_ff[1]], rtol=0, atol=0)
+
+
+def test_head_magnitude_reads_v_rows_and_proj_columns(biased):
+    """|v rows of head h| x |proj columns of head h|, literally; q and k rows scaled far apart so a
+    score reading them instead gives other numbers."""
+    from snp_service.structural import ff_magnitude, head_magnitude
+
+    blk = biased.blocks[0]
+    attn = blk.attn
+    h, d = attn.num_heads, attn.head_dim
+    with torch.no_grad():
+        attn.qkv.weight[:h * d] *= torch.arange(1, h * d + 1, dtype=torch.float32)[:, None]  # q rows
+        attn.qkv.weight[h * d:2 * h * d] *= 7.0  # k rows
+    w = attn.qkv.weight.detach().double()
+    expected = [float(w[2 * h * d + i * d: 2 * h * d + (i + 1) * d].norm()
+                      * attn.proj.weight.detach().double()[:, i * d:(i + 1) * d].norm()) for i in range(h)]
+    np.testing.assert_allclose(head_magnitude(blk), expected, rtol=1e-6)
+    mlp = blk.mlp
+    ff = [float(mlp.linear1.weight.detach()[j].double().norm() * mlp.linear2.weight.detach()[:, j].double().norm())
+          for j in range(mlp.linear1.out_features)]
+    np.testing.assert_allclose(ff_magnitude(blk), ff, rtol=1e-6)
+
+
+def test_the_snp_unit_score_of_a_head_is_the_mean_eta2_of_its_dimensions():
+    from snp_service.prune import SNPCriterion
+
+    eta2 = np.array([0.9, 0.1, 0.0, 0.0, 0.3, 0.3, 0.05, 0.6])  # 4 heads of 2 dimensions
+    ff, heads = SNPCriterion().unit_scores(None, eta2[:4], eta2, 4)
+    np.testing.assert_array_equal(heads, [0.5, 0.0, 0.3, 0.325])
+    np.testing.assert_array_equal(ff, eta2[:4])

@@ -2,7 +2,6 @@
 member does to the others (the orchestration itself, with the pipeline run replaced by a recorder)."""
 
 import threading
-import time
 
 import pytest
 
@@ -59,16 +58,25 @@ def test_member_concurrency_counts_what_the_cluster_holds(tmp_path, compute, res
     assert studies.member_concurrency(_spec(tmp_path, **compute), members, resources) == expect
 
 
-def _recording_run(monkeypatch, fail: set[str] = frozenset(), seconds: float = 0.3):
-    running, peak, done = [0], [0], []
-    lock = threading.Lock()
+def _recording_run(monkeypatch, limit: int, total: int, fail: set[str] = frozenset()):
+    """pipeline.run replaced by a member that holds until as many members run at once as the study
+    allows (`limit`), or every member has started: the peak is reached by the members' own events,
+    not by how long a member sleeps. The limit on the wait only keeps a broken pool from hanging."""
+    running, peak, done, started = [0], [0], [], [0]
+    cv = threading.Condition()
 
     def run(spec, progress=print):
-        with lock:
+        with cv:
             running[0] += 1
+            started[0] += 1
             peak[0] = max(peak[0], running[0])
-        time.sleep(seconds)
-        with lock:
+            cv.notify_all()
+            assert cv.wait_for(lambda: running[0] >= limit or started[0] == total, timeout=120), \
+                f"{spec.name}: only {running[0]} member(s) ran at once, {limit} allowed"
+            # a grace in which a pool that allows too many would start one more (the pass on a correct
+            # pool does not depend on it: the peak above is reached by events)
+            cv.wait_for(lambda: running[0] > limit, timeout=0.2)
+        with cv:
             running[0] -= 1
         if spec.name in fail:
             raise DatasetError(f"{spec.name}: no data")
@@ -80,7 +88,7 @@ def _recording_run(monkeypatch, fail: set[str] = frozenset(), seconds: float = 0
 
 
 def test_members_run_at_most_n_at_once_and_come_back_in_order(tmp_path, monkeypatch):
-    peak, done = _recording_run(monkeypatch)
+    peak, done = _recording_run(monkeypatch, limit=2, total=5)
     spec = _spec(tmp_path, max_concurrent_jobs=2)
     members = [(f"m{i}", derive_job(spec, f"m{i}", {"train": {"seed": i}}, "test")) for i in range(5)]
     outcomes = studies.run_members(spec, members, progress=lambda m: None)
@@ -89,7 +97,7 @@ def test_members_run_at_most_n_at_once_and_come_back_in_order(tmp_path, monkeypa
 
 
 def test_a_failing_member_lets_the_others_finish_then_fails_naming_it(tmp_path, monkeypatch):
-    peak, done = _recording_run(monkeypatch, fail={"m1", "m3"})
+    peak, done = _recording_run(monkeypatch, limit=3, total=5, fail={"m1", "m3"})
     spec = _spec(tmp_path, max_concurrent_jobs=3)
     members = [(f"m{i}", derive_job(spec, f"m{i}", {"train": {"seed": i}}, "test")) for i in range(5)]
     lines = []

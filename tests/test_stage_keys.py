@@ -1,0 +1,104 @@
+"""Stage keys (issue 33): a stage is reused only when every spec field it reads is unchanged. The
+oracle is the pipeline's shape (METHOD.md, pipeline.STAGES), not STAGE_INPUTS itself: each spec
+section first feeds one stage, and whatever a stage computes feeds every stage downstream of it."""
+
+import copy
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snp_service.pipeline import STAGE_INPUTS, STAGES, stage_key
+from snp_service.spec import spec_from_dict
+from tests.conftest import tiny_job
+
+# data -> train -> evaluate -> snp -> {heads, prune} -> report; load (given weights instead of training)
+# reads the model section alone
+DOWNSTREAM = {"data": {"train"}, "train": {"evaluate"}, "evaluate": {"snp"}, "snp": {"heads", "prune"},
+              "heads": {"report"}, "prune": {"report"}, "load": set(), "report": set()}
+# the stage each spec section feeds first; None: read by no stage (naming, placement, storage)
+FIRST_READER = {"dataset": "data", "model": "train", "train": "train", "measure": "snp", "analysis": "snp",
+                "heads": "heads", "pruning": "prune", "name": None, "description": None, "storage": None,
+                "compute": None, "sweep": None, "compare": None, "heads_study": None}
+# fields of those sections that feed another stage than their section, or none: each with its reason
+EXCEPTIONS = {
+    "train.seed": "data",  # seeds the train/validation split of the data stage
+    "train.compile": None,  # changes speed, not results
+    "compute.num_workers": "train",  # batch_size is per worker: N workers train another network
+    "model.weights_format": None,  # only read with model.weights set (not in this job)
+}
+
+
+def _closure(stage: str | None) -> set[str]:
+    if stage is None:
+        return set()
+    out, todo = set(), [stage]
+    while todo:
+        s = todo.pop()
+        if s not in out:
+            out.add(s)
+            todo.extend(DOWNSTREAM[s])
+    return out
+
+
+def _leaves(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def _with(spec_json: dict, field: str, value) -> dict:
+    out = copy.deepcopy(spec_json)
+    d = out
+    *parents, last = field.split(".")
+    for p in parents:
+        d = d[p]
+    d[last] = value
+    return out
+
+
+def _get(spec_json: dict, field: str):
+    for p in field.split("."):
+        spec_json = spec_json[p]
+    return spec_json
+
+
+BASE = spec_from_dict(tiny_job(__import__("pathlib").Path("/nonexistent-stage-keys"))).model_dump(mode="json")
+FIELDS = sorted(_leaves(BASE))
+ALL_STAGES = set(STAGE_INPUTS)
+
+
+def test_the_oracle_covers_every_stage_and_section():
+    assert {name for name, _ in STAGES} | {"load"} == ALL_STAGES == set(DOWNSTREAM)
+    assert {f.split(".")[0] for f in FIELDS} == set(FIRST_READER)
+
+
+def _expected(field: str) -> set[str]:
+    if field in EXCEPTIONS:
+        return _closure(EXCEPTIONS[field])
+    first = FIRST_READER[field.split(".")[0]]
+    return _closure(first) | ({"load"} if field.startswith("model.") else set())
+
+
+@settings(max_examples=100, deadline=None)
+@given(field=st.sampled_from(FIELDS),
+       value=st.one_of(st.integers(-5, 10**6), st.text(min_size=1, max_size=8), st.floats(allow_nan=False),
+                       st.lists(st.integers(0, 3), min_size=1, max_size=3), st.booleans()))
+def test_a_field_changes_the_key_of_exactly_the_stages_that_read_it_and_every_later_one(field, value):
+    old = _get(BASE, field)
+    if old == value or json.dumps(old, sort_keys=True) == json.dumps(value, sort_keys=True):
+        return  # not a change (True == 1: what the key reads of compute.num_workers)
+    changed = _with(BASE, field, value)
+    moved = {s for s in ALL_STAGES if stage_key(changed, s) != stage_key(BASE, s)}
+    assert moved == _expected(field), field
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_every_field_once(field):
+    """The same property over every field of the spec (the random draws above may miss some)."""
+    changed = _with(BASE, field, ["a value no spec has", field])
+    moved = {s for s in ALL_STAGES if stage_key(changed, s) != stage_key(BASE, s)}
+    assert moved == _expected(field)
