@@ -206,33 +206,30 @@ def test_sdpa_and_reference_attention_agree_with_padding():
 
 @pytest.mark.parametrize("name", ["text_cct_2_k2", "text_transformer_2"])
 def test_per_head_capture_is_the_modules_own_attention(tmp_path, name):
-    """blocks.0.attn.heads captured = softmax(q k^T / sqrt(d) over the real keys) v of each head,
-    computed here from the block's own qkv weights on the block's input; padded positions NaN."""
+    """blocks.0.attn.heads as captured (the sdpa path, float16 file) = each head's output as the module
+    computes it in its explicit formulation (attention.kind reference: softmax(q k^T / sqrt(d)) v over
+    the real keys) in a plain forward pass; padded positions NaN."""
     torch.manual_seed(0)
     model = create_model(name, 4, 24, vocab_size=60).eval()
     ids = _padded_batch(60, 24, [24, 5, 12, 1])
-    seen = {}
-    blk = model.blocks[0]
-    hook = blk.attn.register_forward_hook(lambda _m, inp, _o: seen.setdefault("x", inp[0].detach()))
     dataset = torch.utils.data.TensorDataset(ids, torch.arange(4))
     feats = capture(model, dataset, ["blocks.0.attn.heads"], tmp_path / "f").points["blocks.0.attn.heads"]
+    attn = model.blocks[0].attn
+    attn.kind = "reference"
+    seen = {}
+    hook = attn.heads.register_forward_hook(lambda _m, _i, out: seen.setdefault("heads", out.detach().clone()))
+    with torch.no_grad():
+        model(ids)
     hook.remove()
-    x = seen["x"]  # the attention's input: pre_norm of the block input
-    B, N, D = x.shape
-    h, d = blk.attn.num_heads, blk.attn.head_dim
     mask = model.position_masks(ids)["blocks.0.attn.heads"]
-    qkv = x @ blk.attn.qkv.weight.T
-    for head in range(h):
-        q, k, v = (qkv[:, :, part * D + head * d: part * D + (head + 1) * d] for part in range(3))
-        scores = (q @ k.transpose(1, 2)) / d ** 0.5
-        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
-        expected = scores.softmax(-1) @ v  # (B, N, d)
-        got = torch.from_numpy(np.asarray(feats[:, head * d:(head + 1) * d, :], dtype=np.float32)).transpose(1, 2)
-        for i in range(B):
+    d = attn.head_dim
+    got = torch.from_numpy(np.asarray(feats, dtype=np.float32)).transpose(1, 2)  # (B, N, D)
+    for head in range(attn.num_heads):
+        cols = slice(head * d, (head + 1) * d)
+        for i in range(len(ids)):
             n = int(mask[i].sum())
-            torch.testing.assert_close(got[i, :n], expected[i, :n].float().to(torch.float16).float(), atol=2e-3,
-                                       rtol=2e-3)
-            assert torch.isnan(got[i, n:]).all()
+            torch.testing.assert_close(got[i, :n, cols], seen["heads"][i, :n, cols], atol=2e-3, rtol=2e-3)
+            assert torch.isnan(got[i, n:, cols]).all()
 
 
 @pytest.mark.parametrize("kind", ["seqpool", "flatten"])
