@@ -188,7 +188,7 @@ def network_on_device(spec: JobSpec, weights: dict):
     """(data, the trained network on this process's device, that device, an evaluation loader)."""
     data = build_datasets(spec.dataset, seed=spec.train.seed, augment=False, endpoint=spec.storage.endpoint)
     device = compute_device()
-    model = spec.model.build(data.num_classes, spec.dataset.image_size)
+    model = spec.build_model(data.num_classes)
     model.load_state_dict(weights)
     loader = torch.utils.data.DataLoader(data.eval, batch_size=256, num_workers=spec.dataset.num_workers)
     return data, model.to(device).eval(), device, loader
@@ -454,7 +454,7 @@ def structural_network(spec_json: dict, weights: dict, plans: dict, threads: int
         def accuracy(net) -> float:
             return evaluate(net, loader, device, None, data.num_classes)["accuracy"]
 
-        size, frac = spec.dataset.image_size, spec.pruning.structural_fraction
+        size, frac = spec.dataset.input_size(), spec.pruning.structural_fraction
         rows = [{"method": "none", "fraction": 0.0, **cost(model, size), "accuracy": accuracy(model),
                  "accuracy_finetuned": float("nan"), "ff_units_removed": 0, "heads_removed": 0}]
         for method, (keep_ff, keep_heads) in plans.items():

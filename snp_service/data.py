@@ -1,7 +1,7 @@
 """Datasets: CIFAR-10, CIFAR-100 (fine labels) and Flowers-102 through torchvision in their
 official layouts, from a folder or a .tar.gz archive of one (local or s3://), image-folder trees and
-archives of them, and synthetic data in the official layouts (snp_service.synthetic). Also the CCT
-recipe's transforms and subsetting.
+archives of them, text split files (snp_service.text) the same ways, and synthetic data in the
+official layouts (snp_service.synthetic). Also the CCT recipe's transforms and subsetting.
 
 `materialise()` makes the data loadable (generate, extract or download: idempotent, cached, safe to
 call from every Ray worker); `build_datasets()` returns the train and evaluation splits.
@@ -26,7 +26,7 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 from torchvision.datasets.utils import check_integrity
 
-from snp_service import synthetic
+from snp_service import synthetic, text
 from snp_service.errors import DatasetError, StoreError
 from snp_service.spec import DatasetSpec, StorageSpec, resolve_path
 from snp_service.store import Store
@@ -53,6 +53,7 @@ class DataBundle:
     root: str
     train_split: str
     eval_split: str
+    text: text.TextData | None = None  # a text dataset's tokenizer and statistics
 
     @property
     def num_classes(self) -> int:
@@ -60,7 +61,8 @@ class DataBundle:
 
     def describe(self) -> dict:
         return {"root": self.root, "train_split": self.train_split, "eval_split": self.eval_split,
-                "train_size": len(self.train), "eval_size": len(self.eval), "num_classes": self.num_classes}
+                "train_size": len(self.train), "eval_size": len(self.eval), "num_classes": self.num_classes,
+                **(self.text.describe() if self.text is not None else {})}
 
 
 @contextmanager
@@ -307,8 +309,9 @@ def materialise(ds: DatasetSpec, endpoint: str | None = None) -> Path:
     if not root.exists() and not ds.download:
         raise DatasetError(f"dataset root {root} does not exist")
     base = extract_archive(root) if root.is_file() else root  # a local archive is read like an s3:// one
-    if ds.name == "imagefolder":
+    if ds.name in ("imagefolder", "text"):
         check_folder(base)
+    if ds.name == "imagefolder":
         return _split_root(base, root)
     if ds.download:
         root.mkdir(parents=True, exist_ok=True)
@@ -432,6 +435,14 @@ def build_datasets(ds: DatasetSpec, seed: int = 0, augment: bool = True, endpoin
     """Train and evaluation splits with the spec's transforms and subsets (materialise() runs first;
     `endpoint` serves an s3:// root)."""
     root = materialise(ds, endpoint)
+    if ds.name == "text":
+        t, k = ds, ds.tokenizer
+        td = text.load(root, ds.root, t.subset, t.text_column, t.label_column, t.row_filter, t.file_format,
+                       t.max_length, k.kind, k.vocab_size, k.min_frequency, k.lowercase)
+        _check_classes(td.classes, root)
+        return DataBundle(subset_per_class(td.train, ds.max_per_class, seed),
+                          subset_per_class(td.eval, ds.eval_max_per_class, seed), td.classes, str(td.folder),
+                          "train", "test", td)
     tr, ev = transforms(ds, train=augment), transforms(ds, train=False)
     try:
         if ds.name in ("cifar10", "cifar100"):
@@ -464,9 +475,9 @@ def build_datasets(ds: DatasetSpec, seed: int = 0, augment: bool = True, endpoin
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise DatasetError(f"{ds.name} at {root}: {e} (expected the official layout under this root)") from None
     except (FileNotFoundError, OSError, ValueError) as e:
-        text = str(e)  # torchvision lists every class folder it found empty: thousands, on one line
-        text = text if len(text) <= 300 else f"{text[:300]} ... ({len(text):,} characters in all)"
-        raise DatasetError(f"{ds.name} at {root}: cannot load: {text}") from None
+        message = str(e)  # torchvision lists every class folder it found empty: thousands, on one line
+        message = message if len(message) <= 300 else f"{message[:300]} ... ({len(message):,} characters in all)"
+        raise DatasetError(f"{ds.name} at {root}: cannot load: {message}") from None
     _check_classes(classes, root)
     train = subset_per_class(train, ds.max_per_class, seed)
     evald = subset_per_class(evald, ds.eval_max_per_class, seed)

@@ -45,9 +45,9 @@ def normalisation(ds: DatasetSpec) -> tuple[tuple[float, ...], tuple[float, ...]
 
 
 def usable(ds: DatasetSpec, setting, device: torch.device) -> bool:
-    """Whether training takes this path, never with RandAugment: compute.data_on_device true (any
+    """Whether training takes this path, never with RandAugment nor for text: compute.data_on_device true (any
     image size), or auto on a GPU for images up to AUTO_MAX_SIZE px."""
-    if setting is False or ds.augment.randaugment:
+    if setting is False or ds.augment.randaugment or ds.name == "text":  # word ids are no images
         return False
     return setting is True or (device.type == "cuda" and ds.image_size <= AUTO_MAX_SIZE)
 

@@ -44,7 +44,7 @@ from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS, Criterion, SNPCriteri
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
 from snp_service.snp import normalisation_flags, point_line
-from snp_service.spec import NEUTRAL_DEFAULTS, JobSpec, without_neutral_defaults
+from snp_service.spec import NEUTRAL_DEFAULTS, JobSpec, hashed_dataset, without_neutral_defaults
 from snp_service.store import FILES, JobStore, Store, clean_error, is_disk_full, read_weights
 from snp_service.structural import plan
 from snp_service.train import STATE_FILE, checkpoint_bytes, fit, readable_checkpoint
@@ -62,6 +62,8 @@ def stage_data(spec: JobSpec, job: JobStore, progress: Progress, data: DataBundl
     """Record the dataset (`data`: the bundle the run's preflight already built, if any)."""
     data = data or load_datasets(spec)
     job.write_json(FILES["class_names"], data.classes)
+    if data.text is not None:  # the learnt tokenizer (its SHA-256 in the record below): the ids the network saw
+        job.write_text(FILES["tokenizer"], data.text.tokenizer_json)
     progress(f"data: {spec.dataset.name} from {data.root}: {len(data.train)} train ({data.train_split}), "
              f"{len(data.eval)} eval ({data.eval_split}) images, {data.num_classes} classes")
     return data.describe()
@@ -106,7 +108,7 @@ def checkpoint_space(spec: JobSpec, job: JobStore) -> int:
     """Bytes training will add to the store at its peak: checkpoint_keep + 1 checkpoints (Ray Train
     writes the next before it deletes the oldest) less those already there (a resumed run), and the
     final weights."""
-    model = spec.model.build(len(job.class_names()), spec.dataset.image_size)
+    model = spec.build_model(len(job.class_names()))
     one = checkpoint_bytes(model)
     present = sum(job.checkpoint_folders().values())
     return max(0, (spec.train.checkpoint_keep + 1) * one - present) + one // 3
@@ -144,7 +146,7 @@ class Checkpoint:
     def fitted(self, spec: JobSpec, num_classes: int) -> dict:
         """The weights under the model's own keys, checked against the model and the dataset."""
         fmt = "state_dict" if self.finished_job else spec.model.weights_format
-        model = spec.model.build(num_classes, spec.dataset.image_size)
+        model = spec.build_model(num_classes)
         return load_weights(model, self.data, self.source, fmt, num_classes, spec.dataset.image_size)
 
 
@@ -160,7 +162,7 @@ def stage_load(spec: JobSpec, job: JobStore, progress: Progress, checkpoint: Che
 
 
 def load_trained_model(spec: JobSpec, job: JobStore, num_classes: int) -> torch.nn.Module:
-    model = spec.model.build(num_classes, spec.dataset.image_size)
+    model = spec.build_model(num_classes)
     model.load_state_dict(job.read_torch(FILES["weights"]))
     return model.eval()
 
@@ -401,7 +403,8 @@ def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) ->
     workers = (spec_json.get("compute") or {}).get("num_workers", 1)
     if workers != 1:  # batch_size is per worker: N workers train another network (1: keys as before)
         train["workers"] = workers
-    spec_json = without_neutral_defaults({**spec_json, "model": model, "train": train})
+    spec_json = without_neutral_defaults({**spec_json, "model": model, "train": train,
+                                          "dataset": hashed_dataset(spec_json.get("dataset") or {})})
     picked = {}
     for section, fields in STAGE_INPUTS[stage]:
         value = spec_json.get(section) or {}

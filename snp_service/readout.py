@@ -6,6 +6,11 @@ token sequence (B, T, D) becomes (B, D, T). The capture runs the network once ov
 writes every selected point to a float16 memory-mapped file, so RAM stays bounded by one batch
 while later steps (readout epochs, SNP) read the features back without re-running the network.
 float16 halves the disk and read cost; readouts and fields are computed in float32/float64.
+
+Padding (text inputs, whose model has `position_masks`): a position that is padding for an input is
+stored as NaN at every node, never as a value. A readout gives it no weight (sequence pooling) and no
+term (flatten: it counts as zero), so readouts, fields and everything computed from them see only
+the input's own positions.
 """
 
 from __future__ import annotations
@@ -68,17 +73,22 @@ def capture(model: nn.Module, dataset: Dataset, points: list[str], directory: Pa
             raise _Captured
 
     hooks = [modules[p].register_forward_hook(lambda _m, _i, out, p=p: keep(p, out)) for p in points]
+    position_masks = getattr(model, "position_masks", None)
     labels = np.empty(n, dtype=np.int64)
     start = 0
     try:
         for i, (x, y) in enumerate(DataLoader(dataset, batch_size=batch_size, shuffle=False)):
             batch.clear()
+            x = x.to(device)
             try:
-                model(x.to(device))
+                model(x)
             except _Captured:
                 pass
+            masks = position_masks(x) if position_masks is not None else {}
             for p in points:
                 a = as_nodes_positions(batch[p])
+                if p in masks:  # padded positions: NaN, no activation (see the module's docstring)
+                    a = a.masked_fill(~masks[p][:, None, :], float("nan"))
                 if in_memory:
                     if p not in store:
                         store[p] = torch.empty((n,) + tuple(a.shape[1:]), dtype=torch.float16, device=device)
@@ -127,11 +137,19 @@ class Readout(nn.Module):
         self.attention_pool = nn.Linear(nodes, 1) if kind == "seqpool" else None
 
     def node_activations(self, feats: torch.Tensor) -> torch.Tensor:
-        """What the weights multiply: (B, N, P) features, or (B, N, 1) pooled values for seqpool."""
+        """What the weights multiply: (B, N, P) features, or (B, N, 1) pooled values for seqpool.
+        Padded positions (NaN) count as zero, and get no pooling weight."""
+        padded = feats[:, :1, :].isnan()  # (B, 1, P)
+        if padded.any():
+            feats = feats.masked_fill(padded, 0.0)
+        else:
+            padded = None
         if self.attention_pool is None:
             return feats
-        w = self.attention_pool(feats.transpose(1, 2)).softmax(dim=1)  # (B, P, 1)
-        return feats @ w  # (B, N, 1)
+        logits = self.attention_pool(feats.transpose(1, 2))  # (B, P, 1)
+        if padded is not None:
+            logits = logits.masked_fill(padded.transpose(1, 2), float("-inf"))
+        return feats @ logits.softmax(dim=1)  # (B, N, 1)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         # sum over n, p of activations x W[k, n, p] as one matmul ((B, N*P) @ (N*P, K)): flatten readouts

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from snp_service.errors import SpecError
 from snp_service.models.registry import (
     CCTConfig,
+    TextConfig,
     TorchvisionConfig,
     list_models,
     match_points,
@@ -79,15 +80,48 @@ class AugmentSpec(_Strict):
     cutmix_alpha: float = Field(0.0, ge=0.0, le=10.0, description="0 disables cutmix")
 
 
+class TokenizerSpec(_Strict):
+    """How a text dataset's words become ids (snp_service.text): learnt from the training split alone,
+    no download; the learning has no random choice, so the same split and settings give the same
+    vocabulary (stored with the job as data/tokenizer.json, its SHA-256 in the data stage's record)."""
+
+    kind: Literal["bpe", "word"] = Field(
+        "bpe", description="bpe: the `tokenizers` library's BPE trainer (subwords); word: one id per word. Its WordPiece "
+        "trainer is not offered: it learns other vocabularies in other processes (tokenizers 0.23.3)")
+    vocab_size: int = Field(8000, ge=16, le=200_000, description="at most this many ids, [PAD] and [UNK] included")
+    min_frequency: int = Field(2, ge=1, le=1000, description="a word or merge seen fewer times in training is not learnt")
+    lowercase: bool = True
+
+
+# DatasetSpec fields of text datasets only: left out of the job id and stage keys of other datasets,
+# so the ids jobs had before text datasets existed stay theirs
+TEXT_ONLY_FIELDS = ("subset", "text_column", "label_column", "row_filter", "file_format", "max_length", "tokenizer")
+
+
 class DatasetSpec(_Strict):
-    name: Literal["cifar10", "cifar100", "flowers102", "imagefolder"]
+    name: Literal["cifar10", "cifar100", "flowers102", "imagefolder", "text"]
     root: str = Field(
         ...,
         description="local directory or .tar.gz of one (torchvision layout, e.g. flowers-102/ with jpg/, "
         "imagelabels.mat, setid.mat), or for imagefolder a directory or .tar.gz holding train/<class>/ and "
-        "test/<class>/; relative paths resolve against the working directory; or s3://bucket/key.tar.gz | "
+        "test/<class>/, or for text a directory or .tar.gz holding <subset>/train and <subset>/test split files "
+        "(.parquet or .jsonl); relative paths resolve against the working directory; or s3://bucket/key.tar.gz | "
         "s3://bucket/prefix/ fetched once per node from storage.endpoint",
     )
+    subset: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                               description="text: the folder inside root holding the split files (e.g. banking77), "
+                               "at root's top level or one folder down; default: the split files are at the top")
+    text_column: str = Field("text", min_length=1, max_length=200, description="text: the column of the texts")
+    label_column: str = Field("label", min_length=1, max_length=200,
+                              description="text: the column of the labels (strings; ordered like class folders)")
+    row_filter: str | None = Field(None, min_length=1, max_length=200,
+                                   description="text: a boolean column; only rows where it is true are kept in every "
+                                   "split (CLINC150: in_scope)")
+    file_format: Literal["auto", "parquet", "jsonl"] = Field(
+        "auto", description="text: split files <split>.parquet or <split>.jsonl; auto: parquet where present")
+    max_length: int = Field(64, ge=4, le=4096, description="text: ids per text (longer texts are cut, shorter padded); "
+                            "the text model's sequence length")
+    tokenizer: TokenizerSpec = TokenizerSpec()
     download: bool = Field(False, description="let torchvision download the dataset into root")
     synthetic: SyntheticSpec | None = Field(None, description="generate synthetic data in the official layout")
     image_size: int = Field(32, ge=8, le=1024, description="training resolution")
@@ -106,6 +140,15 @@ class DatasetSpec(_Strict):
     def _absolute(cls, v: str) -> str:
         # resolved once where the job is loaded, so Ray workers (another working directory) find it
         return v if "://" in v else str(resolve_path(v))
+
+    def _not_default(self, names: tuple[str, ...]) -> list[str]:
+        """Those of `names` set to other than their defaults (a dumped spec holds every field)."""
+        return sorted(f for f in names if getattr(self, f) != type(self).model_fields[f].get_default(
+            call_default_factory=True))
+
+    def input_size(self) -> int:
+        """What the network's size depends on: the sequence length of a text dataset, else the image size."""
+        return self.max_length if self.name == "text" else self.image_size
 
     def known_sizes(self) -> tuple[int, int] | None:
         """(training, evaluation) images, where the spec alone tells them (None for image folders)."""
@@ -138,6 +181,17 @@ class DatasetSpec(_Strict):
             raise ValueError("train_split: trainval exists only for flowers102")
         if self.name == "imagefolder" and self.download:
             raise ValueError("an imagefolder dataset cannot be downloaded")
+        if self.name == "text":
+            if self.download or self.synthetic is not None:
+                raise ValueError("a text dataset is read from root; download and synthetic do not apply")
+        else:
+            given = self._not_default(TEXT_ONLY_FIELDS)
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for name: text, not {self.name}")
+        if self.name == "text":
+            given = self._not_default(("image_size", "augment", "train_split"))
+            if given:
+                raise ValueError(f"{', '.join(given)}: image settings; a text dataset has max_length and tokenizer")
         if self.root.startswith("s3://"):
             bucket, _, key = self.root[5:].partition("/")
             if not bucket or not key:
@@ -223,11 +277,12 @@ class ModelSpec(_Strict):
                          embedding_dim=self.embedding_dim, mlp_ratio=self.mlp_ratio)
         return model_config(self.name, **overrides)
 
-    def build(self, num_classes: int, img_size: int):
-        """The network this section describes (snp_service.models.create_model), untrained."""
+    def build(self, num_classes: int, img_size: int, vocab_size: int | None = None):
+        """The network this section describes (snp_service.models.create_model), untrained; a text model
+        reads img_size as its sequence length and needs vocab_size (JobSpec.build_model passes both)."""
         from snp_service.models import create_model  # here: `snp-service validate` must not import torch
 
-        return create_model(num_classes=num_classes, img_size=img_size,
+        return create_model(num_classes=num_classes, img_size=img_size, vocab_size=vocab_size,
                             **self.model_dump(exclude={"weights", "weights_format"}))
 
     @model_validator(mode="after")
@@ -518,7 +573,16 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _points(self) -> JobSpec:
         cfg = self.model.config()
-        if isinstance(cfg, CCTConfig):
+        if isinstance(cfg, TextConfig) != (self.dataset.name == "text"):
+            raise ValueError(f"model {self.model.name} is {'a text' if isinstance(cfg, TextConfig) else 'an image'} "
+                             f"model and dataset {self.dataset.name} {'is' if self.dataset.name == 'text' else 'is not'}"
+                             " text; text models (text_*) go with name: text")
+        if isinstance(cfg, TextConfig):
+            if cfg.n_conv_layers and cfg.tokenizer_sizes(self.dataset.max_length)[-1] < 1:
+                raise ValueError(f"dataset.max_length {self.dataset.max_length} is too short for {self.model.name}")
+            if self.model.weights is not None:
+                raise ValueError("model.weights: loading a text model trained elsewhere is not supported yet")
+        elif isinstance(cfg, CCTConfig):
             if cfg.tokenizer_sizes(self.dataset.image_size)[-1] < 1:
                 raise ValueError(f"image_size {self.dataset.image_size} is too small for {self.model.name}'s tokenizer")
         elif isinstance(cfg, TorchvisionConfig):
@@ -658,7 +722,13 @@ class JobSpec(_Strict):
         return [n for n in selected if n in chosen]
 
     def points(self):
-        return measurement_points(self.model.config(), self.dataset.image_size)
+        return measurement_points(self.model.config(), self.dataset.input_size())
+
+    def build_model(self, num_classes: int):
+        """The job's network, untrained: the model section at the dataset's input size (a text model with
+        the tokenizer's vocabulary size as its embedding's rows)."""
+        vocab = self.dataset.tokenizer.vocab_size if self.dataset.name == "text" else None
+        return self.model.build(num_classes, self.dataset.input_size(), vocab)
 
     def selected_points(self) -> list[str]:
         chosen = set()
@@ -669,6 +739,7 @@ class JobSpec(_Strict):
     def job_id(self) -> str:
         """`<name>-<hash>`: the hash covers everything that changes results (not storage or compute)."""
         content = self.model_dump(mode="json", exclude={"storage", "compute", "description", "compare", "heads_study"})
+        content["dataset"] = hashed_dataset(content["dataset"])
         # a dataset inside the working directory counts by its relative path, so a job submitted to a
         # cluster (which runs in an uploaded copy of the working directory) keeps its id
         for section, key in (("dataset", "root"), ("model", "weights")):
@@ -697,6 +768,14 @@ def without_neutral_defaults(spec_json: dict) -> dict:
         if isinstance(out.get(section), dict) and key in out[section] and out[section][key] == neutral:
             out[section] = {k: v for k, v in out[section].items() if k != key}
     return out
+
+
+def hashed_dataset(dataset: dict) -> dict:
+    """The dataset section as job ids and stage keys hash it: without the text-only fields for other
+    datasets (they do not apply there, and ids from before text datasets existed stay valid)."""
+    if dataset.get("name") == "text":
+        return dataset
+    return {k: v for k, v in dataset.items() if k not in TEXT_ONLY_FIELDS}
 
 
 def _merge(base: dict, over: dict) -> dict:

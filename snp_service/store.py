@@ -49,6 +49,7 @@ TABLES = {"layers": "snp/layers.parquet", "heads": "heads/summary.parquet", "and
           "curve": "prune/curve.parquet", "structural": "prune/structural.parquet", "train": "train/metrics.parquet",
           "classes": "eval/per_class.parquet", "confusion": "eval/confusion.parquet"}
 FILES = {"spec": "spec.json", "spec_yaml": "spec.yaml", "class_names": "data/classes.json",
+         "tokenizer": "data/tokenizer.json",
          "weights": "model/weights.pt", "report": "report/report.html", "summary": "report/summary.md"}
 POINT_FILES = {  # per measurement point: name -> (stage folder, file name)
     "snp_matrices": ("snp", "snp_matrices.npy"), "snp_raw": ("snp", "snp_raw.npy"),

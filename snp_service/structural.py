@@ -158,13 +158,20 @@ def latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 10, warmu
     return statistics.median(times)
 
 
+def example_input(model: nn.Module, batch: int, image_size: int) -> torch.Tensor:
+    """A batch the model takes, on its device: random images, or the model's own (a text model's word ids)."""
+    device = next(model.parameters()).device
+    if hasattr(model, "example_input"):
+        return model.example_input(batch).to(device)
+    return torch.randn(batch, 3, image_size, image_size, device=device)
+
+
 def cost(model: nn.Module, image_size: int, batches: tuple[int, ...] = (1, 128), repeats: int = 10) -> dict:
-    """Parameters, MACs per image and latency at each batch size, on the model's device (CPU: the
+    """Parameters, MACs per input and latency at each batch size, on the model's device (CPU: the
     current torch threads)."""
     device = next(model.parameters()).device
-    x1 = torch.randn(1, 3, image_size, image_size, device=device)
-    out = {"params": count_params(model), "macs_per_image": count_macs(model, x1)}
+    out = {"params": count_params(model), "macs_per_image": count_macs(model, example_input(model, 1, image_size))}
     for b in batches:
-        out[f"latency_ms_b{b}"] = latency_ms(model, torch.randn(b, 3, image_size, image_size, device=device), repeats)
+        out[f"latency_ms_b{b}"] = latency_ms(model, example_input(model, b, image_size), repeats)
     out["latency_device"] = device.type
     return out

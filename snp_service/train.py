@@ -69,6 +69,11 @@ def make_optimizer(model: nn.Module, t: TrainSpec) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on the device: images channels_last (the conv tokenizer's faster layout), word ids as they are."""
+    return x.to(device, memory_format=torch.channels_last) if x.ndim == 4 else x.to(device)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None,
              num_classes: int) -> dict:
@@ -77,7 +82,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, dtype: 
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     loss_sum, n = 0.0, 0
     for x, y in loader:
-        x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
+        x, y = to_device(x, device), y.to(device)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
@@ -168,7 +173,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     # channels_last: the conv tokenizer / VGG convs run faster on it (cct_2_3x2_32 on CPU: 1.2x train
     # img/s, bench/RESULTS.md section 1); the same arithmetic up to float rounding
-    model = spec.model.build(data.num_classes, spec.dataset.image_size).to(memory_format=torch.channels_last)
+    model = spec.build_model(data.num_classes).to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     # the forward pass runs compiled; checkpoints keep the plain module's keys (no _orig_mod. prefix)
     forward = torch.compile(model) if t.compile else model
@@ -208,7 +213,7 @@ def train_loop_per_worker(config: dict) -> None:
         t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         for step, (x, y) in enumerate(train_loader):
             _maybe_kill_mid_epoch(config.get("kill_mid_epoch"), epoch, step, steps_per_epoch)
-            x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
+            x, y = to_device(x, device), y.to(device)
             target = y
             if mixer is not None:
                 x, target = mixer(x, y)

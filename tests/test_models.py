@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from snp_service.models import list_models, measurement_points, model_config
+from snp_service.models import TextConfig, list_models, measurement_points, model_config
 from snp_service.spec import ModelSpec
 
 
@@ -11,12 +11,20 @@ def _img_size(name: str) -> int:
     return getattr(model_config(name), "img_size", 32)
 
 
+def _model_and_input(name: str, size: int):
+    """The model with an input it takes: images, or for a text model word ids (one row padded)."""
+    if isinstance(model_config(name), TextConfig):
+        x = torch.randint(1, 50, (2, size))
+        x[1, size // 3:] = 0
+        return ModelSpec(name=name).build(num_classes=7, img_size=size, vocab_size=50), x
+    return ModelSpec(name=name).build(num_classes=7, img_size=size), torch.randn(2, 3, size, size)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_forward_backward_and_points(name):
     torch.manual_seed(0)
     size = _img_size(name)
-    model = ModelSpec(name=name).build(num_classes=7, img_size=size)
-    x = torch.randn(2, 3, size, size)
+    model, x = _model_and_input(name, size)
     captured = {}
     hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: captured.__setitem__(n, out.detach()))
              for n, m in model.point_modules().items()]

@@ -53,15 +53,19 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(projection_dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`key_mask` (B, N) bool, True where a token takes part: padding (text) is no key of any query."""
         B, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
         if self.kind == "reference":  # the published formulation, kept as the benchmark baseline
-            attn = self.attn_drop((q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1))
-            out = attn @ v
+            scores = q @ k.transpose(-2, -1) * self.scale
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            out = self.attn_drop(scores.softmax(dim=-1)) @ v
         else:
             p = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
         out = self.heads(out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
         return self.proj_drop(self.proj(out))
 
@@ -112,8 +116,8 @@ class EncoderBlock(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.pre_norm(x)))
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.pre_norm(x), key_mask))
         x = self.norm1(x)
         return x + self.drop_path(self.dropout2(self.mlp(x)))
 
@@ -127,14 +131,18 @@ def sine_embedding(n_tokens: int, dim: int) -> torch.Tensor:
 
 
 class SeqPool(nn.Module):
-    """Sequence pooling: a softmax-weighted average of the tokens (weights from one Linear)."""
+    """Sequence pooling: a softmax-weighted average of the tokens (weights from one Linear); tokens
+    outside `mask` (B, N) bool (padding) get no weight."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.attention_pool = nn.Linear(dim, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.attention_pool(x).softmax(dim=1)  # (B, N, 1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.attention_pool(x)
+        if mask is not None:
+            logits = logits.masked_fill(~mask[:, :, None], float("-inf"))
+        w = logits.softmax(dim=1)  # (B, N, 1)
         return (w.transpose(1, 2) @ x).squeeze(1)
 
 

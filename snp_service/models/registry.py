@@ -53,6 +53,40 @@ class CCTConfig:
 
 
 @dataclass(frozen=True)
+class TextConfig(CCTConfig):
+    """A transformer over word ids (issue 32): the CCT authors' text CCT (word embedding of
+    `word_embedding_dim`, n_conv_layers x [Conv1d(k, stride, padding as the vision CCT) -> ReLU ->
+    MaxPool1d(2, 2, 1)], the vision CCT's encoder blocks, sequence pooling), or with n_conv_layers 0
+    a plain pre-norm transformer encoder of the same width over the embedded words (`family`
+    text_transformer). `img_size` is the sequence length (dataset.max_length): a CCTConfig in every
+    other respect (shape overrides, heads, structural pruning)."""
+
+    word_embedding_dim: int = 300
+    family: str = "text_cct"
+    pool_kernel: int = 2  # the authors' TextCCT pooling: MaxPool(2, 2, 1)
+    pool_stride: int = 2
+    pool_padding: int = 1
+
+    def conv_length(self, n: int) -> int:
+        return (n + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    def pool_length(self, n: int) -> int:
+        return (n + 2 * self.pool_padding - self.pool_kernel) // self.pool_stride + 1
+
+    def tokenizer_sizes(self, img_size: int) -> list[int]:
+        """Sequence length after each conv+pool stage, from `img_size` words (the same rule gives a
+        text's own length from its unpadded word count: snp_service.models.text)."""
+        sizes, s = [], img_size
+        for _ in range(self.n_conv_layers):
+            s = self.pool_length(self.conv_length(s))
+            sizes.append(s)
+        return sizes
+
+    def sequence_length(self, img_size: int) -> int:
+        return self.tokenizer_sizes(img_size)[-1] if self.n_conv_layers else img_size
+
+
+@dataclass(frozen=True)
 class VGGConfig:
     """VGG with batch norm, CIFAR form (features, global average pool, one Linear)."""
 
@@ -139,6 +173,14 @@ REGISTRY["mobilenet_v3_small"] = TorchvisionConfig("mobilenet_v3_small", (
     ("features.1", "features.1", "conv", 16, 4), ("features.3", "features.3", "conv", 24, 8),
     ("features.8", "features.8", "conv", 48, 16), ("features.12", "features.12", "conv", 576, 32)))
 REGISTRY["vit_b_16"] = _vit("vit_b_16", 12, 12, 768, 3072, 16)
+# text (issue 32): the authors' text_cct_{2,4,6} with their kernel sizes (one conv layer, 300-wide word
+# embedding, default sequence length 64), and a plain pre-norm transformer encoder at each size
+for _size in (2, 4, 6):
+    _l, _h, _m, _d = _CCT_SIZES[_size]
+    for _k in (1, 2, 4):
+        REGISTRY[f"text_cct_{_size}_k{_k}"] = TextConfig(_l, _h, _m, _d, _k, 1, 64)
+    REGISTRY[f"text_transformer_{_size}"] = TextConfig(_l, _h, _m, _d, 1, 0, 64, word_embedding_dim=_d,
+                                                       family="text_transformer")
 
 
 def list_models() -> list[str]:
@@ -180,12 +222,12 @@ def measurement_points(cfg: CCTConfig | VGGConfig | TorchvisionConfig, img_size:
         for name, _path, kind, nodes, stride in cfg.points:
             positions = tokens if cfg.kind == "vit" else max(1, img_size // stride) ** 2
             points.append(PointInfo(name, kind, nodes, positions, cfg.num_heads if kind == "mha" else None))
-    elif isinstance(cfg, CCTConfig):
-        sizes = cfg.tokenizer_sizes(img_size)
+    elif isinstance(cfg, CCTConfig):  # the vision CCT's tokenizer stages are 2-D maps, the text CCT's sequences
+        sizes, text = cfg.tokenizer_sizes(img_size), isinstance(cfg, TextConfig)
         for i, s in enumerate(sizes):
-            channels = cfg.embedding_dim if i == len(sizes) - 1 else 64
-            points.append(PointInfo(f"tokenizer.{i}", "conv", channels, s * s))
-        n_tok = sizes[-1] ** 2
+            channels = cfg.embedding_dim if text or i == len(sizes) - 1 else 64
+            points.append(PointInfo(f"tokenizer.{i}", "conv", channels, s if text else s * s))
+        n_tok = cfg.sequence_length(img_size)
         for m in range(cfg.num_layers):
             points.append(PointInfo(f"blocks.{m}.attn.heads", "mha", cfg.embedding_dim, n_tok, cfg.num_heads))
             points.append(PointInfo(f"blocks.{m}.mlp.hidden", "ff", cfg.mlp_hidden, n_tok))
