@@ -12,9 +12,9 @@ PACKAGE = REPO / "snp_service"
 LAYERS = {
     0: ["snp_service", "errors", "units", "optim", "provenance", "checkpoints", "snp", "heads", "readout", "prune", "structural", "compare",
         "figures", "synthetic", "models", "models.registry", "models.cct", "models.vgg",
-        "models.torchvision_models"],  # pure core
+        "models.torchvision_models", "models.text"],  # pure core
     1: ["spec"],  # the job spec (config)
-    2: ["measure", "store", "data", "devicedata"],  # per-point science on a spec; storage; datasets
+    2: ["measure", "store", "data", "devicedata", "text"],  # per-point science on a spec; storage; datasets
     3: ["train", "actors", "report"],  # Ray Train, Ray actors, the report
     4: ["pipeline"],  # the stages
     5: ["studies", "sweep"],  # several jobs as one
