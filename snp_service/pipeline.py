@@ -65,7 +65,8 @@ def stage_data(spec: JobSpec, job: JobStore, progress: Progress, data: DataBundl
     if data.text is not None:  # the learnt tokenizer (its SHA-256 in the record below): the ids the network saw
         job.write_text(FILES["tokenizer"], data.text.tokenizer_json)
     progress(f"data: {spec.dataset.name} from {data.root}: {len(data.train)} train ({data.train_split}), "
-             f"{len(data.eval)} eval ({data.eval_split}) images, {data.num_classes} classes")
+             f"{len(data.eval)} eval ({data.eval_split}) {'texts' if data.text is not None else 'images'}, "
+             f"{data.num_classes} classes")
     return data.describe()
 
 
