@@ -5,8 +5,9 @@ Each trial is a Tune function trainable that runs the whole pipeline for its var
 its training is a Ray Train `TorchTrainer` whose per-epoch reports reach Tune through
 `TuneReportCallback` (the Train V2 way: no `Tuner(trainer)`), so ASHA can stop poor trials on
 `eval_accuracy`. Every trial is a job with its own content-derived id in the same store, so trials
-that differ only in the pruning threshold train once and reuse each other's network and SNP stage
-(pipeline stage keys), and a re-run sweep reuses every finished trial. Trial directories are
+that differ only in the threshold (`analysis.threshold`) train once and reuse each other's network
+(pipeline stage keys; the SNP stage reads the threshold, so it runs again per trial), and a re-run
+sweep reuses every finished trial. Trial directories are
 named by their config, and an interrupted sweep is resumed with `Tuner.restore`. At the end, one
 row per trial (config, job id, accuracy, SNP / heads / ANDC summaries) goes to
 `<store>/_studies/<name>-sweep-<hash>/sweep.parquet`, with a figure.
