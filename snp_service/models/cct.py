@@ -146,6 +146,18 @@ class SeqPool(nn.Module):
         return (w.transpose(1, 2) @ x).squeeze(1)
 
 
+
+def init_weights(m: nn.Module) -> None:
+    """The CCT authors' initialisation: truncated-normal linear weights (std 0.02), zero biases, unit
+    LayerNorms (the text CCT uses it too)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
 class CCT(nn.Module):
     def __init__(self, cfg: CCTConfig, num_classes: int, img_size: int, positional_embedding: str = "learnable",
                  attention: str = "sdpa", dropout: float = 0.0, attention_dropout: float = 0.1,
@@ -171,17 +183,7 @@ class CCT(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.pool = SeqPool(d)
         self.fc = nn.Linear(d, num_classes)
-        self.apply(self._init_weight)
-
-    @staticmethod
-    def _init_weight(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.tokenizer(x)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snp_service.models.cct import EncoderBlock, SeqPool, sine_embedding
+from snp_service.models.cct import EncoderBlock, SeqPool, init_weights, sine_embedding
 from snp_service.models.registry import TextConfig
 
 PAD_ID = 0  # snp_service.text puts [PAD] first in every vocabulary
@@ -89,17 +89,7 @@ class TextTransformer(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.pool = SeqPool(d)
         self.fc = nn.Linear(d, num_classes)
-        self.apply(self._init_weight)
-
-    @staticmethod
-    def _init_weight(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_weights)
 
     def lengths(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """Each row's length (B,) at the input and after every tokenizer stage (rows padded at the end)."""
