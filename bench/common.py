@@ -52,6 +52,19 @@ def median(xs) -> float:
     return statistics.median(xs)
 
 
+def images_per_s(batches, max_batches: int) -> float:
+    """Images per second over up to `max_batches` batches of (x, y), after the first (workers
+    started, warm): the one throughput loop of the data benchmarks."""
+    it = iter(batches)
+    next(it)
+    t0, seen = time.perf_counter(), 0
+    for i, (x, _y) in enumerate(it):
+        seen += len(x)
+        if i + 1 >= max_batches:
+            break
+    return seen / (time.perf_counter() - t0)
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across
     fork + exec, so a child of a large parent would report the parent's peak."""

@@ -16,7 +16,7 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from bench.common import REPO, stamp, table, write_section
+from bench.common import REPO, images_per_s, stamp, table, write_section
 from snp_service import devicedata
 from snp_service.data import build_datasets
 from snp_service.spec import DatasetSpec
@@ -39,18 +39,6 @@ def timed(fn, repeat: int) -> float:
     for _ in range(repeat):
         fn()
     return (time.perf_counter() - t0) / repeat
-
-
-def images_per_s(batches: Iterable, max_batches: int) -> float:
-    """Images per second over up to `max_batches` batches, after the first (workers started, warm)."""
-    it = iter(batches)
-    next(it)
-    t0, seen = time.perf_counter(), 0
-    for i, (x, _y) in enumerate(it):
-        seen += len(x)
-        if i + 1 >= max_batches:
-            break
-    return seen / (time.perf_counter() - t0)
 
 
 @contextmanager

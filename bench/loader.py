@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench.common import REPO, stamp, table, verdict, write_section
+from bench.common import REPO, images_per_s, stamp, table, verdict, write_section
 from snp_service import devicedata
 from snp_service.data import build_datasets
 from snp_service.spec import load_spec
@@ -26,17 +26,6 @@ from snp_service.train import autocast_dtype, make_optimizer
 
 TITLE = "5. Data pipeline: loader vs training"
 JOBS = ["jobs/quickstart.yaml", "jobs/cifar10_real.yaml"]
-
-
-def loader_images_per_s(loader: DataLoader, max_batches: int) -> float:
-    it = iter(loader)
-    next(it)  # workers started, first batch out
-    t0, seen = time.perf_counter(), 0
-    for i, (x, _y) in enumerate(it):
-        seen += len(x)
-        if i + 1 >= max_batches:
-            break
-    return seen / (time.perf_counter() - t0)
 
 
 def training_images_per_s(spec, num_classes: int, steps: int) -> float:
@@ -76,7 +65,7 @@ def run(quick: bool = False) -> None:
         loader = DataLoader(data.train, batch_size=spec.train.batch_size, shuffle=True, num_workers=w,
                             persistent_workers=w > 0, pin_memory=torch.cuda.is_available())
         max_batches = min(len(loader) - 1, 10 if quick else 30)
-        lps = loader_images_per_s(loader, max_batches)
+        lps = images_per_s(loader, max_batches)
         tps = training_images_per_s(spec, data.num_classes, 3 if quick else 6)
         rows.append([rel, f"{spec.model.name}, batch {spec.train.batch_size}, num_workers {w}",
                      f"{lps:.0f}", f"{tps:.0f}", f"{lps / tps:.1f}x", f">= 3x: {verdict(lps / tps, 3.0)}"])
@@ -100,7 +89,7 @@ def paths(quick: bool) -> str:
         ds = spec.dataset.model_copy(update={"augment": spec.dataset.augment.model_copy(update={"randaugment": ra})})
         data = build_datasets(ds, seed=spec.train.seed, augment=True)
         loader = DataLoader(data.train, batch_size=b, shuffle=True, num_workers=0)
-        rows.append([label, loader_images_per_s(loader, min(len(loader) - 1, batches))])
+        rows.append([label, images_per_s(loader, min(len(loader) - 1, batches))])
     plain = build_datasets(spec.dataset, seed=spec.train.seed, augment=False)
     t0 = time.perf_counter()
     key = {"bench": "loader", "root": plain.root, "n": len(plain.train), "spec": spec.dataset.model_dump(mode="json")}

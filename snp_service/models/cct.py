@@ -147,6 +147,18 @@ class SeqPool(nn.Module):
 
 
 
+def add_positional_embedding(module: nn.Module, kind: str, n_tok: int, d: int) -> None:
+    """`module.positional_emb` of (1, n_tok, d): a learnable parameter (truncated normal, std 0.2), a
+    fixed sine table (a buffer, not saved), or None (the CCT authors' three choices)."""
+    if kind == "learnable":
+        module.positional_emb = nn.Parameter(torch.zeros(1, n_tok, d))
+        nn.init.trunc_normal_(module.positional_emb, std=0.2)
+    elif kind == "sine":
+        module.register_buffer("positional_emb", sine_embedding(n_tok, d), persistent=False)
+    else:
+        module.positional_emb = None
+
+
 def init_weights(m: nn.Module) -> None:
     """The CCT authors' initialisation: truncated-normal linear weights (std 0.02), zero biases, unit
     LayerNorms (the text CCT uses it too)."""
@@ -167,13 +179,7 @@ class CCT(nn.Module):
         d = cfg.embedding_dim
         self.tokenizer = Tokenizer(cfg)
         n_tok = cfg.sequence_length(img_size)
-        if positional_embedding == "learnable":
-            self.positional_emb = nn.Parameter(torch.zeros(1, n_tok, d))
-            nn.init.trunc_normal_(self.positional_emb, std=0.2)
-        elif positional_embedding == "sine":
-            self.register_buffer("positional_emb", sine_embedding(n_tok, d), persistent=False)
-        else:
-            self.positional_emb = None
+        add_positional_embedding(self, positional_embedding, n_tok, d)
         self.dropout = nn.Dropout(dropout)
         dpr = torch.linspace(0, stochastic_depth, cfg.num_layers).tolist()
         self.blocks = nn.ModuleList([

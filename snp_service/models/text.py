@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snp_service.models.cct import EncoderBlock, SeqPool, init_weights, sine_embedding
+from snp_service.models.cct import EncoderBlock, SeqPool, add_positional_embedding, init_weights
 from snp_service.models.registry import TextConfig
 
 PAD_ID = 0  # snp_service.text puts [PAD] first in every vocabulary
@@ -74,13 +74,7 @@ class TextTransformer(nn.Module):
         self.tokenizer = nn.Module()
         self.tokenizer.conv_layers = nn.ModuleList([TextConvStage(cfg, widths[i]) for i in range(cfg.n_conv_layers)])
         n_tok = cfg.sequence_length(seq_len)
-        if positional_embedding == "learnable":
-            self.positional_emb = nn.Parameter(torch.zeros(1, n_tok, d))
-            nn.init.trunc_normal_(self.positional_emb, std=0.2)
-        elif positional_embedding == "sine":
-            self.register_buffer("positional_emb", sine_embedding(n_tok, d), persistent=False)
-        else:
-            self.positional_emb = None
+        add_positional_embedding(self, positional_embedding, n_tok, d)
         self.dropout = nn.Dropout(dropout)
         block = EncoderBlock if cfg.n_conv_layers else PreNormBlock
         dpr = torch.linspace(0, stochastic_depth, cfg.num_layers).tolist()
