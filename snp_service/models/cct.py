@@ -147,6 +147,17 @@ class SeqPool(nn.Module):
 
 
 
+def point_modules(conv_layers: nn.ModuleList, blocks: nn.ModuleList) -> dict[str, nn.Module]:
+    """A CCT's measurement points, name -> module whose output is the point's activation: the names
+    and kinds every CCT shares (vision and text), so the analysis runs on either unchanged."""
+    pts: dict[str, nn.Module] = {f"tokenizer.{i}": m for i, m in enumerate(conv_layers)}
+    for i, blk in enumerate(blocks):
+        pts[f"blocks.{i}.attn.heads"] = blk.attn.heads
+        pts[f"blocks.{i}.mlp.hidden"] = blk.mlp.hidden
+        pts[f"blocks.{i}.out"] = blk
+    return pts
+
+
 def add_positional_embedding(module: nn.Module, kind: str, n_tok: int, d: int) -> None:
     """`module.positional_emb` of (1, n_tok, d): a learnable parameter (truncated normal, std 0.2), a
     fixed sine table (a buffer, not saved), or None (the CCT authors' three choices)."""
@@ -202,11 +213,6 @@ class CCT(nn.Module):
 
     def point_modules(self) -> dict[str, nn.Module]:
         """Measurement point name -> module whose output is the point's activation."""
-        pts: dict[str, nn.Module] = {f"tokenizer.{i}": m for i, m in enumerate(self.tokenizer.conv_layers)}
-        for i, blk in enumerate(self.blocks):
-            pts[f"blocks.{i}.attn.heads"] = blk.attn.heads
-            pts[f"blocks.{i}.mlp.hidden"] = blk.mlp.hidden
-            pts[f"blocks.{i}.out"] = blk
-        return pts
+        return point_modules(self.tokenizer.conv_layers, self.blocks)
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snp_service.models.cct import EncoderBlock, SeqPool, add_positional_embedding, init_weights
+from snp_service.models.cct import EncoderBlock, SeqPool, add_positional_embedding, init_weights, point_modules
 from snp_service.models.registry import TextConfig
 
 PAD_ID = 0  # snp_service.text puts [PAD] first in every vocabulary
@@ -107,12 +107,7 @@ class TextTransformer(nn.Module):
 
     def point_modules(self) -> dict[str, nn.Module]:
         """Measurement point name -> module whose output is the point's activation (as the vision CCT)."""
-        pts: dict[str, nn.Module] = {f"tokenizer.{i}": m for i, m in enumerate(self.tokenizer.conv_layers)}
-        for i, blk in enumerate(self.blocks):
-            pts[f"blocks.{i}.attn.heads"] = blk.attn.heads
-            pts[f"blocks.{i}.mlp.hidden"] = blk.mlp.hidden
-            pts[f"blocks.{i}.out"] = blk
-        return pts
+        return point_modules(self.tokenizer.conv_layers, self.blocks)
 
     def position_masks(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Point name -> (B, positions) bool, True at the text's own (unpadded) positions."""
