@@ -269,22 +269,23 @@ def prune_plan(spec: JobSpec) -> dict[str, bool]:
 
 
 def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int = 1) -> dict[str, PointResult]:
-    """The snp stage's work on `points`, in this process: readout, fields, SNP matrices, statistics.
-    With pruning enabled, the prune stage's work on the same captured features follows each point
-    (`PointResult.pruned`), so the two stages share one capture."""
+    """The measure stage's work on `points`, in this process: readout, fields, raw SNP matrices,
+    label-dependence tests. With pruning enabled, the prune stage's work on the same captured features
+    follows each point (`PointResult.pruned`, tagged by pipeline.pruning_key), so the two share one capture."""
     out, plan = {}, prune_plan(spec)
     with captured_groups(spec, weights, points, threads) as groups:
         for group, train, evaluation, num_labels in groups:
             for p in group:
                 t0 = time.perf_counter()
-                with progress_bar(f"snp {p}", 1) as bar:
+                with progress_bar(f"measure {p}", 1) as bar:
                     out[p] = measure_point(spec.points()[p], train.points[p], train.labels, evaluation.points[p],
                                            evaluation.labels, num_labels, spec.analysis)
                     bar.update(1)
                 out[p].row["seconds"] = time.perf_counter() - t0
                 if p in plan:
-                    out[p].pruned = prune_point_work(spec, p, out[p].readout, out[p].raw_matrices, train, evaluation,
-                                                     num_labels, plan[p])
+                    out[p].pruned = prune_point_work(spec, p, out[p].readout,
+                                                     out[p].raw_matrices(spec.analysis.normalise), train,
+                                                     evaluation, num_labels, plan[p])
     return out
 
 
@@ -370,7 +371,7 @@ def _scatter(spec: JobSpec, points: list[str], workers: list, call: Callable, wh
 def measure_on(workers: list, spec: JobSpec, weights: dict, points: list[str],
                progress: Progress = lambda _m: None) -> dict[str, PointResult]:
     ref = ray.put(weights)
-    return _scatter(spec, points, workers, lambda w, g: w.measure.remote(ref, g), "snp", progress)
+    return _scatter(spec, points, workers, lambda w, g: w.measure.remote(ref, g), "measure", progress)
 
 
 def prune_on(workers: list, spec: JobSpec, weights: dict, points: list[str], inputs: dict,

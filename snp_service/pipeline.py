@@ -1,13 +1,15 @@
 """The pipeline: stages a job flows through, each a function from the spec (and earlier stages'
-stored outputs) to stored outputs plus a summary: data -> train -> evaluate -> snp -> heads ->
-prune -> report. This module is the stage table, the reuse keys and `run`; the science lives in
+stored outputs) to stored outputs plus a summary: data -> train -> evaluate -> measure -> cluster ->
+heads -> prune -> report. This module is the stage table, the reuse keys and `run`; the science lives in
 the pure modules (measure, heads, prune, structural), Ray in actors and train, storage in store.
 
 Finished stages are recorded in the store, so re-running the same job id skips them. Each stage
 also has a key: the hash of exactly the spec fields it (and the stages before it) reads
 (`STAGE_INPUTS`). When another job in the same store finished a stage with the same key, its
-outputs are copied instead of recomputed: a job that only changes the pruning threshold reuses
-the trained network and the SNP stage of an earlier job.
+outputs are copied instead of recomputed: a job that only changes analysis.threshold (or the
+normalisation, or the candidate order) copies the trained network and the measure stage (capture,
+readouts, fields, raw SNP matrices, label-dependence tests) of an earlier job and runs only the
+cluster stage and those after it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from snp_service.checkpoints import MAX_WEIGHTS_BYTES, load_weights, sha256
 from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
 from snp_service.heads import analyse_heads
+from snp_service.measure import cluster_point
 from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS, Criterion, SNPCriterion, WeightMagnitude
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
@@ -179,37 +182,64 @@ def stage_evaluate(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
             "chance": 1 / len(classes), "device": ev["device"]}
 
 
-def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
-    """Measure every selected point on Ray workers (snp_service.actors), then store the results."""
+def stage_measure(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    """Measure every selected point on Ray workers (snp_service.actors): readouts, fields, raw SNP
+    matrices and the label-dependence tests; then store them. Reads no analysis.threshold, normalise or
+    candidate_order (the cluster stage's), so a job that changes only those copies this stage."""
     points = spec.selected_points()
-    with workers_for(spec, points, "snp", progress) as workers:
+    with workers_for(spec, points, "measure", progress) as workers:
         results = measure_on(workers, spec, job.read_torch(FILES["weights"]), points, progress)
         n_workers = len(workers)
-    rows = []
     for p, r in results.items():
-        job.write_point(p, "snp_matrices", r.snp_matrices.numpy().astype(np.float16))
-        job.write_point(p, "snp_raw", r.raw_matrices.numpy().astype(np.float32))
+        job.write_point(p, "mean_fields", r.mean_fields.numpy().astype(np.float32))
+        job.write_point(p, "label_counts", r.label_counts.numpy())
         job.write_point(p, "node_label_accuracy", r.node_label_accuracy.numpy())
-        job.write_point(p, "nodes", r.nodes)
+        job.write_point(p, "dependence", r.dependence)
         job.write_point(p, "readout", r.readout.state_dict())
+        job.write_point(p, "measured", r.row)
         if r.pruned is not None:  # the prune stage's work, done on this capture
             job.write_point(p, "staged_selection_raw", r.pruned["selection_raw"])
             if r.pruned["selection_eta2"] is not None:
                 job.write_point(p, "staged_selection_eta2", r.pruned["selection_eta2"])
             job.write_point(p, "staged_prune", {"pruning": pruning_key(spec), "rows": r.pruned["rows"],
                                                 "curve": r.pruned["curve"], "selection": r.pruned["selection"]})
-        rows.append(r.row)
-        progress(f"snp: {p:22s} {point_line(r.row)}")
-    job.put_table("layers", rows)
+        solve = "" if r.row["readout_iterations"] is None else \
+            f" (L-BFGS {r.row['readout_iterations']} iterations, max |grad| {r.row['readout_grad_max']:.1e})"
+        progress(f"measure: {p:22s} readout acc {r.row['readout_accuracy']:.3f}{solve}, "
+                 f"{r.row['seconds']:.1f} s")
     data = job.stage_result("data") or {}
-    return {"points": len(rows), "actors": n_workers, "readout": spec.analysis.readout,
-            "threshold": spec.analysis.threshold, "eval_images": data.get("eval_size"),
+    return {"points": len(results), "actors": n_workers, "readout": spec.analysis.readout,
+            "readout_solver": spec.analysis.readout_solver, "eval_images": data.get("eval_size"),
             "train_images": data.get("train_size")}
 
 
+def stage_cluster(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    """From the measure stage's stored results: normalise, threshold, clusters, noise, SNR, the
+    verdicts and their intervals (snp_service.measure.cluster_point), in the driver: seconds."""
+    rows = []
+    for p in spec.selected_points():
+        r = cluster_point(job.read_point(p, "measured"), torch.from_numpy(job.read_point(p, "mean_fields")),
+                          torch.from_numpy(job.read_point(p, "label_counts")),
+                          job.read_point(p, "dependence").to_dict(as_series=False), spec.analysis)
+        job.write_point(p, "snp_matrices", r.snp_matrices.numpy().astype(np.float16))
+        job.write_point(p, "snp_raw", r.raw_matrices.numpy().astype(np.float32))
+        job.write_point(p, "nodes", r.nodes)
+        rows.append(r.row)
+        progress(f"cluster: {p:22s} {point_line(r.row)}")
+    job.put_table("layers", rows)
+    return {"points": len(rows), "threshold": spec.analysis.threshold, "normalise": spec.analysis.normalise,
+            "candidate_order": spec.analysis.candidate_order}
+
+
 def pruning_key(spec: JobSpec) -> str:
-    """What the prune stage's work depends on beyond the snp stage's inputs: the pruning section."""
-    return hashlib.sha256(json.dumps(spec.pruning.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    """What the prune stage's work depends on beyond the measure stage's inputs: the pruning section
+    and the analysis fields that choose its masks (threshold, normalisation, candidate order). The
+    measure stage tags the prune work it does on its capture with this; the prune stage takes it over
+    only when its own key is the same (a job that copied another's measure stage at another threshold
+    prunes again)."""
+    picked = {"pruning": spec.pruning.model_dump(mode="json"),
+              "analysis": {k: getattr(spec.analysis, k) for k in MASK_FIELDS}}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
@@ -261,7 +291,7 @@ def structural_plans(spec: JobSpec, job: JobStore, model: torch.nn.Module) -> di
             return None
         if heldout:
             return job.read_point(point, "selection_eta2").astype(np.float64)
-        return job.read_point(point, "nodes")["eta2"].to_numpy().astype(np.float64)
+        return job.read_point(point, "dependence")["eta2"].to_numpy().astype(np.float64)
 
     dependence = {m: (eta2(f"blocks.{m}.mlp.hidden"), eta2(f"blocks.{m}.attn.heads")) for m in range(len(model.blocks))}
     plans = {}
@@ -358,30 +388,35 @@ STAGES: list[tuple[str, Stage]] = [
     ("data", stage_data),
     ("train", stage_train),
     ("evaluate", stage_evaluate),
-    ("snp", stage_snp),
+    ("measure", stage_measure),
+    ("cluster", stage_cluster),
     ("heads", stage_heads),
     ("prune", stage_prune),
     ("report", stage_report),
 ]
-# Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all).
+# Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all). The
+# measure stage reads the readout settings only; the threshold, normalisation and candidate order
+# (MASK_FIELDS) enter at the cluster, heads and prune stages, the intervals' settings at cluster alone.
+MASK_FIELDS = ("threshold", "normalise", "candidate_order")
 _TRAINED = (("dataset", None), ("model", None), ("train", None))
-_MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_epochs", "readout_lr", "threshold",
-                                                          "normalise", "candidate_order", "bootstrap", "confidence",
-                                                          "fdr", "seed")))
+_MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_epochs", "readout_lr", "readout_solver",
+                                                          "readout_pool_epochs", "seed")))
+_MASKED = _MEASURED + (("analysis", MASK_FIELDS),)
 STAGE_INPUTS: dict[str, tuple] = {
     "data": (("dataset", None), ("train", ("seed",))),
     "train": _TRAINED,
     "load": (("model", None),),
     "evaluate": _TRAINED,
-    "snp": _MEASURED,
-    "heads": _MEASURED + (("heads", None),),
-    "prune": _MEASURED + (("pruning", None),),
-    "report": _MEASURED + (("heads", None), ("pruning", None)),
+    "measure": _MEASURED,
+    "cluster": _MASKED + (("analysis", ("bootstrap", "confidence", "fdr")),),
+    "heads": _MASKED + (("heads", None),),
+    "prune": _MASKED + (("pruning", None),),
+    "report": _MASKED + (("analysis", ("bootstrap", "confidence", "fdr")), ("heads", None), ("pruning", None)),
 }
 NEVER_COPIED = {"report"}  # names its own job and provenance: always drawn afresh
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "data": ("data/",), "train": ("model/", "train/metrics.parquet"), "load": ("model/",), "evaluate": ("eval/",),
-    "snp": ("snp/",),
+    "measure": ("measure/",), "cluster": ("snp/",),
     "heads": ("heads/",), "prune": ("prune/",),
 }
 
@@ -401,10 +436,10 @@ def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) ->
     if workers != 1:  # batch_size is per worker: N workers train another network (1: keys as before)
         train["workers"] = workers
     spec_json = {**spec_json, "model": model, "train": train}
-    picked = {}
+    picked: dict = {}
     for section, fields in STAGE_INPUTS[stage]:
         value = spec_json.get(section) or {}
-        picked[section] = value if fields is None else {f: value.get(f) for f in fields}
+        picked[section] = value if fields is None else {**picked.get(section, {}), **{f: value.get(f) for f in fields}}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

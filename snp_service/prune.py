@@ -10,7 +10,8 @@ the same counted either way).
 - magnitude: for each node, the same number of labels with the largest |W[k, n, :]| (L2 over
   positions; ties: lower label first).
 Fine-tune: the surviving weights of W are trained (Adam, cosine) with the mask re-applied after
-every step; the readout's sequence-pooling weights stay fixed, so only pruned connections differ.
+every step; the readout's sequence-pooling weights stay fixed, so only pruned connections differ (and
+a seqpool readout's pooled values are computed once per image, `readout.linear_part`).
 
 Selection vs scoring: the SNP matrices that choose a mask come from the selection images, the
 accuracies that score it from the evaluation split. By default (`heldout`) the selection images are
@@ -28,7 +29,7 @@ import math
 import numpy as np
 import torch
 
-from snp_service.readout import Readout, fit_on_features, readout_accuracy
+from snp_service.readout import Readout, fit_on_features, linear_part, readout_accuracy
 from snp_service.snp import clusters as node_clusters
 from snp_service.snp import membership
 from snp_service.structural import ff_magnitude, head_magnitude
@@ -185,6 +186,10 @@ def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train:
     m_normalised: the normalised SNP matrices of the selection images (they choose the masks);
     evaluation / eval_labels score them; `selection` names the selection images in every row."""
     L = m_normalised.shape[-1]
+    # a seqpool readout's pooling is frozen here: pool every image once, then work on W alone
+    linear, train = linear_part(readout, train)
+    _, evaluation = linear_part(readout, evaluation)
+    readout = linear
     full = readout_accuracy(readout, evaluation, eval_labels)
     andc = andc_mask_at(m_normalised, threshold, order)
     rows = []

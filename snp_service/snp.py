@@ -461,12 +461,15 @@ def point_statistics(ns: NodeStatistics, bootstrap: int = 1000, confidence: floa
     return out
 
 
-def point_label_dependence(dep: LabelDependence, fdr: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Per node: rejected at false discovery rate `fdr` among the point's nodes (Benjamini-Hochberg);
-    and the per-node arrays whose means are the point's verdict statistics (`point_statistics`'s
-    node_means): label_specific_fraction (share of nodes rejected) and effect_size (mean eta2)."""
-    reject = benjamini_hochberg(dep.p_value, fdr)
-    return reject, {"label_specific_fraction": reject.astype(np.float64), "effect_size": dep.eta2}
+def point_label_dependence(eta2: np.ndarray, p_value: np.ndarray,
+                           fdr: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per node (a point's `LabelDependence` eta2 and p-values): rejected at false discovery rate `fdr`
+    among the point's nodes (Benjamini-Hochberg); and the per-node arrays whose means are the point's
+    verdict statistics (`point_statistics`'s node_means): label_specific_fraction (share of nodes
+    rejected) and effect_size (mean eta2)."""
+    reject = benjamini_hochberg(p_value, fdr)
+    return reject, {"label_specific_fraction": reject.astype(np.float64),
+                    "effect_size": np.asarray(eta2, dtype=np.float64)}
 
 
 def snr_text(snr: float, lo: float, hi: float) -> str:

@@ -28,7 +28,7 @@ from snp_service.models.registry import (
 )
 from snp_service.units import units_removed
 
-STAGE_ORDER = ("data", "train", "evaluate", "snp", "heads", "prune", "report")  # snp_service.pipeline.STAGES
+STAGE_ORDER = ("data", "train", "evaluate", "measure", "cluster", "heads", "prune", "report")  # snp_service.pipeline.STAGES
 MAX_YAML_BYTES = 1_000_000
 # documented limits, checked in bounded time before anything runs (README, "Job spec in brief")
 MAX_GRID_VALUES = 100  # values of one sweep dimension
@@ -274,12 +274,21 @@ class MeasureSpec(_Strict):
                               description="names, shell patterns (* matches one dotted part), or all")
 
 
+READOUT_SOLVER_DEFAULTS = {"readout_solver": "lbfgs", "readout_pool_epochs": 2}  # left out of job ids
+
+
 class AnalysisSpec(_Strict):
     """Stages 2+ (METHOD.md sections 2-3): readouts, SNP matrices, clusters, statistics."""
 
     readout: Literal["seqpool", "flatten"] = Field(
         "seqpool", description="transformer readout: sequence pooling + Linear (rank-1 SNP) or Linear over tokens x nodes")
-    readout_epochs: int = Field(20, ge=1, le=1000)
+    readout_solver: Literal["lbfgs", "adam"] = Field(
+        "lbfgs", description="lbfgs: the readout's bias-free linear weight solved by full-batch L-BFGS (strong-Wolfe) to "
+        "max |gradient| <= 1e-6 of mean cross-entropy + 1e-4/2 |W|^2 (a seqpool readout's pooling is first trained "
+        "with it for readout_pool_epochs, then frozen); adam: readout_epochs of Adam on minibatches, same objective")
+    readout_epochs: int = Field(20, ge=1, le=1000, description="epochs of the adam readout solver")
+    readout_pool_epochs: int = Field(2, ge=1, le=1000, description="lbfgs solver, seqpool readouts: Adam epochs that "
+                                     "train the pooling (and W) before W is solved with the pooling frozen")
     readout_lr: float = Field(1e-2, gt=0.0, le=10.0, description="Adam learning rate of the readouts (cosine decay)")
     threshold: Fraction01 = Field(0.3, description="Boolean SNP threshold th (METHOD.md 2.6)")
     normalise: Literal["max", "centred", "afcc"] = Field(
@@ -672,6 +681,12 @@ class JobSpec(_Strict):
         if content["model"].get("weights") is None:  # jobs without weights keep the ids they had
             content["model"].pop("weights", None)
             content["model"].pop("weights_format", None)
+        # the readout solver's fields at their defaults keep the ids jobs had before them (issue 27); the
+        # solver changes the measured results, so it is in the measure stage's key (pipeline.STAGE_INPUTS),
+        # and a job re-run with it measures again while its trained network is reused
+        for k, default in READOUT_SOLVER_DEFAULTS.items():
+            if content["analysis"].get(k) == default:
+                content["analysis"].pop(k)
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}-{digest}"
 

@@ -38,13 +38,13 @@ def _wait_for(proc, text, timeout=300):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code, when", [(signal.SIGINT, 130, "snp: "), (signal.SIGTERM, 143, "epoch 1/4")])
+@pytest.mark.parametrize("sig, code, when", [(signal.SIGINT, 130, "measure: "), (signal.SIGTERM, 143, "epoch 1/4")])
 def test_an_interrupted_run_says_so_cleans_up_and_resumes(tmp_path, sig, code, when):
     features = tmp_path / "features"
     features.mkdir()
     path, proc = _start(tmp_path, features)
     _wait_for(proc, when)
-    if when == "snp: ":  # let the workers capture something first
+    if when == "measure: ":  # let the workers capture something first
         deadline = time.time() + 120
         while not list(features.glob("snp-features-*")) and time.time() < deadline:
             time.sleep(0.5)
@@ -58,5 +58,5 @@ def test_an_interrupted_run_says_so_cleans_up_and_resumes(tmp_path, sig, code, w
     again = subprocess.run([sys.executable, "-m", "snp_service.cli", "run", str(path)], capture_output=True,
                            text=True, env={**os.environ, "SNP_FEATURES_DIR": str(features)}, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
-    if when == "snp: ":
+    if when == "measure: ":
         assert "train: already finished" in again.stdout  # resumed, not retrained

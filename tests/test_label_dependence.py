@@ -152,7 +152,7 @@ def test_label_specific_nodes_on_a_large_mean_field_are_found_although_their_boo
     b = normalise(acc.snp_matrices()) > 0.3
     assert bool((b == b[:, :1, :]).all())  # every row equal: a rectangle of all-ones columns
     dep = acc.label_dependence()
-    reject, means = point_label_dependence(dep, FDR)
+    reject, means = point_label_dependence(dep.eta2, dep.p_value, FDR)
     assert reject.mean() >= 0.8 and means["label_specific_fraction"].mean() == reject.mean()
     # and a label-blind copy of the same mean field is not found
     blind = SNPAccumulator(N, L)
@@ -230,7 +230,7 @@ def test_point_statistics_carry_the_fraction_and_effect_size_with_intervals():
     acc = SNPAccumulator(80, L)
     acc.update(torch.cat([f, blind], dim=1), torch.from_numpy(y))
     dep = acc.label_dependence()
-    reject, means = point_label_dependence(dep, FDR)
+    reject, means = point_label_dependence(dep.eta2, dep.p_value, FDR)
     ns = node_statistics(normalise(acc.snp_matrices()), 0.3)
     st = point_statistics(ns, bootstrap=300, seed=0, node_means=means)
     assert st["label_specific_fraction"] == pytest.approx(reject.mean())
