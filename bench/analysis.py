@@ -150,6 +150,47 @@ def profile_snp_stage(per_class: int) -> str:
             + table(["part", "cumulative s", "share"], rows))
 
 
+def readout_cpu_seconds(images: int = 2000, nodes: int = 128, tokens: int = 64, labels: int = 10) -> list[list[str]]:
+    """CPU seconds (this process, all its threads: less sensitive to other processes' load than wall
+    time) of fitting one seqpool and one flatten readout at a quickstart point's shape (cct_2_3x2_32 at
+    32 px: 128 nodes, 64 tokens; 10 labels, 2,000 training images) on synthetic float16 features,
+    stepped (adam, 20 epochs) vs solved (lbfgs)."""
+    import time
+
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    y = np.arange(images) % labels
+    feats = (np.random.default_rng(1).normal(size=(labels, nodes, tokens))[y] * 0.15
+             + g.normal(size=(images, nodes, tokens))).astype(np.float16)
+    rows = []
+    for kind in ("seqpool", "flatten"):
+        cpu = {}
+        for solver in ("adam", "lbfgs"):
+            t0 = time.process_time()
+            r = train_readout(feats, y, labels, kind, 20, 1e-2, solver=solver)
+            cpu[solver] = time.process_time() - t0
+        solve = r.solve or {}
+        rows.append([f"{kind}, {images} x {nodes} x {tokens}", f"{cpu['adam']:.1f}", f"{cpu['lbfgs']:.1f}",
+                     f"{cpu['adam'] / cpu['lbfgs']:.1f}x", f"{solve.get('iterations')} it., max |grad| "
+                     f"{solve.get('grad_max', float('nan')):.1e}"])
+    return rows
+
+
+def run_readouts_only() -> None:
+    """`--readouts-only`: the readout solvers' CPU seconds alone (what a loaded shared machine can measure)."""
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    body = stamp("python -m bench.analysis --readouts-only")
+    body += ("\n(c) One readout fitted on captured features, stepped (`readout_solver: adam`, 20 epochs) vs solved "
+             "(`lbfgs`; a seqpool readout's pooling 2 stepped epochs, then W by L-BFGS), CPU seconds of this process "
+             f"(torch threads: {torch.get_num_threads()}; load average {' '.join(load)}: the whole-analysis run (b) "
+             "was not made at this load). The first L-BFGS in a process also imports torch._dynamo (seconds, once "
+             "per worker); it is inside the first row's lbfgs figure.\n\n")
+    body += table(["readout, images x nodes x tokens", "adam CPU s", "lbfgs CPU s", "ratio", "solve"],
+                  readout_cpu_seconds())
+    write_section(TITLE + " (readout solvers)", body)
+
+
 def run(quick: bool = False) -> None:
     rows = [features_vs_rerun(100 if quick else 200, 10)]
     print(rows, flush=True)
@@ -192,4 +233,9 @@ def run(quick: bool = False) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    run(ap.parse_args().quick)
+    ap.add_argument("--readouts-only", action="store_true", help="only (c): the readout solvers' CPU seconds")
+    args = ap.parse_args()
+    if args.readouts_only:
+        run_readouts_only()
+    else:
+        run(args.quick)

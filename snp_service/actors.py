@@ -1,5 +1,5 @@
 """Ray set-up and the point workers: actors that split a stage's measurement points among
-themselves (the snp stage measures them, the prune stage prunes their readouts).
+themselves (the measure stage measures them, the prune stage prunes their readouts).
 
 Each worker loads the trained weights (shipped once through Ray's object store), builds the
 evaluation data itself, captures only its own points and runs the pure per-point work on them
@@ -290,8 +290,8 @@ def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int
 
 
 def prune_points(spec: JobSpec, weights: dict, points: list[str], inputs: dict, threads: int = 1) -> dict[str, dict]:
-    """The prune stage's work on `points` when the snp stage's shared capture cannot serve it (e.g. a
-    job that changed only its pruning settings reuses another job's snp stage). inputs[point]: the
+    """The prune stage's work on `points` when the measure stage's shared capture cannot serve it (e.g. a
+    job that changed only its pruning settings reuses another job's measure stage). inputs[point]: the
     stored readout state ("readout"), the raw SNP matrices of the evaluation split ("raw"), and
     whether to prune it ("andc")."""
     info, out = spec.points(), {}

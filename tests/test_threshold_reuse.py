@@ -68,3 +68,16 @@ def test_a_threshold_change_reuses_the_measure_stage_and_equals_a_fresh_run(tmp_
             assert reused.read_point(p, what).equals(fresh.read_point(p, what)), (p, what)
         assert (reused.read_point(p, "snp_matrices") == fresh.read_point(p, "snp_matrices")).all()
     assert reused.table("heads").drop("seconds", strict=False).equals(fresh.table("heads").drop("seconds", strict=False))
+
+
+def test_every_point_file_lies_in_one_stage_s_outputs():
+    """A stage copied from another job brings every per-point file it wrote: each point file's folder
+    is exactly one stage's output prefix (measure/ for the measure stage's, snp/ for the cluster's)."""
+    from snp_service.store import POINT_FILES
+
+    owners = {name: [s for s, prefixes in pipeline.STAGE_OUTPUTS.items() if f"{folder}/" in prefixes]
+              for name, (folder, _) in POINT_FILES.items()}
+    assert all(len(o) == 1 for o in owners.values()), owners
+    measured = {n for n, o in owners.items() if o == ["measure"]}
+    assert {"mean_fields", "label_counts", "dependence", "readout", "measured", "staged_prune"} <= measured
+    assert not measured & {"snp_matrices", "snp_raw", "nodes"}
