@@ -4,8 +4,9 @@ the real pipeline vs one training epoch of the same job.
 
     python -m bench.analysis [--quick]
 
-(b) keeps the target's proportions (readouts on 5x as many training images as SNP test images) at a
-size this 2-core machine runs in minutes; every part of the analysis is linear in both counts, as is
+(b) runs the stepped (`adam`, the default) and solved (`lbfgs`) readouts side by side and keeps the
+target's proportions (readouts on 5x as many training images as SNP test images) at a size this
+2-core machine runs in minutes; every part of the analysis is linear in both counts, as is
 the epoch, so the ratio carries over to 50,000 / 10,000.
 """
 
@@ -77,8 +78,13 @@ def features_vs_rerun(per_class: int, epochs: int) -> list:
             f"{fast:.1f}", f"{slow / fast:.1f}x", f">= 5x: {verdict(slow / fast, 5.0)}"]
 
 
-def whole_analysis(train_per_class: int, eval_per_class: int, tmp: Path) -> tuple[dict, float, int, int]:
-    """The real pipeline on a 1-epoch job; stage seconds and the epoch's seconds from the job's own records."""
+ANALYSIS_STAGES = ("measure", "cluster", "heads", "prune")  # every stage after evaluate but the report
+
+
+def whole_analysis(train_per_class: int, eval_per_class: int, tmp: Path,
+                   solver: str = "adam") -> tuple[dict, float, int, int]:
+    """The real pipeline on a 1-epoch job with `analysis.readout_solver: solver`; stage seconds and the
+    epoch's seconds from the job's own records."""
     import ray
 
     from snp_service import pipeline
@@ -91,8 +97,9 @@ def whole_analysis(train_per_class: int, eval_per_class: int, tmp: Path) -> tupl
                     "eval_max_per_class": eval_per_class, "num_workers": 1},
         "model": {"name": "cct_2_3x2_32"},
         "train": {"epochs": 1, "batch_size": 128},
+        "analysis": {"readout_solver": solver},
         "pruning": {"enabled": True},
-        "storage": {"root": str(tmp / "results")},
+        "storage": {"root": str(tmp / f"results-{solver}")},
         "compute": {"num_workers": 1, "cpus_per_worker": 2},
     })
     with tempfile.TemporaryDirectory(prefix="ray-bench-", dir="/tmp") as rt:
@@ -103,12 +110,13 @@ def whole_analysis(train_per_class: int, eval_per_class: int, tmp: Path) -> tupl
             ray.shutdown()
     job = Store.from_spec(spec.storage).job(spec.job_id())
     epoch = float(job.read_table("train/metrics.parquet")["train_seconds"][-1])
-    seconds = {s: job.stage_result(s)["seconds"] for s in ("snp", "heads", "prune")}
+    seconds = {s: job.stage_result(s)["seconds"] for s in ANALYSIS_STAGES}
     return seconds, epoch, train_per_class * 10, eval_per_class * 10
 
 
 PROFILED = [("capture", "capture (frozen network over train + eval images, float16 memmaps)"),
-            ("train_readout", "readout training (all points, all epochs)"),
+            ("train_readout", "readout training (all points)"),
+            ("solve_linear", "  of which: L-BFGS solves"),
             ("load_rows", "  of which: reading feature rows"),
             ("snp_accumulate", "SNP fields + matrices"),
             ("readout_accuracy", "readout accuracy"),
@@ -116,8 +124,8 @@ PROFILED = [("capture", "capture (frozen network over train + eval images, float
 
 
 def profile_snp_stage(per_class: int) -> str:
-    """cProfile of the SNP stage's per-point work (snp_service.actors.measure_points) on real CIFAR-10,
-    summarised by the service's own functions (cumulative seconds)."""
+    """cProfile of the measure stage's per-point work (snp_service.actors.measure_points) with solved
+    readouts (lbfgs) on real CIFAR-10, summarised by the service's own functions (cumulative seconds)."""
     import cProfile
     import pstats
     from snp_service.actors import measure_points
@@ -125,7 +133,8 @@ def profile_snp_stage(per_class: int) -> str:
 
     spec = spec_from_dict({"name": "bench-profile", "model": {"name": "cct_2_3x2_32"}, "train": {"epochs": 1},
                            "dataset": {"name": "imagefolder", "root": str(CIFAR10), "max_per_class": per_class,
-                                       "eval_max_per_class": max(10, per_class // 5), "num_workers": 0}})
+                                       "eval_max_per_class": max(10, per_class // 5), "num_workers": 0},
+                           "analysis": {"readout_solver": "lbfgs"}})
     torch.manual_seed(0)
     weights = spec.model.build(10, 32).state_dict()
     prof = cProfile.Profile()
@@ -138,9 +147,50 @@ def profile_snp_stage(per_class: int) -> str:
     for fn, label in PROFILED:
         cum = sum(v[3] for (file, _line, name), v in stats.items() if name == fn and "snp_service" in file)
         rows.append([label, f"{cum:.1f}", f"{100 * cum / total:.0f}%"])
-    return (f"Profile of the SNP stage's per-point work (cProfile of `measure_points`, {per_class * 10} training / "
-            f"{max(10, per_class // 5) * 10} test images, 8 points, 20 readout epochs, total {total:.1f} s):\n\n"
+    return (f"Profile of the measure stage's per-point work (cProfile of `measure_points`, {per_class * 10} "
+            f"training / {max(10, per_class // 5) * 10} test images, 8 points, lbfgs readouts, total {total:.1f} s):\n\n"
             + table(["part", "cumulative s", "share"], rows))
+
+
+def readout_cpu_seconds(images: int = 2000, nodes: int = 128, tokens: int = 64, labels: int = 10) -> list[list[str]]:
+    """CPU seconds (this process, all its threads: less sensitive to other processes' load than wall
+    time) of fitting one seqpool and one flatten readout at a quickstart point's shape (cct_2_3x2_32 at
+    32 px: 128 nodes, 64 tokens; 10 labels, 2,000 training images) on synthetic float16 features,
+    stepped (adam, 20 epochs) vs solved (lbfgs)."""
+    import time
+
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    y = np.arange(images) % labels
+    feats = (np.random.default_rng(1).normal(size=(labels, nodes, tokens))[y] * 0.15
+             + g.normal(size=(images, nodes, tokens))).astype(np.float16)
+    rows = []
+    for kind in ("seqpool", "flatten"):
+        cpu = {}
+        for solver in ("adam", "lbfgs"):
+            t0 = time.process_time()
+            r = train_readout(feats, y, labels, kind, 20, 1e-2, solver=solver)
+            cpu[solver] = time.process_time() - t0
+        solve = r.solve or {}
+        rows.append([f"{kind}, {images} x {nodes} x {tokens}", f"{cpu['adam']:.1f}", f"{cpu['lbfgs']:.1f}",
+                     f"{cpu['adam'] / cpu['lbfgs']:.1f}x", f"{solve.get('iterations')} it., max |grad| "
+                     f"{solve.get('grad_max', float('nan')):.1e}"])
+    return rows
+
+
+def run_readouts_only() -> None:
+    """`--readouts-only`: the readout solvers' CPU seconds alone (what a loaded shared machine can measure)."""
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    body = stamp("python -m bench.analysis --readouts-only")
+    body += ("\n(c) One readout fitted on captured features, stepped (`readout_solver: adam`, 20 epochs) vs solved "
+             "(`lbfgs`; a seqpool readout's pooling 2 stepped epochs, then W by L-BFGS), CPU seconds of this process "
+             f"(torch threads: {torch.get_num_threads()}; load average {' '.join(load)}: the whole-analysis run (b) "
+             "was not made at this load). The first L-BFGS in a process also imports torch._dynamo (seconds, once "
+             "per worker); it is inside the first row's lbfgs figure.\n\n")
+    body += table(["readout, images x nodes x tokens", "adam CPU s", "lbfgs CPU s", "ratio", "solve"],
+                  readout_cpu_seconds())
+    write_section(TITLE + " (readout solvers)", body)
 
 
 def run(quick: bool = False) -> None:
@@ -152,37 +202,42 @@ def run(quick: bool = False) -> None:
              "real CIFAR-10 images, 1 process, all cores.\n\n")
     body += table(["readout", "re-run network s", "on captured features s", "ratio", "target"], rows)
     tr, ev = (200, 40) if quick else (500, 100)
-    with tempfile.TemporaryDirectory(prefix="bench-analysis-") as tmp:
-        seconds, epoch, n_train, n_eval = whole_analysis(tr, ev, Path(tmp))
-    total = sum(seconds.values())
-    body += (f"\n(b) The whole analysis of cct_2_3x2_32 through the pipeline (`snp-service run` stages snp: capture, "
-             f"readouts at 8 points ({20} readout epochs, the default), SNP matrices, clusters, bootstrap, and the "
-             f"prune work on the same capture: ANDC + random + magnitude masks with 3-epoch fine-tunes and the "
-             f"accuracy curve; heads; prune: only the tables, the work came from the snp stage) with readouts "
-             f"on {n_train} real CIFAR-10 training images and SNP on {n_eval} test images (the target's 5:1), vs the "
-             f"same job's one training epoch on those {n_train} images (Ray Train worker, 2 threads, "
-             f"`precision: auto`: bf16 autocast where the CPU has bf16 units; the analysis runs in float32).\n\n")
-    rows = [[s, f"{v:.1f}", f"{v / epoch:.2f}"] for s, v in seconds.items()]
-    rows.append(["**whole analysis**", f"{total:.1f}", f"**{total / epoch:.2f}**"])
-    rows.append(["one training epoch", f"{epoch:.1f}", "1.00"])
-    body += table(["stage", "seconds", "training epochs"], rows)
-    body += f"\nTarget: whole analysis <= 2 training epochs: {verdict(2.0, total / epoch)}.\n"
-    if total / epoch > 2.0:
-        body += ("\n**Why it is missed.** Per image, the analysis does less arithmetic than a training step, but "
-                 "it does it many times: readouts at 8 points x 20 epochs, then three masked readouts per point (ANDC, "
-                 "random, magnitude) fine-tuned for 3 epochs each, plus the accuracy curve. The readout steps are small, "
-                 "memory-bound matrix products over float16 features read back from disk, so the machine's arithmetic "
-                 "is poorly used (and they run in float32 while training uses the CPU's bf16 units); the profile below "
-                 "shows where the SNP stage's time goes. Done: the readout forward as one matmul, float16 rows "
-                 "converted in torch, one capture shared by the snp and prune work (the prune stage captured again "
-                 "before), a capture's forward pass stopped at its last point. Not done: fewer readout epochs or "
-                 "larger readout batches (`analysis.readout_epochs`: science settings the user owns; 10 instead of 20 "
-                 "halves the readout share), bf16 readouts (they would change the measured numbers).\n\n"
-                 + profile_snp_stage(50 if quick else 100))
+    runs = {}
+    for solver in ("adam", "lbfgs"):  # the stepped readouts (before issue 27) and the solved ones, one run
+        with tempfile.TemporaryDirectory(prefix="bench-analysis-") as tmp:
+            runs[solver] = whole_analysis(tr, ev, Path(tmp), solver)
+    n_train, n_eval = runs["lbfgs"][2], runs["lbfgs"][3]
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    body += (f"\n(b) The whole analysis of cct_2_3x2_32 through the pipeline (every stage after evaluate but the "
+             f"report: measure (capture, readouts at 8 points, fields, label-dependence tests, and the prune work on "
+             f"the same capture: ANDC + random + magnitude masks with 3-epoch fine-tunes and the accuracy curve), "
+             f"cluster, heads, prune (tables; its work came from the measure stage)) with readouts on {n_train} real "
+             f"CIFAR-10 training images and SNP on {n_eval} test images (the target's 5:1), in training epochs of "
+             f"the same job (its one epoch on those {n_train} images, Ray Train worker, 2 threads, `precision: "
+             f"auto`). Side by side in one run: `analysis.readout_solver: adam` (20 stepped epochs per readout, "
+             f"the solver before issue 27) and `lbfgs` (solved; METHOD.md section 7.10). Load average when "
+             f"written: {' '.join(load)} (on a shared machine the seconds carry that load; the ratios to the "
+             f"same run's epoch carry less of it).\n\n")
+    rows = []
+    for s in ANALYSIS_STAGES:
+        rows.append([s] + [f"{runs[k][0][s]:.1f} s = {runs[k][0][s] / runs[k][1]:.2f}" for k in runs])
+    totals = {k: sum(r[0].values()) / r[1] for k, r in runs.items()}
+    rows.append(["**whole analysis**"] + [f"{sum(r[0].values()):.1f} s = **{totals[k]:.2f}**" for k, r in runs.items()])
+    rows.append(["one training epoch"] + [f"{r[1]:.1f} s = 1.00" for r in runs.values()])
+    body += table(["stage", "adam: seconds = epochs", "lbfgs: seconds = epochs"], rows)
+    body += (f"\nTarget: whole analysis <= 2 training epochs: adam {verdict(2.0, totals['adam'])}, "
+             f"lbfgs {verdict(2.0, totals['lbfgs'])}.\n")
+    if totals["lbfgs"] > 2.0:
+        body += "\n" + profile_snp_stage(50 if quick else 100)
     write_section(TITLE, body)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    run(ap.parse_args().quick)
+    ap.add_argument("--readouts-only", action="store_true", help="only (c): the readout solvers' CPU seconds")
+    args = ap.parse_args()
+    if args.readouts_only:
+        run_readouts_only()
+    else:
+        run(args.quick)

@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 
 from snp_service.devicedata import DeviceBatches
 from snp_service.heads import analyse_heads
-from snp_service.measure import measure_point, snp_accumulate
+from snp_service.measure import cluster_point, measure_point, snp_accumulate
 from snp_service.snp import point_line
 from snp_service.models import create_model, measurement_points, model_config
 from snp_service.optim import optimiser_step
@@ -55,7 +55,9 @@ class Analysis:
     """The analysis settings (the fields snp_service.measure reads from the job spec's analysis)."""
 
     readout: str = "seqpool"
+    readout_solver: str = "adam"
     readout_epochs: int = 20
+    readout_pool_epochs: int = 2
     readout_lr: float = 1e-2
     threshold: float = 0.3
     normalise: str = "max"
@@ -223,10 +225,11 @@ def analyse(model: nn.Module, data: dict, args, dev: torch.device, log) -> dict:
         ftr, fev = capture(model, p, xtr), capture(model, p, xev)
         t_cap = time.perf_counter() - t0
         r = measure_point(pi, ftr, ytr_np, fev, yev_np, 10, spec)
-        rows.append(r.row)
+        c = cluster_point(r.row, r.field_sums, r.label_counts, r.dependence, spec)
+        rows.append(c.row)
         t_meas = time.perf_counter() - t0 - t_cap
         if pi.kind == "mha":
-            heads.append(analyse_heads(p, r.raw_matrices, pi.heads, spec.threshold, args.null_draws, 0).summary)
+            heads.append(analyse_heads(p, c.raw_matrices, pi.heads, spec.threshold, args.null_draws, 0).summary)
         acc = snp_accumulate(r.readout, ftr, ytr_np, 10, rows=sel)
         prow, _ = prune_point(p, r.readout, normalise(acc.snp_matrices()), ftr, ytr_np, fev, yev_np, spec.threshold, [],
                               ["random", "magnitude"], args.finetune_epochs, 1e-3, 0, f"heldout: {len(sel)} training images")
@@ -236,7 +239,7 @@ def analyse(model: nn.Module, data: dict, args, dev: torch.device, log) -> dict:
             torch.cuda.empty_cache()
         timings.append({"point": p, "capture_s": t_cap, "measure_s": t_meas,
                         "prune_s": time.perf_counter() - t0 - t_cap - t_meas})
-        log(f"{p:22s} {point_line(r.row)}  ({sum(v for k, v in timings[-1].items() if k != 'point'):.1f} s)")
+        log(f"{p:22s} {point_line(c.row)}  ({sum(v for k, v in timings[-1].items() if k != 'point'):.1f} s)")
     return {"layers": rows, "heads": heads, "andc": andc, "timings": timings}
 
 

@@ -1,5 +1,5 @@
 """Ray set-up and the point workers: actors that split a stage's measurement points among
-themselves (the snp stage measures them, the prune stage prunes their readouts).
+themselves (the measure stage measures them, the prune stage prunes their readouts).
 
 Each worker loads the trained weights (shipped once through Ray's object store), builds the
 evaluation data itself, captures only its own points and runs the pure per-point work on them
@@ -252,7 +252,8 @@ def prune_point_work(spec: JobSpec, p: str, readout: Readout, raw_eval: torch.Te
         out["rows"], out["curve"] = prune_point(
             p, readout, normalise(raw, afcc=normalisation_flags(an.normalise)[1]), train.points[p], train.labels,
             evaluation.points[p], evaluation.labels, threshold, pr.curve_thresholds, pr.baselines, pr.finetune_epochs,
-            pr.finetune_lr, pr.seed, selection, an.candidate_order, an.cluster_time_limit_s)
+            pr.finetune_lr, pr.seed, selection, an.candidate_order, an.cluster_time_limit_s,
+            pool_once=an.readout_solver == "lbfgs")
     return out
 
 
@@ -269,28 +270,29 @@ def prune_plan(spec: JobSpec) -> dict[str, bool]:
 
 
 def measure_points(spec: JobSpec, weights: dict, points: list[str], threads: int = 1) -> dict[str, PointResult]:
-    """The snp stage's work on `points`, in this process: readout, fields, SNP matrices, statistics.
-    With pruning enabled, the prune stage's work on the same captured features follows each point
-    (`PointResult.pruned`), so the two stages share one capture."""
+    """The measure stage's work on `points`, in this process: readout, fields, their per-label sums,
+    label-dependence tests and statistics. With pruning enabled, the prune stage's work on the same captured features
+    follows each point (`PointResult.pruned`, tagged by pipeline.pruning_key), so the two share one capture."""
     out, plan = {}, prune_plan(spec)
     with captured_groups(spec, weights, points, threads) as groups:
         for group, train, evaluation, num_labels in groups:
             for p in group:
                 t0 = time.perf_counter()
-                with progress_bar(f"snp {p}", 1) as bar:
+                with progress_bar(f"measure {p}", 1) as bar:
                     out[p] = measure_point(spec.points()[p], train.points[p], train.labels, evaluation.points[p],
                                            evaluation.labels, num_labels, spec.analysis)
                     bar.update(1)
                 out[p].row["seconds"] = time.perf_counter() - t0
                 if p in plan:
-                    out[p].pruned = prune_point_work(spec, p, out[p].readout, out[p].raw_matrices, train, evaluation,
-                                                     num_labels, plan[p])
+                    out[p].pruned = prune_point_work(spec, p, out[p].readout,
+                                                     out[p].raw_matrices(spec.analysis.normalise), train,
+                                                     evaluation, num_labels, plan[p])
     return out
 
 
 def prune_points(spec: JobSpec, weights: dict, points: list[str], inputs: dict, threads: int = 1) -> dict[str, dict]:
-    """The prune stage's work on `points` when the snp stage's shared capture cannot serve it (e.g. a
-    job that changed only its pruning settings reuses another job's snp stage). inputs[point]: the
+    """The prune stage's work on `points` when the measure stage's shared capture cannot serve it (e.g. a
+    job that changed only its pruning settings reuses another job's measure stage). inputs[point]: the
     stored readout state ("readout"), the raw SNP matrices of the evaluation split ("raw"), and
     whether to prune it ("andc")."""
     info, out = spec.points(), {}
@@ -370,7 +372,7 @@ def _scatter(spec: JobSpec, points: list[str], workers: list, call: Callable, wh
 def measure_on(workers: list, spec: JobSpec, weights: dict, points: list[str],
                progress: Progress = lambda _m: None) -> dict[str, PointResult]:
     ref = ray.put(weights)
-    return _scatter(spec, points, workers, lambda w, g: w.measure.remote(ref, g), "snp", progress)
+    return _scatter(spec, points, workers, lambda w, g: w.measure.remote(ref, g), "measure", progress)
 
 
 def prune_on(workers: list, spec: JobSpec, weights: dict, points: list[str], inputs: dict,

@@ -1,13 +1,16 @@
 """The pipeline: stages a job flows through, each a function from the spec (and earlier stages'
-stored outputs) to stored outputs plus a summary: data -> train -> evaluate -> snp -> heads ->
-prune -> report. This module is the stage table, the reuse keys and `run`; the science lives in
+stored outputs) to stored outputs plus a summary: data -> train -> evaluate -> measure -> cluster ->
+heads -> prune -> report. This module is the stage table, the reuse keys and `run`; the science lives in
 the pure modules (measure, heads, prune, structural), Ray in actors and train, storage in store.
 
 Finished stages are recorded in the store, so re-running the same job id skips them. Each stage
 also has a key: the hash of exactly the spec fields it (and the stages before it) reads
 (`STAGE_INPUTS`). When another job in the same store finished a stage with the same key, its
-outputs are copied instead of recomputed: a job that only changes the pruning threshold reuses
-the trained network and the SNP stage of an earlier job.
+outputs are copied instead of recomputed: a job that only changes analysis.threshold (or the
+normalisation, the candidate order or the cluster solver's time limit) copies the trained network and
+the measure stage (capture, readouts, fields, per-label field sums, label-dependence tests and
+statistics) of an earlier job and runs only the cluster stage and those after it; one that only
+changes the pruning settings copies the cluster and heads stages too.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ from snp_service.checkpoints import MAX_WEIGHTS_BYTES, load_weights, sha256
 from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
 from snp_service.heads import analyse_heads
+from snp_service.measure import cluster_point
 from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS, Criterion, SNPCriterion, WeightMagnitude
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
-from snp_service.snp import normalisation_flags, point_line
+from snp_service.snp import interval_text, normalisation_flags, point_line
 from snp_service.spec import NEUTRAL_DEFAULTS, JobSpec, hashed_dataset, without_neutral_defaults
 from snp_service.store import FILES, JobStore, Store, clean_error, is_disk_full, read_weights
 from snp_service.structural import plan
@@ -182,42 +186,77 @@ def stage_evaluate(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
             "chance": 1 / len(classes), "device": ev["device"]}
 
 
-def stage_snp(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
-    """Measure every selected point on Ray workers (snp_service.actors), then store the results."""
+def stage_measure(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    """Measure every selected point on Ray workers (snp_service.actors): readouts, fields, their
+    per-label sums (the raw SNP matrices follow from them), the label-dependence tests and statistics;
+    then store them. Reads no analysis.threshold, normalise, candidate_order or cluster_time_limit_s
+    (the cluster stage's), so a job that changes only those copies this stage."""
     points = spec.selected_points()
-    with workers_for(spec, points, "snp", progress) as workers:
+    with workers_for(spec, points, "measure", progress) as workers:
         results = measure_on(workers, spec, job.read_torch(FILES["weights"]), points, progress)
         n_workers = len(workers)
-    rows = []
     for p, r in results.items():
-        job.write_point(p, "snp_matrices", r.snp_matrices.numpy().astype(np.float16))
-        job.write_point(p, "snp_raw", r.raw_matrices.numpy().astype(np.float32))
+        job.write_point(p, "field_sums", r.field_sums.numpy())  # float64: the cluster stage's numbers are exact
+        job.write_point(p, "label_counts", r.label_counts.numpy())
         job.write_point(p, "node_label_accuracy", r.node_label_accuracy.numpy())
-        job.write_point(p, "nodes", r.nodes)
+        job.write_point(p, "dependence", r.dependence)
         job.write_point(p, "readout", r.readout.state_dict())
+        job.write_point(p, "measured", r.row)
         if r.pruned is not None:  # the prune stage's work, done on this capture
             job.write_point(p, "staged_selection_raw", r.pruned["selection_raw"])
             if r.pruned["selection_eta2"] is not None:
                 job.write_point(p, "staged_selection_eta2", r.pruned["selection_eta2"])
             job.write_point(p, "staged_prune", {"pruning": pruning_key(spec), "rows": r.pruned["rows"],
                                                 "curve": r.pruned["curve"], "selection": r.pruned["selection"]})
-        rows.append(r.row)
-        progress(f"snp: {p:22s} {point_line(r.row)}")
-    job.put_table("layers", rows)
+        progress(f"measure: {p:22s} {measured_line(r.row)}")
     data = job.stage_result("data") or {}
-    return {"points": len(rows), "actors": n_workers, "readout": spec.analysis.readout,
-            "threshold": spec.analysis.threshold, "eval_images": data.get("eval_size"),
+    return {"points": len(results), "actors": n_workers, "readout": spec.analysis.readout,
+            "readout_solver": spec.analysis.readout_solver, "eval_images": data.get("eval_size"),
             "train_images": data.get("train_size")}
 
 
+def measured_line(row: dict) -> str:
+    """One point's measured row for the console: readout (and the L-BFGS solve's record), label dependence."""
+    solve = "" if row.get("readout_iterations") is None else \
+        f" (L-BFGS {row['readout_iterations']} iterations, max |grad| {row['readout_grad_max']:.1e})"
+    return (f"readout acc {row['readout_accuracy']:.3f}{solve}  label-specific {row['label_specific_fraction']:.2f}"
+            f"{interval_text(row['label_specific_fraction_lo'], row['label_specific_fraction_hi'])} "
+            f"(FDR {row['fdr']:g})  eta2 {row['effect_size']:.3f}"
+            f"{interval_text(row['effect_size_lo'], row['effect_size_hi'], 3)}  {row['seconds']:.1f} s")
+
+
+def stage_cluster(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    """From the measure stage's stored results: normalise, threshold, clusters, noise, SNR and their
+    intervals, joined with the measured label-dependence statistics into the per-layer table
+    (snp_service.measure.cluster_point), in the driver: seconds."""
+    rows = []
+    for p in spec.selected_points():
+        r = cluster_point(job.read_point(p, "measured"), torch.from_numpy(job.read_point(p, "field_sums")),
+                          torch.from_numpy(job.read_point(p, "label_counts")),
+                          job.read_point(p, "dependence").to_dict(as_series=False), spec.analysis)
+        job.write_point(p, "snp_matrices", r.snp_matrices.numpy().astype(np.float16))
+        job.write_point(p, "snp_raw", r.raw_matrices.numpy().astype(np.float32))
+        job.write_point(p, "nodes", r.nodes)
+        rows.append(r.row)
+        progress(f"cluster: {p:22s} {point_line(r.row)}")
+    job.put_table("layers", rows)
+    return {"points": len(rows), "threshold": spec.analysis.threshold, "normalise": spec.analysis.normalise,
+            "candidate_order": spec.analysis.candidate_order}
+
+
 def pruning_key(spec: JobSpec) -> str:
-    """What the prune stage's work depends on beyond the snp stage's inputs: the pruning section."""
-    return hashlib.sha256(json.dumps(spec.pruning.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    """What the prune stage's work depends on beyond the measure stage's inputs: the pruning section
+    and the analysis fields that choose its masks (CLUSTER_FIELDS). The measure stage tags the prune
+    work it does on its capture with this; the prune stage takes it over only when its own is the same
+    (a job that copied another's measure stage at another threshold prunes again)."""
+    picked = {"pruning": spec.pruning.model_dump(mode="json"),
+              "analysis": {k: getattr(spec.analysis, k) for k in CLUSTER_FIELDS}}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     """Single-head matrices and the heads' label split at each MHA point (snp_service.heads), from
-    the SNP stage's raw matrices: no network pass is needed."""
+    the cluster stage's raw matrices: no network pass is needed."""
     points = spec.head_points() if spec.heads.enabled else []
     if not points:
         reason = "heads.enabled is false" if not spec.heads.enabled else "no MHA point among the selected points"
@@ -255,8 +294,8 @@ def stage_heads(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
 def structural_plans(spec: JobSpec, job: JobStore, model: torch.nn.Module) -> dict[str, tuple[dict, dict]]:
     """{criterion: (FF units kept per block, heads kept per block)} at pruning.structural_fraction,
     from the nodes' label dependence (eta2) on the selection images (pruning.selection_split: the
-    prune stage's training subset, or the snp stage's evaluation nodes table). Blocks whose FF / MHA
-    point was not measured keep all their units, under every criterion."""
+    prune stage's training subset, or the measure stage's per-node table of the evaluation split).
+    Blocks whose FF / MHA point was not measured keep all their units, under every criterion."""
     measured, info = set(spec.selected_points()), spec.points()
     heldout = spec.pruning.selection_split == "heldout"
 
@@ -265,7 +304,7 @@ def structural_plans(spec: JobSpec, job: JobStore, model: torch.nn.Module) -> di
             return None
         if heldout:
             return job.read_point(point, "selection_eta2").astype(np.float64)
-        return job.read_point(point, "nodes")["eta2"].to_numpy().astype(np.float64)
+        return job.read_point(point, "dependence")["eta2"].to_numpy().astype(np.float64)
 
     dependence = {m: (eta2(f"blocks.{m}.mlp.hidden"), eta2(f"blocks.{m}.attn.heads")) for m in range(len(model.blocks))}
     plans = {}
@@ -311,7 +350,7 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     plan = prune_plan(spec)
     task_points = list(plan)
     results, todo = {}, []
-    for p in task_points:  # the snp stage's shared capture did this work already, for these settings?
+    for p in task_points:  # the measure stage's shared capture did this work already, for these settings?
         staged = job.read_point(p, "staged_prune") if job.has_point(p, "staged_prune") else None
         if staged is not None and staged["pruning"] == pruning_key(spec):
             results[p] = {**staged, "selection_raw": job.read_point(p, "staged_selection_raw"),
@@ -320,7 +359,7 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
         else:
             todo.append(p)
     if results:
-        progress(f"prune: {len(results)} point(s) pruned on the snp stage's capture")
+        progress(f"prune: {len(results)} point(s) pruned on the measure stage's capture")
     if todo:
         inputs = {p: {"readout": job.read_point(p, "readout"), "raw": job.read_point(p, "snp_raw"), "andc": plan[p]}
                   for p in todo}
@@ -362,30 +401,42 @@ STAGES: list[tuple[str, Stage]] = [
     ("data", stage_data),
     ("train", stage_train),
     ("evaluate", stage_evaluate),
-    ("snp", stage_snp),
+    ("measure", stage_measure),
+    ("cluster", stage_cluster),
     ("heads", stage_heads),
     ("prune", stage_prune),
     ("report", stage_report),
 ]
-# Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all).
+# Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all). The
+# measure stage reads the readout settings and those of the label-dependence statistics it computes
+# (fdr, and bootstrap / confidence / seed for their intervals); the threshold, normalisation, candidate
+# order and cluster solver's time limit (CLUSTER_FIELDS) enter at the cluster stage, and so at heads and
+# prune, which choose clusters and masks with them.
+CLUSTER_FIELDS = ("threshold", "normalise", "candidate_order", "cluster_time_limit_s")
 _TRAINED = (("dataset", None), ("model", None), ("train", None))
-_MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_epochs", "readout_lr", "threshold",
-                                                          "normalise", "candidate_order", "bootstrap", "confidence",
-                                                          "fdr", "cluster_time_limit_s", "seed")))
+_MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_solver", "readout_epochs",
+                                                          "readout_pool_epochs", "readout_lr", "bootstrap",
+                                                          "confidence", "fdr", "seed")))
+_CLUSTERED = _MEASURED + (("analysis", CLUSTER_FIELDS),)
 STAGE_INPUTS: dict[str, tuple] = {
     "data": (("dataset", None), ("train", ("seed",))),
     "train": _TRAINED,
     "load": (("model", None),),
     "evaluate": _TRAINED,
-    "snp": _MEASURED,
-    "heads": _MEASURED + (("heads", None),),
-    "prune": _MEASURED + (("pruning", None),),
-    "report": _MEASURED + (("heads", None), ("pruning", None)),
+    "measure": _MEASURED,
+    "cluster": _CLUSTERED,
+    "heads": _CLUSTERED + (("heads", None),),
+    "prune": _CLUSTERED + (("pruning", None),),
+    "report": _CLUSTERED + (("heads", None), ("pruning", None)),
 }
+# Jobs finished before issue 27 ran one `snp` stage where measure and cluster now run. It read exactly
+# the fields the cluster stage's key reads (with the solver's fields at their neutral defaults), so its
+# key, which those jobs' markers hold, is the cluster stage's: stage_key(spec, "snp") still gives it.
+LEGACY_STAGE_INPUTS: dict[str, tuple] = {"snp": STAGE_INPUTS["cluster"]}
 NEVER_COPIED = {"report"}  # names its own job and provenance: always drawn afresh
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "data": ("data/",), "train": ("model/", "train/metrics.parquet"), "load": ("model/",), "evaluate": ("eval/",),
-    "snp": ("snp/",),
+    "measure": ("measure/",), "cluster": ("snp/",),
     "heads": ("heads/",), "prune": ("prune/",),
 }
 
@@ -406,11 +457,11 @@ def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) ->
         train["workers"] = workers
     spec_json = without_neutral_defaults({**spec_json, "model": model, "train": train,
                                           "dataset": hashed_dataset(spec_json.get("dataset") or {})})
-    picked = {}
-    for section, fields in STAGE_INPUTS[stage]:
+    picked: dict = {}
+    for section, fields in STAGE_INPUTS.get(stage) or LEGACY_STAGE_INPUTS[stage]:
         value = spec_json.get(section) or {}
-        picked[section] = value if fields is None else {
-            f: value.get(f) for f in fields if f in value or (section, f) not in NEUTRAL_DEFAULTS}
+        picked[section] = value if fields is None else {**picked.get(section, {}), **{
+            f: value.get(f) for f in fields if f in value or (section, f) not in NEUTRAL_DEFAULTS}}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

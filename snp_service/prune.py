@@ -10,7 +10,11 @@ the same counted either way).
 - magnitude: for each node, the same number of labels with the largest |W[k, n, :]| (L2 over
   positions; ties: lower label first).
 Fine-tune: the surviving weights of W are trained (Adam, cosine) with the mask re-applied after
-every step; the readout's sequence-pooling weights stay fixed, so only pruned connections differ.
+every step; the readout's sequence-pooling weights stay fixed, so only pruned connections differ. With
+`pool_once` (jobs whose readouts are solved, analysis.readout_solver lbfgs) a seqpool readout's pooled
+values are computed once per image (`readout.linear_part`) instead of in every fine-tune batch: the same
+computation, but in batches of another size, so float32 roundings may differ; the default (stepped)
+solver keeps the per-batch pooling, and with it the numbers of jobs finished before.
 
 Selection vs scoring: the SNP matrices that choose a mask come from the selection images, the
 accuracies that score it from the evaluation split. By default (`heldout`) the selection images are
@@ -28,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-from snp_service.readout import Readout, fit_on_features, readout_accuracy
+from snp_service.readout import Readout, fit_on_features, linear_part, readout_accuracy
 from snp_service.snp import CLUSTER_TIME_LIMIT_S, membership
 from snp_service.snp import clusters as node_clusters
 from snp_service.structural import ff_magnitude, head_magnitude
@@ -182,12 +186,18 @@ def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train:
                 evaluation: np.ndarray, eval_labels: np.ndarray, threshold: float, curve_thresholds: list[float],
                 methods: list[str], finetune_epochs: int, finetune_lr: float, seed: int = 0,
                 selection: str = "eval", order: str = "diagonal",
-                time_limit_s: float = CLUSTER_TIME_LIMIT_S) -> tuple[list[dict], list[dict]]:
+                time_limit_s: float = CLUSTER_TIME_LIMIT_S, pool_once: bool = False) -> tuple[list[dict], list[dict]]:
     """(table rows: method x kept fraction x accuracy before/after fine-tune, curve rows).
 
     m_normalised: the normalised SNP matrices of the selection images (they choose the masks);
-    evaluation / eval_labels score them; `selection` names the selection images in every row."""
+    evaluation / eval_labels score them; `selection` names the selection images in every row.
+    pool_once: a seqpool readout's pooling (frozen here) is applied to every image once, and the masks
+    are scored and fine-tuned on W alone (see the module's docstring)."""
     L = m_normalised.shape[-1]
+    if pool_once:
+        linear, train = linear_part(readout, train)
+        _, evaluation = linear_part(readout, evaluation)
+        readout = linear
     full = readout_accuracy(readout, evaluation, eval_labels)
     andc = andc_mask_at(m_normalised, threshold, order, time_limit_s)
     rows = []

@@ -135,7 +135,10 @@ def build(job: JobStore, progress=lambda _m: None, running_hardware: dict | None
     spec = job.spec_json()
     classes = job.class_names()
     sections, figs = [], {}
-    stages = {s: job.stage_result(s) for s in ("data", "train", "load", "evaluate", "snp", "heads", "prune")}
+    stages = {s: job.stage_result(s) for s in ("data", "train", "load", "evaluate", "snp", "measure", "cluster", "heads",
+                                             "prune")}
+    if stages["measure"] or stages["cluster"]:  # snp: the one stage of jobs before issue 27, stale once re-run
+        stages["snp"] = None
 
     if job.has("train"):
         figs["training"] = store_figure(job, "training", figures.training_curves(job.table("train")))

@@ -104,11 +104,7 @@ class SNPAccumulator:
         """M[n, i, k]: mean field of node n on output k over inputs of true label i (METHOD.md 2.5).
 
         centred: subtract each (node, output)'s mean field over all inputs first (METHOD.md 2b)."""
-        m = self.sums / self.counts.clamp(min=1)[None, :, None]
-        if centred:
-            overall = self.sums.sum(dim=1) / self.counts.sum().clamp(min=1)  # (N, L)
-            m = m - overall[:, None, :]
-        return m
+        return snp_matrices_from(self.sums, self.counts, centred)
 
     def node_label_accuracy(self) -> torch.Tensor:
         """(N, L): how often node n alone (argmax over k of its field) gets label i right (METHOD.md
@@ -207,6 +203,17 @@ def benjamini_hochberg(p_values: np.ndarray, fdr: float) -> np.ndarray:
 
 NORMALISATIONS = ("max", "centred", "afcc")
 CANDIDATE_ORDERS = ("diagonal", "label")
+
+
+def snp_matrices_from(sums: torch.Tensor, counts: torch.Tensor, centred: bool = False) -> torch.Tensor:
+    """`SNPAccumulator.snp_matrices` from its stored sums (N, L, L) and counts (L,), both float64: the
+    measure stage stores these, the cluster stage builds the matrices from them (the same arithmetic
+    either way, so the numbers do not depend on which stage or job computed them)."""
+    m = sums / counts.clamp(min=1)[None, :, None]
+    if centred:
+        overall = sums.sum(dim=1) / counts.sum().clamp(min=1)  # (N, L)
+        m = m - overall[:, None, :]
+    return m
 
 
 def normalisation_flags(mode: str) -> tuple[bool, bool]:
@@ -481,8 +488,13 @@ def _point_stats(size, n_clusters, signal, noise, w: np.ndarray,
             "mean_cluster_size": mean(size), "mean_n_clusters": mean(n_clusters),
             "mean_signal": mean_signal, "mean_noise": mean_noise, "noise_per_label": mean(per_label),
             "snr": snr, "frac_no_cluster": 1.0 - k / w.sum(axis=1),
-            **{name: w @ np.asarray(v, dtype=np.float64) / w.sum(axis=1) for name, v in (node_means or {}).items()},
+            **_node_means(w, node_means or {}),
         }
+
+
+def _node_means(w: np.ndarray, node_means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each per-node array's mean over every node of each sample (w as in `_point_stats`)."""
+    return {name: w @ np.asarray(v, dtype=np.float64) / w.sum(axis=1) for name, v in node_means.items()}
 
 
 def bca_interval(theta: float, boot: np.ndarray, jack: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -524,17 +536,42 @@ def point_statistics(ns: NodeStatistics, bootstrap: int = 1000, confidence: floa
     64-256 nodes in a simulation (issue 15); BCa corrects their bias and skew.
     """
     arrays = [np.asarray(a, dtype=np.float64) for a in (ns.cluster_size, ns.n_clusters, ns.signal, ns.noise)]
-    n = len(arrays[0])
-    point = {k: float(v[0]) for k, v in _point_stats(*arrays, np.ones((1, n)), node_means).items()}
+    return _with_intervals(lambda w: _point_stats(*arrays, w, node_means), len(arrays[0]), bootstrap, confidence,
+                           seed)
+
+
+def node_mean_statistics(node_means: dict[str, np.ndarray], bootstrap: int = 1000, confidence: float = 0.95,
+                         seed: int = 0) -> dict[str, float]:
+    """`point_statistics`' `node_means` part alone (each per-node array's mean over all nodes, with its
+    BCa interval), without the clusters: the same node resamples (same seed, same number of nodes),
+    so the values are those `point_statistics(ns, ..., node_means=node_means)` gives them. The measure
+    stage computes the label-dependence statistics this way, before any threshold exists."""
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in node_means.items()}
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    return _with_intervals(lambda w: _node_means(w, arrays), n, bootstrap, confidence, seed)
+
+
+def joined_statistics(*parts: dict[str, float]) -> dict[str, float]:
+    """Several `point_statistics`-shaped dicts (over the same nodes, resamples and seed) as one, in the
+    order one call over all of them gives: every value first, then each value's `_lo` and `_hi`."""
+    values = {k: v for p in parts for k, v in p.items() if not k.endswith(("_lo", "_hi"))}
+    bounds = {k: v for p in parts for k, v in p.items() if k.endswith(("_lo", "_hi"))}
+    return {**values, **{f"{k}_{end}": bounds[f"{k}_{end}"] for k in values for end in ("lo", "hi")}}
+
+
+def _with_intervals(stats, n: int, bootstrap: int, confidence: float, seed: int) -> dict[str, float]:
+    """Each statistic of `stats(w)` (w: (R, n) node counts per sample, see `_point_stats`) on all
+    nodes, and its BCa interval from `bootstrap` seeded node resamples and the n leave-one-outs."""
+    point = {k: float(v[0]) for k, v in stats(np.ones((1, n))).items()}
     out = dict(point)
     if bootstrap > 0 and n > 1:
         w = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(np.float64)
-        boot = _point_stats(*arrays, w, node_means)
+        boot = stats(w)
         jack = {k: np.empty(n) for k in point}
         for i in range(0, n, 512):  # leave-one-out, in chunks to bound memory at large N
             rows = np.ones((min(512, n - i), n))
             rows[np.arange(len(rows)), np.arange(i, i + len(rows))] = 0.0
-            for k, v in _point_stats(*arrays, rows, node_means).items():
+            for k, v in stats(rows).items():
                 jack[k][i:i + len(rows)] = v
         for k in point:
             out[f"{k}_lo"], out[f"{k}_hi"] = bca_interval(point[k], boot[k], jack[k], confidence)

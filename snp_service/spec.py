@@ -30,10 +30,14 @@ from snp_service.models.registry import (
 from snp_service.units import units_removed
 
 # Fields added after jobs were stored, left out of job ids and stage keys at these values, so every
-# earlier job keeps its id and its stages stay reusable (any other value enters both as usual).
+# earlier job keeps its id and its stages stay reusable (any other value enters both as usual). The
+# readout solver's default is the stepped solver every earlier job used (issue 27: lbfgs is selectable).
 NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {("dataset", "random_labels"): False,
-                                                ("analysis", "cluster_time_limit_s"): 1.0}
-STAGE_ORDER = ("data", "train", "evaluate", "snp", "heads", "prune", "report")  # snp_service.pipeline.STAGES
+                                                ("analysis", "cluster_time_limit_s"): 1.0,
+                                                ("analysis", "readout_solver"): "adam",
+                                                ("analysis", "readout_pool_epochs"): 2}
+# snp_service.pipeline.STAGES; jobs finished before issue 27 recorded one `snp` stage in place of measure + cluster
+STAGE_ORDER = ("data", "train", "evaluate", "measure", "cluster", "heads", "prune", "report")
 MAX_YAML_BYTES = 1_000_000
 # documented limits, checked in bounded time before anything runs (README, "Job spec in brief")
 MAX_GRID_VALUES = 100  # values of one sweep dimension
@@ -342,7 +346,14 @@ class AnalysisSpec(_Strict):
 
     readout: Literal["seqpool", "flatten"] = Field(
         "seqpool", description="transformer readout: sequence pooling + Linear (rank-1 SNP) or Linear over tokens x nodes")
-    readout_epochs: int = Field(20, ge=1, le=1000)
+    readout_solver: Literal["adam", "lbfgs"] = Field(
+        "adam", description="adam (the default, as every earlier job): readout_epochs of Adam on minibatches; lbfgs: "
+        "the same objective, mean cross-entropy + 1e-4/2 |W|^2, solved for the readout's bias-free linear weight by "
+        "full-batch L-BFGS (strong-Wolfe, float64) to max |gradient| <= 1e-6 (a seqpool readout's pooling is first "
+        "trained with W for readout_pool_epochs of Adam, then frozen)")
+    readout_epochs: int = Field(20, ge=1, le=1000, description="epochs of the adam readout solver")
+    readout_pool_epochs: int = Field(2, ge=1, le=1000, description="lbfgs solver, seqpool readouts: Adam epochs that "
+                                     "train the pooling (and W) before W is solved with the pooling frozen")
     readout_lr: float = Field(1e-2, gt=0.0, le=10.0, description="Adam learning rate of the readouts (cosine decay)")
     threshold: Fraction01 = Field(0.3, description="Boolean SNP threshold th (METHOD.md 2.6)")
     normalise: Literal["max", "centred", "afcc"] = Field(
@@ -475,7 +486,7 @@ class ComputeSpec(_Strict):
     num_workers: int = Field(1, ge=1, le=4096)
     use_gpu: Literal["auto"] | bool = "auto"
     cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0, description="per training worker and per SNP actor")
-    snp_actors: int = Field(1, ge=1, le=1024, description="Ray actors that share the SNP stage's points")
+    snp_actors: int = Field(1, ge=1, le=1024, description="Ray actors that share the measure stage's points")
     max_failures: int = Field(2, ge=0, le=100, description="training worker failures Ray Train recovers from "
                               "(restarting from the last checkpoint)")
     autoscaling: bool = Field(False, description="the cluster adds nodes on demand: a training or SNP request no "

@@ -52,15 +52,20 @@ FILES = {"spec": "spec.json", "spec_yaml": "spec.yaml", "class_names": "data/cla
          "tokenizer": "data/tokenizer.json",
          "weights": "model/weights.pt", "report": "report/report.html", "summary": "report/summary.md"}
 POINT_FILES = {  # per measurement point: name -> (stage folder, file name)
-    "snp_matrices": ("snp", "snp_matrices.npy"), "snp_raw": ("snp", "snp_raw.npy"),
-    "node_label_accuracy": ("snp", "node_label_accuracy.npy"), "nodes": ("snp", "nodes.parquet"),
-    "readout": ("snp", "readout.pt"), "heads_labels": ("heads", "heads_labels.npy"),
+    # the measure stage's (reads no threshold, normalisation, candidate order or cluster time limit)
+    "field_sums": ("measure", "field_sums.npy"), "label_counts": ("measure", "label_counts.npy"),
+    "node_label_accuracy": ("measure", "node_label_accuracy.npy"), "dependence": ("measure", "dependence.parquet"),
+    "readout": ("measure", "readout.pt"), "measured": ("measure", "measured.json"),
+    # the cluster stage's
+    "snp_matrices": ("snp", "snp_matrices.npy"), "snp_raw": ("snp", "snp_raw.npy"), "nodes": ("snp", "nodes.parquet"),
+    "heads_labels": ("heads", "heads_labels.npy"),
     "head_matrices": ("heads", "head_matrices.npy"), "head_stats": ("heads", "heads.parquet"),
     "heads_null": ("heads", "null.npy"), "heads_specialisation_null": ("heads", "specialisation_null.npy"),
     "selection_raw": ("prune", "selection_raw.npy"), "selection_eta2": ("prune", "selection_eta2.npy"),
-    # the prune stage's work done on the snp stage's capture, for the prune stage to take over
-    "staged_prune": ("snp", "prune_staged.json"), "staged_selection_raw": ("snp", "prune_staged_selection_raw.npy"),
-    "staged_selection_eta2": ("snp", "prune_staged_selection_eta2.npy"),
+    # the prune stage's work done on the measure stage's capture, for the prune stage to take over
+    "staged_prune": ("measure", "prune_staged.json"),
+    "staged_selection_raw": ("measure", "prune_staged_selection_raw.npy"),
+    "staged_selection_eta2": ("measure", "prune_staged_selection_eta2.npy"),
 }
 
 

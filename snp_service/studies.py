@@ -129,7 +129,7 @@ def read_comparison(store: Store, runs: list[Run]) -> dict[str, pl.DataFrame]:
         job = store.job(r.job_id)
         ev = job.stage_result("evaluate")
         if ev is None or not job.has("layers"):
-            raise StoreError(f"job {r.job_id} has not finished its evaluate and snp stages; run it first")
+            raise StoreError(f"job {r.job_id} has not finished its evaluate and cluster stages; run it first")
         m = r.spec["model"]
         cfg = ModelSpec.model_validate(m).config()
         family = ("ViT" if getattr(cfg, "kind", "") == "vit" else "CNN") if cfg.family in ("vgg", "torchvision") \

@@ -1,13 +1,16 @@
 """Ray Tune sweeps (`snp-service sweep JOB.yaml`): the job's `sweep:` section is a grid over number of
-heads (width fixed), pruning threshold and learning rate.
+heads (width fixed), SNP threshold (`analysis.threshold`, which the ANDC masks also use unless
+`pruning.threshold` is set) and learning rate.
 
 Each trial is a Tune function trainable that runs the whole pipeline for its variant of the job;
 its training is a Ray Train `TorchTrainer` whose per-epoch reports reach Tune through
 `TuneReportCallback` (the Train V2 way: no `Tuner(trainer)`), so ASHA can stop poor trials on
-`eval_accuracy`. Every trial is a job with its own content-derived id in the same store, so trials
-that differ only in the threshold (`analysis.threshold`) train once and reuse each other's network
-(pipeline stage keys; the SNP stage reads the threshold, so it runs again per trial), and a re-run
-sweep reuses every finished trial. Trial directories are
+`eval_accuracy`. Every trial is a job with its own content-derived id in the same store, so a trial
+that differs from a finished one only in the threshold (`analysis.threshold`) copies its trained
+network and its measure stage (capture, readouts, fields, label-dependence statistics: pipeline stage
+keys) and runs only the cluster stage and those after it; trials that run at the same time
+(max_concurrent_trials > 1) cannot copy from each other and each train and measure. A re-run sweep
+reuses every finished trial. Trial directories are
 named by their config, and an interrupted sweep is resumed with `Tuner.restore`. At the end, one
 row per trial (config, job id, accuracy, SNP / heads / ANDC summaries) goes to
 `<store>/_studies/<name>-sweep-<hash>/sweep.parquet`, with a figure.

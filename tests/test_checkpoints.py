@@ -128,11 +128,12 @@ def test_a_job_with_weights_runs_without_training_and_shares_its_load_stage(tmp_
     assert cli.main(["run", str(job("same-file", copy, **{"analysis.threshold": 0.5}))]) == 0
     out = capsys.readouterr().out
     assert "load: same inputs as job from-file" in out
-    assert "snp: same inputs" not in out  # another threshold: the SNP stage is measured again
+    assert "measure: same inputs as job from-file" in out  # another threshold: only clustered again
+    assert "cluster: same inputs" not in out
     # a finished job's own weights: analysed again at other points, no retraining
     assert cli.main(["run", str(job("again", Path(first.uri), **{"measure.points": ["blocks.0.mlp.hidden"]}))]) == 0
     out = capsys.readouterr().out
-    assert "(job tiny-" in out and "snp: 1 points" in out
+    assert "(job tiny-" in out and "measure: 1 points" in out
 
 
 def test_weights_from_the_bucket_a_file_or_a_finished_job(s3_server, tmp_path, monkeypatch):

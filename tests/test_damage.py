@@ -57,15 +57,15 @@ def test_a_job_without_its_manifest_is_checked_against_its_stage_markers(tmp_pat
     from snp_service.pipeline import damaged_from
 
     store, job = _finished(tmp_path)
-    job.finish_stage("snp", {"key": "k"}, 1.0, ("snp/",))
+    job.finish_stage("cluster", {"key": "k"}, 1.0, ("snp/",))
     job.invalidate_manifest()
-    stages = ["data", "train", "evaluate", "snp", "heads", "prune", "report"]
+    stages = ["data", "train", "evaluate", "measure", "cluster", "heads", "prune", "report"]
     assert damaged_from(job, stages, lambda m: None) == len(stages)  # intact: every finished stage reused
     layers = tmp_path / "results" / job.job_id / "snp" / "layers.parquet"
     layers.write_bytes(layers.read_bytes()[:-40])
     messages = []
-    assert damaged_from(job, stages, messages.append) == stages.index("snp")
-    assert "snp/layers.parquet" in messages[0] and "stage snp's marker" in messages[0]
+    assert damaged_from(job, stages, messages.append) == stages.index("cluster")
+    assert "snp/layers.parquet" in messages[0] and "stage cluster's marker" in messages[0]
     assert main(["verify", "--store", str(tmp_path / "results")]) == 1
     out = capsys.readouterr().out
     assert "incomplete" in out and "DAMAGED: snp/layers.parquet" in out
@@ -114,18 +114,19 @@ def test_a_rerun_recomputes_from_the_first_damaged_stage(tmp_path, ray_cluster):
     messages = []
     again = pipeline.run(spec, progress=messages.append)
     text = "\n".join(messages)
-    assert "damaged results: snp/layers.parquet" in text and "from the snp stage" in text
-    assert "train: already finished" in text and "snp: already finished" not in text
+    assert "damaged results: snp/layers.parquet" in text and "from the cluster stage" in text
+    assert "train: already finished" in text and "measure: already finished" in text
+    assert "cluster: already finished" not in text
     assert job.verify() == [] and again.manifest["status"] == "complete"
     assert json.loads((tmp_path / "results" / first.job_id / "manifest.json").read_text())["status"] == "complete"
-    # a re-run interrupted after deleting the manifest, and the table truncated: the snp stage's
+    # a re-run interrupted after deleting the manifest, and the table truncated: the cluster stage's
     # marker still finds it (issue 30); before, every stage was reused and a manifest written over it
     job.invalidate_manifest()
     layers.write_bytes(layers.read_bytes()[:-40])
     messages.clear()
     pipeline.run(spec, progress=messages.append)
     text = "\n".join(messages)
-    assert "damaged results: snp/layers.parquet" in text and "snp: already finished" not in text
+    assert "damaged results: snp/layers.parquet" in text and "cluster: already finished" not in text
     assert job.verify() == [] and job.layers().height > 0
 
 
@@ -145,13 +146,14 @@ def test_a_byte_flipped_without_a_size_change_is_found_by_its_sha256(tmp_path, c
 
 
 def test_a_rerun_starts_from_the_first_of_several_damaged_stages(tmp_path):
-    """Damage in the heads, prune and snp stages' outputs (listed in that order, by path): the re-run
-    starts at snp, the earliest in the pipeline, neither the first listed nor the last."""
+    """Damage in the heads, prune and cluster stages' outputs (heads/, prune/, snp/: listed in that order,
+    by path): the re-run starts at cluster, the earliest in the pipeline, neither the first listed nor
+    the last."""
     from snp_service.pipeline import STAGE_OUTPUTS, damaged_from
 
     store = Store.from_spec(StorageSpec(root=str(tmp_path / "results")))
     job = store.job("several-0123456789ab")
-    stages = ["data", "train", "evaluate", "snp", "heads", "prune", "report"]
+    stages = ["data", "train", "evaluate", "measure", "cluster", "heads", "prune", "report"]
     for stage in stages:
         for prefix in STAGE_OUTPUTS.get(stage, ()):
             job.write_bytes(prefix + "out.bin" if prefix.endswith("/") else prefix, f"{stage} output".encode())
@@ -161,8 +163,8 @@ def test_a_rerun_starts_from_the_first_of_several_damaged_stages(tmp_path):
         (base / rel).write_bytes((base / rel).read_bytes()[::-1])  # same size, other content
     assert [d.split(":")[0] for d in job.verify()] == ["heads/out.bin", "prune/out.bin", "snp/out.bin"]
     messages = []
-    assert damaged_from(job, stages, messages.append) == stages.index("snp")
-    assert "from the snp stage" in messages[0]
+    assert damaged_from(job, stages, messages.append) == stages.index("cluster")
+    assert "from the cluster stage" in messages[0]
 
 
 def test_the_manifest_never_lists_half_written_temporary_files(tmp_path):

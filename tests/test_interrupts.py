@@ -47,13 +47,13 @@ def _until(proc, condition, limit: float = 300):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code, when", [(signal.SIGINT, 130, "snp: "), (signal.SIGTERM, 143, "epoch 1/4")])
+@pytest.mark.parametrize("sig, code, when", [(signal.SIGINT, 130, "measure: "), (signal.SIGTERM, 143, "epoch 1/4")])
 def test_an_interrupted_run_says_so_cleans_up_and_resumes(tmp_path, sig, code, when):
     features = tmp_path / "features"
     features.mkdir()
     path, proc = _start(tmp_path, features)
     _wait_for(proc, when)
-    if when == "snp: ":  # the workers have captured something: there is a folder to clean up
+    if when == "measure: ":  # the workers have captured something: there is a folder to clean up
         assert _until(proc, lambda: list(features.glob("snp-features-*"))), "no feature folder ever appeared"
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
@@ -66,5 +66,5 @@ def test_an_interrupted_run_says_so_cleans_up_and_resumes(tmp_path, sig, code, w
     again = subprocess.run([sys.executable, "-m", "snp_service.cli", "run", str(path)], capture_output=True,
                            text=True, env={**os.environ, "SNP_FEATURES_DIR": str(features)}, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
-    if when == "snp: ":
+    if when == "measure: ":
         assert "train: already finished" in again.stdout  # resumed, not retrained

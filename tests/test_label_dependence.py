@@ -12,7 +12,9 @@ import torch
 from snp_service.snp import (
     SNPAccumulator,
     benjamini_hochberg,
+    joined_statistics,
     label_dependence,
+    node_mean_statistics,
     node_statistics,
     normalise,
     point_label_dependence,
@@ -240,6 +242,25 @@ def test_point_statistics_carry_the_fraction_and_effect_size_with_intervals():
     assert st["effect_size_lo"] < st["effect_size"] < st["effect_size_hi"]
 
 
+def test_the_label_dependence_statistics_alone_equal_their_share_of_the_point_statistics():
+    """The measure stage computes the label-specific fraction and effect size with their intervals
+    without clusters (node_mean_statistics); joined with the cluster stage's statistics they are the
+    dict one point_statistics call over both gives: same values, same intervals, same key order."""
+    rng = np.random.default_rng(8)
+    f, y = make_fields(rng, 1, 1.0, 0.4, n=30)
+    blind, _ = make_fields(rng, 1, 1.0, 0.0, n=30)
+    acc = SNPAccumulator(60, L)
+    acc.update(torch.cat([f, blind], dim=1), torch.from_numpy(y))
+    _, means = point_label_dependence(acc.label_dependence(), FDR)
+    ns = node_statistics(normalise(acc.snp_matrices()), 0.3)
+    for bootstrap in (0, 200):
+        whole = point_statistics(ns, bootstrap=bootstrap, seed=3, node_means=means)
+        parts = joined_statistics(point_statistics(ns, bootstrap=bootstrap, seed=3),
+                                  node_mean_statistics(means, bootstrap=bootstrap, seed=3))
+        assert list(parts) == list(whole)
+        assert all(parts[k] == whole[k] or (parts[k] != parts[k] and whole[k] != whole[k]) for k in whole)
+
+
 def test_snr_prints_infinite_and_undefined_with_the_reason():
     assert snr_text(float("inf"), float("nan"), float("nan")).startswith("SNR infinite (no noise")
     assert snr_text(float("nan"), float("nan"), float("nan")) == "SNR undefined (no node has a cluster)"
@@ -290,8 +311,8 @@ def test_measure_point_tests_each_node_on_the_true_evaluation_labels(tmp_path):
     assert 0 < reject.sum() < nodes  # the fixture has nodes on both sides
     # and nodes between the default FDR and this job's: a test at another FDR would count otherwise
     assert (false_discovery_control(p, method="bh") <= 0.05).sum() < reject.sum()
-    np.testing.assert_allclose(r.nodes["p_value"], p, rtol=1e-3)
-    assert r.nodes["label_specific"] == reject.tolist()
+    np.testing.assert_allclose(r.dependence["p_value"], p, rtol=1e-3)  # measured: before any threshold (issue 27)
+    assert r.dependence["label_specific"] == reject.tolist()
     assert r.row["label_specific_fraction"] == reject.mean()
     assert r.row["effect_size"] == pytest.approx(eta2.mean(), rel=1e-3)
     assert r.row["eval_images"] == len(eval_y)

@@ -13,12 +13,12 @@ from snp_service.pipeline import STAGE_INPUTS, STAGES, stage_key
 from snp_service.spec import TEXT_ONLY_FIELDS, spec_from_dict
 from tests.conftest import tiny_job
 
-# data -> train -> evaluate -> snp -> {heads, prune} -> report; load (given weights instead of training)
-# reads the model section alone
-DOWNSTREAM = {"data": {"train"}, "train": {"evaluate"}, "evaluate": {"snp"}, "snp": {"heads", "prune"},
-              "heads": {"report"}, "prune": {"report"}, "load": set(), "report": set()}
+# data -> train -> evaluate -> measure -> cluster -> {heads, prune} -> report; load (given weights
+# instead of training) reads the model section alone
+DOWNSTREAM = {"data": {"train"}, "train": {"evaluate"}, "evaluate": {"measure"}, "measure": {"cluster"},
+              "cluster": {"heads", "prune"}, "heads": {"report"}, "prune": {"report"}, "load": set(), "report": set()}
 # the stage each spec section feeds first; None: read by no stage (naming, placement, storage)
-FIRST_READER = {"dataset": "data", "model": "train", "train": "train", "measure": "snp", "analysis": "snp",
+FIRST_READER = {"dataset": "data", "model": "train", "train": "train", "measure": "measure", "analysis": "measure",
                 "heads": "heads", "pruning": "prune", "name": None, "description": None, "storage": None,
                 "compute": None, "sweep": None, "compare": None, "heads_study": None}
 # fields of those sections that feed another stage than their section, or none: each with its reason
@@ -27,6 +27,12 @@ EXCEPTIONS = {
     "train.compile": None,  # changes speed, not results
     "compute.num_workers": "train",  # batch_size is per worker: N workers train another network
     "model.weights_format": None,  # only read with model.weights set (not in this job)
+    # what turns measured SNP matrices into clusters (issue 27): a job that changes only these reuses
+    # the measure stage (readouts, fields, label-dependence statistics)
+    "analysis.threshold": "cluster",
+    "analysis.normalise": "cluster",
+    "analysis.candidate_order": "cluster",
+    "analysis.cluster_time_limit_s": "cluster",
 }
 
 
