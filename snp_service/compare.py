@@ -21,6 +21,7 @@ intervals being within-network uncertainty only.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -35,7 +36,8 @@ MEASURES = ["readout_accuracy", "label_specific_fraction", "effect_size", "mean_
             "noise_per_label", "snr", "frac_no_cluster", "greedy_fraction", "mean_node_accuracy"]
 TREND_LEVEL = 0.05
 # spec fields every run of one comparison must share (None: the whole section)
-SHARED = (("dataset", None), ("analysis", ("threshold", "normalise", "readout")))
+# (the dataset may differ between models, not between one model's seeds: check_comparable)
+SHARED = (("analysis", ("threshold", "normalise", "readout")),)
 INTERVAL = "95% t-interval over seeds"
 
 
@@ -212,8 +214,9 @@ def heads_summary(heads: pl.DataFrame) -> pl.DataFrame:
 
 
 def check_comparable(runs: list[Run]) -> None:
-    """Every run must share the dataset, evaluation split, threshold, normalisation and readout kind
-    (else the comparison is void)."""
+    """Every run must share the threshold, normalisation and readout kind (else the comparison is
+    void), and the seeds of one model their dataset. Models may differ in dataset (a text model beside
+    image models, issue 32): the tables then name each model's dataset (`different_datasets`)."""
     ref_id, ref = runs[0].job_id, runs[0].spec
     for job_id, spec in ((r.job_id, r.spec) for r in runs[1:]):
         for section, fields in SHARED:
@@ -223,13 +226,42 @@ def check_comparable(runs: list[Run]) -> None:
             if diff:
                 raise StoreError(f"jobs {ref_id} and {job_id} differ in {section}."
                                  f"{', '.join(diff)} ({', '.join(f'{a.get(k)!r} vs {b.get(k)!r}' for k in diff)}); "
-                                 "a comparison needs the same dataset, evaluation split, threshold, normalisation "
-                                 "and readout kind")
+                                 "a comparison needs the same threshold, normalisation and readout kind")
+    first: dict[str, Run] = {}
+    for r in runs:
+        seen = first.setdefault(r.label, r)
+        if seen.spec["dataset"] != r.spec["dataset"]:
+            raise StoreError(f"jobs {seen.job_id} and {r.job_id} are seeds of model {r.label!r} on different "
+                             "datasets; the seeds of one model must share its dataset")
+
+
+def different_datasets(runs: list[Run]) -> bool:
+    """Whether the models of a comparison were measured on different datasets (allowed; said in its tables)."""
+    return len({json.dumps(r.spec["dataset"], sort_keys=True) for r in runs}) > 1
+
+
+def dataset_label(spec: dict) -> str:
+    """A dataset in a few words for the tables: its name (and subset), where it was read from, and
+    what of it was used."""
+    ds = spec["dataset"]
+    root = str(ds.get("root") or "").rstrip("/").rsplit("/", 1)[-1]
+    name = ds["name"] + (f"/{ds['subset']}" if ds.get("subset") else "")
+    used = [f"{ds[k]} {what} per class" for k, what in (("max_per_class", "train"), ("eval_max_per_class", "eval"))
+            if ds.get(k)]
+    if ds.get("random_labels"):
+        used.append("random labels")
+    return f"{name} ({', '.join([root, *used]) if root else ', '.join(used)})" if root or used else name
+
+
+def input_size(dataset: dict) -> int:
+    """What a network's shape depends on, from a stored dataset section: a text's sequence length,
+    else the image size (as DatasetSpec.input_size, without validating a stored spec again)."""
+    return dataset["max_length"] if dataset["name"] == "text" else dataset["image_size"]
 
 
 def accuracy_summary(accuracy: pl.DataFrame) -> pl.DataFrame:
     """Per model: mean, sd, min and max of the network's accuracy over seeds."""
-    return accuracy.group_by("model", "family", "network", maintain_order=True).agg(
+    return accuracy.group_by("model", "family", "network", "dataset", maintain_order=True).agg(
         pl.len().alias("seeds"), pl.col("epochs").first(), pl.col("accuracy").mean().alias("accuracy"),
         pl.col("accuracy").std(ddof=1).alias("accuracy_sd"), pl.col("accuracy").min().alias("accuracy_min"),
         pl.col("accuracy").max().alias("accuracy_max"))

@@ -14,7 +14,7 @@ import polars as pl
 import yaml
 
 from snp_service import figures
-from snp_service.compare import INTERVAL, Run
+from snp_service.compare import INTERVAL, Run, dataset_label, different_datasets
 from snp_service.provenance import code_version, describe_hardware
 from snp_service.snp import interval_text
 from snp_service.store import FILES, JobStore
@@ -290,10 +290,13 @@ def comparison_page(study: JobStore, tables: dict[str, pl.DataFrame], runs: list
     links = "".join(f"<li>{html.escape(r.label)} seed {r.seed}: <code>{html.escape(r.uri)}/{FILES['report']}</code>"
                     f"</li>" for r in runs)
     sections.append(("Runs (each has its own full report)", f"<ul>{links}</ul>"))
-    prov = {"study": study.job_id, "code version": code_version(),
-            "dataset": f"{spec0['dataset']['name']} ({spec0['dataset']['root']})",
-            "evaluation subset per class": spec0["dataset"].get("eval_max_per_class") or "all",
-            "training subset per class": spec0["dataset"].get("max_per_class") or "all",
+    if different_datasets(runs):  # each model's dataset is in the accuracy tables
+        data = {"datasets": "; ".join(dict.fromkeys(f"{r.label}: {dataset_label(r.spec)}" for r in runs))}
+    else:
+        data = {"dataset": f"{spec0['dataset']['name']} ({spec0['dataset']['root']})",
+                "evaluation subset per class": spec0["dataset"].get("eval_max_per_class") or "all",
+                "training subset per class": spec0["dataset"].get("max_per_class") or "all"}
+    prov = {"study": study.job_id, "code version": code_version(), **data,
             "threshold": spec0["analysis"]["threshold"], "seeds": sorted({r.seed for r in runs})}
     definitions = ("<p>Relative depth: a point's index among all measurement points of its model in forward order "
                    "/ (points - 1). Per-point definitions as in each run's report (METHOD.md section 2).</p>")
@@ -319,16 +322,19 @@ def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: 
     figure in it is read from `tables`."""
     spec0 = runs[0].spec
     ds = spec0["dataset"]
-    out = [f"Results in `{where}`; dataset {ds['name']} (`{ds['root']}`), training subset "
-           f"{ds.get('max_per_class') or 'all'} per class, evaluation subset {ds.get('eval_max_per_class') or 'all'} "
-           f"per class of the test split, threshold {spec0['analysis']['threshold']}, seeds "
+    several = different_datasets(runs)
+    data = ("models on different datasets (each model's in the accuracy table): relative depth places their "
+            "points on one axis, but their values were not measured on the same inputs or label sets" if several else
+            f"dataset {ds['name']} (`{ds['root']}`), training subset {ds.get('max_per_class') or 'all'} per class, "
+            f"evaluation subset {ds.get('eval_max_per_class') or 'all'} per class of the test split")
+    out = [f"Results in `{where}`; {data}, threshold {spec0['analysis']['threshold']}, seeds "
            f"{', '.join(str(s) for s in sorted({r.seed for r in runs}))}. Values: mean ± sd over seeds.", ""]
     acc = tables["accuracy_summary"]
     out += ["**Accuracy of the trained networks** (evaluation subset)", "", markdown_table(
-        [[r["model"], r["network"], r["family"], str(r["epochs"]), str(r["seeds"]),
-          fmt_mean_sd(r["accuracy"], r["accuracy_sd"], 100, 1) + " %",
+        [[r["model"], r["network"], r["family"], *([r["dataset"]] if several else []), str(r["epochs"]),
+          str(r["seeds"]), fmt_mean_sd(r["accuracy"], r["accuracy_sd"], 100, 1) + " %",
           f"{r['accuracy_min'] * 100:.1f} to {r['accuracy_max'] * 100:.1f} %"] for r in acc.iter_rows(named=True)],
-        ["model", "network", "family", "epochs", "seeds", "accuracy", "range"]), ""]
+        ["model", "network", "family", *(["dataset"] if several else []), "epochs", "seeds", "accuracy", "range"]), ""]
     lay = tables["layers"]
     out += [f"**Per-layer measures along relative depth** (mean ± sd over seeds; effect size and SNR then the "
             f"{INTERVAL}; label-specific: share of nodes whose field depends on the label at the job's FDR)", "",

@@ -503,6 +503,9 @@ class CompareModel(_Strict):
 
     label: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,23}$", description="short name in tables and job names")
     model: dict[str, Any] | None = Field(None, description="a whole model section (default: the base job's model)")
+    dataset: dict[str, Any] | None = Field(
+        None, description="a whole dataset section (default: the base job's dataset), e.g. a text dataset for a text "
+        "model beside image models; the comparison's tables then name each model's dataset")
     train: dict[str, Any] = Field(default_factory=dict, description="train fields to override, e.g. optimizer, lr, epochs")
     measure: dict[str, Any] = Field(default_factory=dict)
     analysis: dict[str, Any] = Field(default_factory=dict, description="not threshold: the comparison shares it")
@@ -517,7 +520,7 @@ class CompareModel(_Strict):
 
 
 class CompareSpec(_Strict):
-    """Several models on the same dataset, evaluation split and threshold, each trained with every
+    """Several models at the same threshold (on the base job's dataset, or each on its own), each trained with every
     seed: every (model, seed) is a full job of its own, then one comparison along relative depth."""
 
     models: list[CompareModel] = Field(..., min_length=1)
@@ -655,9 +658,12 @@ class JobSpec(_Strict):
                 over["train"] = {**over["train"], "seed": seed}
                 if m.model is not None:
                     over["model"] = m.model
+                if m.dataset is not None:
+                    over["dataset"] = m.dataset
                 try:
                     out.append((m.label, seed, derive_job(self, f"{self.name}-{m.label}-s{seed}", over,
-                                                          f"compare model {m.label!r} (seed {seed})", replace=("model",))))
+                                                          f"compare model {m.label!r} (seed {seed})",
+                                                          replace=("model", "dataset"))))
                 except SpecError as e:
                     raise SpecError(f"compare: {e}") from None
         return out

@@ -51,6 +51,11 @@ class CCTConfig:
     def sequence_length(self, img_size: int) -> int:
         return self.tokenizer_sizes(img_size)[-1] ** 2
 
+    @property
+    def family_label(self) -> str:
+        """How tables and figures name the family (the unified study's `family` column)."""
+        return {"cct": "CCT", "text_cct": "text CCT", "text_transformer": "text transformer"}[self.family]
+
 
 @dataclass(frozen=True)
 class TextConfig(CCTConfig):
@@ -92,6 +97,7 @@ class VGGConfig:
 
     layers: tuple[int | str, ...]
     family: str = "vgg"
+    family_label: str = "CNN"
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,10 @@ class TorchvisionConfig:
     num_heads: int | None = None
     patch: int = 16
     family: str = "torchvision"
+
+    @property
+    def family_label(self) -> str:
+        return "ViT" if self.kind == "vit" else "CNN"
 
     @property
     def multiple(self) -> int:
