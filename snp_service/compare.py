@@ -31,9 +31,10 @@ from scipy.stats import binomtest, page_trend_test, spearmanr
 from scipy.stats import t as student_t
 
 from snp_service.errors import StoreError
+from snp_service.tables import layer_names
 
-MEASURES = ["readout_accuracy", "label_specific_fraction", "effect_size", "mean_cluster_size", "mean_noise",
-            "noise_per_label", "snr", "frac_no_cluster", "greedy_fraction", "mean_node_accuracy"]
+MEASURES = layer_names(compared=True)  # the layers-table columns averaged over seeds (snp_service.tables)
+SEED_INTERVALS = ("snr", "effect_size")  # measures whose mean over seeds gets a t-interval
 TREND_LEVEL = 0.05
 # spec fields every run of one comparison must share (None: the whole section)
 # (the dataset may differ between models, not between one model's seeds: check_comparable)
@@ -95,14 +96,21 @@ def aggregate(runs: pl.DataFrame) -> pl.DataFrame:
     aggs = [pl.len().alias("seeds")]
     for c in MEASURES:
         aggs += [pl.col(c).mean().alias(c), pl.col(c).std(ddof=1).alias(f"{c}_sd")]
-    aggs += [pl.col("snr").alias("_snr"), pl.col("effect_size").alias("_effect_size")]
+    aggs += [pl.col(c).alias(f"_{c}") for c in SEED_INTERVALS]
     out = (runs.group_by("model", "family", "point", "kind", "readout", "relative_depth", maintain_order=True).agg(aggs)
            .sort("model", "relative_depth", maintain_order=True))
-    for c in ("snr", "effect_size"):
+    for c in SEED_INTERVALS:
         ci = [seed_interval(np.array(v, dtype=np.float64)) for v in out[f"_{c}"].to_list()]
         out = out.drop(f"_{c}").with_columns(pl.Series(f"{c}_seed_lo", [x[0] for x in ci], dtype=pl.Float64),
                                              pl.Series(f"{c}_seed_hi", [x[1] for x in ci], dtype=pl.Float64))
     return out
+
+
+def aggregated_columns() -> list[str]:
+    """The aggregated layers table's measure columns, in order: each measure's mean and sd over seeds,
+    then its t-interval over seeds where it has one."""
+    return [n for c in MEASURES
+            for n in [c, f"{c}_sd", *([f"{c}_seed_lo", f"{c}_seed_hi"] if c in SEED_INTERVALS else [])]]
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from snp_service.tables import LAYER_COLUMNS, layer_names  # noqa: E402
 
 KIND_STYLE = {"conv": ("tab:gray", "s"), "mha": ("tab:blue", "o"), "ff": ("tab:orange", "^"),
               "block": ("tab:green", "D")}
@@ -25,13 +26,9 @@ def _short(names: list[str], width: int = 10) -> list[str]:
 
 def layer_curves(layers: pl.DataFrame) -> plt.Figure:
     """Per-point statistics along the network, with bootstrap intervals, one colour per point kind."""
-    panels = [("readout_accuracy", "readout accuracy"),
-              ("label_specific_fraction", "label-specific nodes (share rejected at the FDR)"),
-              ("effect_size", "effect size: mean eta² of label dependence"),
-              ("mean_cluster_size", "mean cluster size"), ("noise_per_label", "noise per covered label"),
-              ("snr", "SNR (description: mean signal / mean noise)")]
-    panels = [(c, t) for c, t in panels if c in layers.columns]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), constrained_layout=True)
+    panels = [(c, LAYER_COLUMNS[c].title) for c in layer_names(plotted=True) if c in layers.columns]
+    rows = max(1, math.ceil(len(panels) / 3))  # three panels a row, however many the schema plots
+    fig, axes = plt.subplots(rows, 3, figsize=(13, 3.25 * rows), constrained_layout=True, squeeze=False)
     x = np.arange(len(layers))
     for ax, (col, title) in zip(axes.flat, panels):
         for kind, (color, marker) in KIND_STYLE.items():
@@ -49,6 +46,8 @@ def layer_curves(layers: pl.DataFrame) -> plt.Figure:
         ax.set_title(title, fontsize=10)
         ax.set_xticks(x, layers["point"].to_list(), rotation=60, ha="right", fontsize=7)
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("Per-layer SNP statistics along the network (bars: 95% BCa node-bootstrap intervals)")
     return fig
@@ -221,12 +220,10 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
     """The unified view: each measure against relative depth, one colour per model, one marker per
     point kind (CNN filters and CCT FF / MHA / block points on the same axes); bars: spread over
     seeds (sd), and for the effect size and SNR also the 95% t-interval of the mean over seeds (thin)."""
-    panels = [("readout_accuracy", "readout accuracy"),
-              ("label_specific_fraction", "label-specific nodes (share at the FDR)"),
-              ("effect_size", "effect size: mean eta² of label dependence"), ("mean_cluster_size", "mean cluster size"),
-              ("noise_per_label", "noise per covered label"), ("snr", "SNR (description)")]
+    panels = [(c, LAYER_COLUMNS[c].title) for c in layer_names(plotted=True)]
     hollow = ("mha", "block")  # transformer points drawn with open markers
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
+    rows = max(1, math.ceil(len(panels) / 3))
+    fig, axes = plt.subplots(rows, 3, figsize=(14, 3.75 * rows), constrained_layout=True, squeeze=False)
     models = layers["model"].unique(maintain_order=True).to_list()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (col, title) in zip(axes.flat, panels):
@@ -253,8 +250,10 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
                           mfc="white" if k in hollow else "k", label=name)
                for k, name in (("conv", "conv (CNN filters, CCT tokenizer)"), ("mha", "MHA"), ("ff", "FF hidden"),
                                ("block", "block output"))]
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     axes.flat[0].legend(fontsize=8, loc="lower right")
-    axes.flat[3].legend(handles=handles, fontsize=7, loc="best")
+    axes.flat[min(3, len(panels) - 1)].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle("Per-layer SNP measures along relative depth (mean over seeds; bars: sd over seeds; "
                  "effect size and SNR: thin lines 95% t-interval over seeds)")
     return fig

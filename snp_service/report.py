@@ -14,10 +14,11 @@ import polars as pl
 import yaml
 
 from snp_service import figures
-from snp_service.compare import INTERVAL, Run, dataset_label, different_datasets
+from snp_service.compare import INTERVAL, Run, aggregated_columns, dataset_label, different_datasets
 from snp_service.provenance import code_version, describe_hardware
 from snp_service.snp import interval_text
 from snp_service.store import FILES, JobStore
+from snp_service.tables import layer_names
 
 DEFINITIONS = """
 <ul>
@@ -144,11 +145,7 @@ def build(job: JobStore, progress=lambda _m: None, running_hardware: dict | None
     if job.has("layers"):
         layers = job.layers()
         img = store_figure(job, "layers", figures.layer_curves(layers))
-        table = html_table(layers, ["point", "kind", "nodes", "readout", "readout_accuracy",
-                                    "label_specific_fraction", "effect_size", "mean_cluster_size",
-                                    "mean_n_clusters", "mean_noise", "noise_per_label", "snr", "mean_node_accuracy",
-                                    "frac_no_cluster", "greedy_fraction"],
-                           intervals=True)
+        table = html_table(layers, layer_names(reported=True), intervals=True)
         sizes, heat = {}, []
         for p in layers["point"]:
             nodes = job.read_point(p, "nodes")
@@ -263,12 +260,7 @@ def comparison_page(study: JobStore, tables: dict[str, pl.DataFrame], runs: list
     sections.append(("Per-layer measures along relative depth",
                      f"<img src='{fig}' alt='per-layer measures against relative depth'>" + html_table(
                          tables["layers"], ["model", "point", "kind", "readout", "relative_depth", "seeds",
-                                            "readout_accuracy", "readout_accuracy_sd", "mean_cluster_size",
-                                            "mean_cluster_size_sd", "label_specific_fraction",
-                                            "label_specific_fraction_sd", "effect_size", "effect_size_sd",
-                                            "effect_size_seed_lo", "effect_size_seed_hi", "mean_noise",
-                                            "noise_per_label", "snr", "snr_sd", "snr_seed_lo", "snr_seed_hi",
-                                            "mean_node_accuracy", "frac_no_cluster", "greedy_fraction"]) +
+                                            *aggregated_columns()]) +
                      f"<p>*_seed_lo / *_seed_hi: {INTERVAL} of the mean (none with one seed); sd: spread over seeds. "
                      "Each seed's own node-bootstrap interval is in compare/runs.parquet.</p>"))
     sections.append(("Does label dependence rise along the network?",
