@@ -12,7 +12,7 @@ import yaml
 from snp_service.cli import main
 from snp_service.errors import SpecError
 from snp_service.spec import JobSpec, load_spec, spec_from_dict
-from tests.conftest import REPO, SHARED_CIFAR10, SHARED_FLOWERS, tiny_job
+from tests.conftest import REPO, SHARED_CIFAR10, SHARED_FLOWERS, SHARED_TEXT, tiny_job
 
 JOBS = sorted((REPO / "jobs").glob("*.yaml"))
 
@@ -20,7 +20,7 @@ JOBS = sorted((REPO / "jobs").glob("*.yaml"))
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
 def test_shipped_jobs_validate(path, monkeypatch, tmp_path):
     text = path.read_text()
-    shared = [a for a in (SHARED_CIFAR10, SHARED_FLOWERS) if f"../shared/datasets/{a.name}" in text]
+    shared = [a for a in (SHARED_CIFAR10, SHARED_FLOWERS, SHARED_TEXT) if f"../shared/datasets/{a.name}" in text]
     on_shared = bool(shared)
     if on_shared and not shared[0].exists():
         pytest.skip(f"real dataset archive not at {shared[0]}")
