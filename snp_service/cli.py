@@ -315,7 +315,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         names = [args.name]
     for name in names:
         cfg = model_config(name)
-        pts = measurement_points(cfg, getattr(cfg, "img_size", 32))
+        pts = measurement_points(cfg, cfg.default_input_size)
         kinds = {}
         for p in pts.values():
             kinds[p.kind] = kinds.get(p.kind, 0) + 1

@@ -19,9 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from snp_service.errors import SpecError
 from snp_service.models.registry import (
-    CCTConfig,
-    TextConfig,
-    TorchvisionConfig,
     list_models,
     match_points,
     measurement_points,
@@ -291,15 +288,15 @@ class ModelSpec(_Strict):
             cfg = self.config()
         except ValueError as e:
             raise ValueError(str(e)) from None
-        if isinstance(cfg, CCTConfig):
+        if cfg.cct:
             d, layers = cfg.embedding_dim, cfg.num_layers
             params = layers * (4 * d * d + 2 * d * cfg.mlp_hidden)  # attention + MLP weights dominate
             if params > MAX_PARAMETERS:
                 raise ValueError(f"{layers} blocks of width {d} (mlp {cfg.mlp_hidden}) is about {params / 1e9:.1f} "
                                  f"billion parameters; at most {MAX_PARAMETERS / 1e9:.0f} billion")
-        if isinstance(cfg, CCTConfig) and cfg.embedding_dim % cfg.num_heads:
+        if cfg.cct and cfg.embedding_dim % cfg.num_heads:
             raise ValueError(f"num_heads {cfg.num_heads} does not divide embedding_dim {cfg.embedding_dim}")
-        if isinstance(cfg, CCTConfig) and self.positional_embedding == "sine" and cfg.embedding_dim % 2:
+        if cfg.cct and self.positional_embedding == "sine" and cfg.embedding_dim % 2:
             raise ValueError("sine positional embedding needs an even embedding_dim")
         return self
 
@@ -576,25 +573,15 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _points(self) -> JobSpec:
         cfg = self.model.config()
-        if isinstance(cfg, TextConfig) != (self.dataset.name == "text"):
-            raise ValueError(f"model {self.model.name} is {'a text' if isinstance(cfg, TextConfig) else 'an image'} "
+        if cfg.text != (self.dataset.name == "text"):
+            raise ValueError(f"model {self.model.name} is {'a text' if cfg.text else 'an image'} "
                              f"model and dataset {self.dataset.name} {'is' if self.dataset.name == 'text' else 'is not'}"
                              " text; text models (text_*) go with name: text")
-        if isinstance(cfg, TextConfig):
-            if cfg.n_conv_layers and cfg.tokenizer_sizes(self.dataset.max_length)[-1] < 1:
-                raise ValueError(f"dataset.max_length {self.dataset.max_length} is too short for {self.model.name}")
-            if self.model.weights is not None:
-                raise ValueError("model.weights: loading a text model trained elsewhere is not supported yet")
-        elif isinstance(cfg, CCTConfig):
-            if cfg.tokenizer_sizes(self.dataset.image_size)[-1] < 1:
-                raise ValueError(f"image_size {self.dataset.image_size} is too small for {self.model.name}'s tokenizer")
-        elif isinstance(cfg, TorchvisionConfig):
-            if self.dataset.image_size % cfg.multiple:
-                raise ValueError(f"{self.model.name} needs an image_size that is a multiple of {cfg.multiple} "
-                                 f"({'its patch size' if cfg.kind == 'vit' else 'five 2x halvings'}), "
-                                 f"not {self.dataset.image_size}")
-        elif self.dataset.image_size < 32:
-            raise ValueError(f"{self.model.name} needs image_size >= 32 (five 2x poolings)")
+        problem = cfg.input_problem(self.dataset.input_size(), self.model.name)  # the family's own rule
+        if problem:
+            raise ValueError(problem)
+        if cfg.text and self.model.weights is not None:
+            raise ValueError("model.weights: loading a text model trained elsewhere is not supported yet")
         available = self.points()
         for pat, names in match_points(available, self.measure.points).items():
             if not names:
@@ -615,16 +602,16 @@ class JobSpec(_Strict):
                 if not names:
                     raise ValueError(f"pruning.points: {pat!r} matches no selected measurement point "
                                      f"({', '.join(selected)})")
-        if self.heads_study is not None and not isinstance(cfg, CCTConfig):
+        if self.heads_study is not None and not cfg.cct:
             raise ValueError(f"heads_study: varies the heads of a CCT; {self.model.name} is not a CCT")
         for where, heads in (("sweep.num_heads", self.sweep.num_heads if self.sweep else None),
                              ("heads_study.num_heads", self.heads_study.num_heads if self.heads_study else None)):
-            bad = [h for h in heads or [] if isinstance(cfg, CCTConfig) and cfg.embedding_dim % h]
+            bad = [h for h in heads or [] if cfg.cct and cfg.embedding_dim % h]
             if bad:
                 raise ValueError(f"{where}: {bad} do not divide the width embedding_dim {cfg.embedding_dim}")
         frac = self.pruning.structural_fraction
         if frac > 0:
-            if not isinstance(cfg, CCTConfig):
+            if not cfg.cct:
                 raise ValueError("pruning.structural_fraction: structural pruning removes CCT FF units and heads; "
                                  f"{self.model.name} is not a CCT")
             for what, count in (("FF hidden units", cfg.mlp_hidden), ("heads", cfg.num_heads)):
