@@ -161,11 +161,12 @@ def pruning_figure(curve: pl.DataFrame, andc: pl.DataFrame) -> plt.Figure:
 def training_curves(metrics: pl.DataFrame) -> plt.Figure:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
     ep = metrics["epoch"].to_numpy() + 1
+    evaluated = np.isfinite(metrics["eval_loss"].to_numpy().astype(float))  # train.eval_every > 1 leaves gaps
     a.plot(ep, metrics["train_loss"], marker="o", label="train")
-    a.plot(ep, metrics["eval_loss"], marker="o", label="eval")
+    a.plot(ep[evaluated], metrics["eval_loss"].to_numpy()[evaluated], marker="o", label="eval")
     a.set_title("loss")
     b.plot(ep, metrics["train_accuracy"], marker="o", label="train")
-    b.plot(ep, metrics["eval_accuracy"], marker="o", label="eval")
+    b.plot(ep[evaluated], metrics["eval_accuracy"].to_numpy()[evaluated], marker="o", label="eval")
     b.set_title("accuracy")
     for ax in (a, b):
         ax.set_xlabel("epoch")

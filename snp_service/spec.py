@@ -29,7 +29,8 @@ from snp_service.units import units_removed
 # Fields added after jobs were stored, left out of job ids and stage keys at these values, so every
 # earlier job keeps its id and its stages stay reusable (any other value enters both as usual).
 NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {("dataset", "random_labels"): False,
-                                                ("analysis", "cluster_time_limit_s"): 1.0}
+                                                ("analysis", "cluster_time_limit_s"): 1.0,
+                                                ("train", "eval_every"): 1}
 STAGE_ORDER = ("data", "train", "evaluate", "snp", "heads", "prune", "report")  # snp_service.pipeline.STAGES
 MAX_YAML_BYTES = 1_000_000
 # documented limits, checked in bounded time before anything runs (README, "Job spec in brief")
@@ -317,6 +318,10 @@ class TrainSpec(_Strict):
         "auto", description="auto: bf16 autocast on a GPU or on a CPU with AMX/AVX-512 bf16, else fp32")
     seed: Seed = 0
     checkpoint_keep: int = Field(2, ge=1, le=100)
+    eval_every: int = Field(
+        1, ge=1, le=10_000, description="evaluate on the evaluation split after every N-th epoch and after the last "
+        "(in between, the epoch's eval metrics are NaN); the network is the same whatever N, only the training "
+        "history is sparser: for an evaluation split much larger than the training split (Flowers-102)")
     compile: bool = Field(False, description="torch.compile the training forward pass (for GPU runs); it changes "
                           "results only by floating-point noise, so it is left out of the job id and stage keys")
 
@@ -618,6 +623,8 @@ class JobSpec(_Strict):
                 if units_removed(frac, count) >= count:
                     raise ValueError(f"pruning.structural_fraction: {frac} would remove all {count} {what} of "
                                      f"every block; use a fraction below {(count - 0.5) / count:.3f}")
+        if self.sweep is not None and self.train.eval_every != 1:
+            raise ValueError("sweep: ASHA compares trials on every epoch's eval_accuracy; train.eval_every must be 1")
         studies = [k for k in ("compare", "sweep", "heads_study") if getattr(self, k) is not None]
         if len(studies) > 1:
             raise ValueError(f"{' and '.join(studies)} exclude each other: a job file runs one study")

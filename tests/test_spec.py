@@ -214,3 +214,13 @@ def test_weights_may_name_a_finished_job_by_its_name(tmp_path, monkeypatch):
     (tmp_path / "results" / "first-fedcba987654" / "manifest.json").write_text("{}")
     with pytest.raises(SpecError, match="2 finished jobs of that name"):
         spec_from_dict(job)
+
+
+def test_eval_every_is_neutral_at_1_and_refused_in_a_sweep(tmp_path):
+    base = spec_from_dict(tiny_job(tmp_path))
+    assert spec_from_dict(tiny_job(tmp_path, **{"train.eval_every": 1})).job_id() == base.job_id()
+    assert spec_from_dict(tiny_job(tmp_path, **{"train.eval_every": 5})).job_id() != base.job_id()
+    job = tiny_job(tmp_path, **{"train.eval_every": 2})
+    job["sweep"] = {"threshold": [0.2, 0.4]}
+    with pytest.raises(SpecError, match="train.eval_every must be 1"):
+        spec_from_dict(job)
