@@ -20,6 +20,12 @@ KIND_STYLE = {"conv": ("tab:gray", "s"), "mha": ("tab:blue", "o"), "ff": ("tab:o
               "block": ("tab:green", "D")}
 
 
+def _hide_unused(axes: np.ndarray, used: int) -> None:
+    """Blank the panels of a grid beyond the first `used`."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+
+
 def _short(names: list[str], width: int = 10) -> list[str]:
     return [n if len(n) <= width else n[:width - 1] + "." for n in names]
 
@@ -46,8 +52,7 @@ def layer_curves(layers: pl.DataFrame) -> plt.Figure:
         ax.set_title(title, fontsize=10)
         ax.set_xticks(x, layers["point"].to_list(), rotation=60, ha="right", fontsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
+    _hide_unused(axes, len(panels))
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("Per-layer SNP statistics along the network (bars: 95% BCa node-bootstrap intervals)")
     return fig
@@ -97,8 +102,7 @@ def cluster_histograms(sizes: dict[str, np.ndarray], num_labels: int) -> plt.Fig
         ax.set_title(p, fontsize=9)
         ax.set_xlabel("cluster size (labels covered)", fontsize=7)
         ax.set_ylabel("nodes", fontsize=7)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
+    _hide_unused(axes, n)
     fig.suptitle("Cluster size per node (0: no cluster)")
     return fig
 
@@ -151,8 +155,7 @@ def pruning_figure(curve: pl.DataFrame, andc: pl.DataFrame) -> plt.Figure:
         ax.set_xlabel("kept fraction of readout connections", fontsize=7)
         ax.set_ylabel("readout accuracy", fontsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(points):]:
-        ax.axis("off")
+    _hide_unused(axes, len(points))
     axes.flat[0].legend(fontsize=6)
     fig.suptitle("ANDC pruning vs baselines at equal connections per node")
     return fig
@@ -251,8 +254,7 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
                           mfc="white" if k in hollow else "k", label=name)
                for k, name in (("conv", "conv (CNN filters, CCT tokenizer)"), ("mha", "MHA"), ("ff", "FF hidden"),
                                ("block", "block output"))]
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
+    _hide_unused(axes, len(panels))
     axes.flat[0].legend(fontsize=8, loc="lower right")
     axes.flat[min(3, len(panels) - 1)].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle("Per-layer SNP measures along relative depth (mean over seeds; bars: sd over seeds; "
