@@ -21,6 +21,7 @@ from snp_service.models.registry import list_models, measurement_points, model_c
 from snp_service.provenance import code_version
 from snp_service.spec import StorageSpec, SyntheticSpec, is_valid_name, json_schema, load_spec
 from snp_service.store import TABLES, Store
+from snp_service.tables import SHOWN
 
 LOG = logging.getLogger("snp_service")  # progress lines: `[snp-service] ...` on stdout (--quiet, --verbose)
 
@@ -224,14 +225,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # the columns `results --table` shows unless --columns says otherwise (`--columns all`: every one)
-DEFAULT_COLUMNS = {
-    "layers": ["point", "kind", "readout", "readout_accuracy", "label_specific_fraction", "label_specific_fraction_lo",
-               "label_specific_fraction_hi", "effect_size", "effect_size_lo", "effect_size_hi", "mean_cluster_size",
-               "mean_noise", "snr", "snr_lo", "snr_hi", "mean_node_accuracy", "frac_no_cluster", "greedy_fraction"],
-    "heads": ["point", "heads", "mean_labels_per_head", "mean_heads_per_label", "observed_jaccard", "null_mean",
-              "p_value", "p_min", "status", "specialisation", "specialisation_null_mean", "specialisation_p"],
-    "andc": ["point", "method", "selection", "kept_fraction", "accuracy_full", "accuracy_pruned", "accuracy_finetuned"],
-}
+DEFAULT_COLUMNS = SHOWN
 
 
 def markdown(df) -> str:
@@ -321,7 +315,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         names = [args.name]
     for name in names:
         cfg = model_config(name)
-        pts = measurement_points(cfg, getattr(cfg, "img_size", 32))
+        pts = measurement_points(cfg, cfg.default_input_size)
         kinds = {}
         for p in pts.values():
             kinds[p.kind] = kinds.get(p.kind, 0) + 1

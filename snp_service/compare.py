@@ -21,6 +21,7 @@ intervals being within-network uncertainty only.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -30,12 +31,14 @@ from scipy.stats import binomtest, page_trend_test, spearmanr
 from scipy.stats import t as student_t
 
 from snp_service.errors import StoreError
+from snp_service.tables import layer_names
 
-MEASURES = ["readout_accuracy", "label_specific_fraction", "effect_size", "mean_cluster_size", "mean_noise",
-            "noise_per_label", "snr", "frac_no_cluster", "greedy_fraction", "mean_node_accuracy"]
+MEASURES = layer_names(compared=True)  # the layers-table columns averaged over seeds (snp_service.tables)
+SEED_INTERVALS = ("snr", "effect_size")  # measures whose mean over seeds gets a t-interval
 TREND_LEVEL = 0.05
 # spec fields every run of one comparison must share (None: the whole section)
-SHARED = (("dataset", None), ("analysis", ("threshold", "normalise", "readout")))
+# (the dataset may differ between models, not between one model's seeds: check_comparable)
+SHARED = (("analysis", ("threshold", "normalise", "readout")),)
 INTERVAL = "95% t-interval over seeds"
 
 
@@ -93,14 +96,21 @@ def aggregate(runs: pl.DataFrame) -> pl.DataFrame:
     aggs = [pl.len().alias("seeds")]
     for c in MEASURES:
         aggs += [pl.col(c).mean().alias(c), pl.col(c).std(ddof=1).alias(f"{c}_sd")]
-    aggs += [pl.col("snr").alias("_snr"), pl.col("effect_size").alias("_effect_size")]
+    aggs += [pl.col(c).alias(f"_{c}") for c in SEED_INTERVALS]
     out = (runs.group_by("model", "family", "point", "kind", "readout", "relative_depth", maintain_order=True).agg(aggs)
            .sort("model", "relative_depth", maintain_order=True))
-    for c in ("snr", "effect_size"):
+    for c in SEED_INTERVALS:
         ci = [seed_interval(np.array(v, dtype=np.float64)) for v in out[f"_{c}"].to_list()]
         out = out.drop(f"_{c}").with_columns(pl.Series(f"{c}_seed_lo", [x[0] for x in ci], dtype=pl.Float64),
                                              pl.Series(f"{c}_seed_hi", [x[1] for x in ci], dtype=pl.Float64))
     return out
+
+
+def aggregated_columns() -> list[str]:
+    """The aggregated layers table's measure columns, in order: each measure's mean and sd over seeds,
+    then its t-interval over seeds where it has one."""
+    return [n for c in MEASURES
+            for n in [c, f"{c}_sd", *([f"{c}_seed_lo", f"{c}_seed_hi"] if c in SEED_INTERVALS else [])]]
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -212,8 +222,9 @@ def heads_summary(heads: pl.DataFrame) -> pl.DataFrame:
 
 
 def check_comparable(runs: list[Run]) -> None:
-    """Every run must share the dataset, evaluation split, threshold, normalisation and readout kind
-    (else the comparison is void)."""
+    """Every run must share the threshold, normalisation and readout kind (else the comparison is
+    void), and the seeds of one model their dataset. Models may differ in dataset (a text model beside
+    image models, issue 32): the tables then name each model's dataset (`different_datasets`)."""
     ref_id, ref = runs[0].job_id, runs[0].spec
     for job_id, spec in ((r.job_id, r.spec) for r in runs[1:]):
         for section, fields in SHARED:
@@ -223,13 +234,42 @@ def check_comparable(runs: list[Run]) -> None:
             if diff:
                 raise StoreError(f"jobs {ref_id} and {job_id} differ in {section}."
                                  f"{', '.join(diff)} ({', '.join(f'{a.get(k)!r} vs {b.get(k)!r}' for k in diff)}); "
-                                 "a comparison needs the same dataset, evaluation split, threshold, normalisation "
-                                 "and readout kind")
+                                 "a comparison needs the same threshold, normalisation and readout kind")
+    first: dict[str, Run] = {}
+    for r in runs:
+        seen = first.setdefault(r.label, r)
+        if seen.spec["dataset"] != r.spec["dataset"]:
+            raise StoreError(f"jobs {seen.job_id} and {r.job_id} are seeds of model {r.label!r} on different "
+                             "datasets; the seeds of one model must share its dataset")
+
+
+def different_datasets(runs: list[Run]) -> bool:
+    """Whether the models of a comparison were measured on different datasets (allowed; said in its tables)."""
+    return len({json.dumps(r.spec["dataset"], sort_keys=True) for r in runs}) > 1
+
+
+def dataset_label(spec: dict) -> str:
+    """A dataset in a few words for the tables: its name (and subset), where it was read from, and
+    what of it was used."""
+    ds = spec["dataset"]
+    root = str(ds.get("root") or "").rstrip("/").rsplit("/", 1)[-1]
+    name = ds["name"] + (f"/{ds['subset']}" if ds.get("subset") else "")
+    used = [f"{ds[k]} {what} per class" for k, what in (("max_per_class", "train"), ("eval_max_per_class", "eval"))
+            if ds.get(k)]
+    if ds.get("random_labels"):
+        used.append("random labels")
+    return f"{name} ({', '.join([root, *used]) if root else ', '.join(used)})" if root or used else name
+
+
+def input_size(dataset: dict) -> int:
+    """What a network's shape depends on, from a stored dataset section: a text's sequence length,
+    else the image size (as DatasetSpec.input_size, without validating a stored spec again)."""
+    return dataset["max_length"] if dataset["name"] == "text" else dataset["image_size"]
 
 
 def accuracy_summary(accuracy: pl.DataFrame) -> pl.DataFrame:
     """Per model: mean, sd, min and max of the network's accuracy over seeds."""
-    return accuracy.group_by("model", "family", "network", maintain_order=True).agg(
+    return accuracy.group_by("model", "family", "network", "dataset", maintain_order=True).agg(
         pl.len().alias("seeds"), pl.col("epochs").first(), pl.col("accuracy").mean().alias("accuracy"),
         pl.col("accuracy").std(ddof=1).alias("accuracy_sd"), pl.col("accuracy").min().alias("accuracy_min"),
         pl.col("accuracy").max().alias("accuracy_max"))

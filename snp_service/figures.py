@@ -14,9 +14,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from snp_service.tables import LAYER_COLUMNS, layer_names  # noqa: E402
 
 KIND_STYLE = {"conv": ("tab:gray", "s"), "mha": ("tab:blue", "o"), "ff": ("tab:orange", "^"),
               "block": ("tab:green", "D")}
+
+
+def _hide_unused(axes: np.ndarray, used: int) -> None:
+    """Blank the panels of a grid beyond the first `used`."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
 
 
 def _short(names: list[str], width: int = 10) -> list[str]:
@@ -25,13 +32,9 @@ def _short(names: list[str], width: int = 10) -> list[str]:
 
 def layer_curves(layers: pl.DataFrame) -> plt.Figure:
     """Per-point statistics along the network, with bootstrap intervals, one colour per point kind."""
-    panels = [("readout_accuracy", "readout accuracy"),
-              ("label_specific_fraction", "label-specific nodes (share rejected at the FDR)"),
-              ("effect_size", "effect size: mean eta² of label dependence"),
-              ("mean_cluster_size", "mean cluster size"), ("noise_per_label", "noise per covered label"),
-              ("snr", "SNR (description: mean signal / mean noise)")]
-    panels = [(c, t) for c, t in panels if c in layers.columns]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), constrained_layout=True)
+    panels = [(c, LAYER_COLUMNS[c].title) for c in layer_names(plotted=True) if c in layers.columns]
+    rows = max(1, math.ceil(len(panels) / 3))  # three panels a row, however many the schema plots
+    fig, axes = plt.subplots(rows, 3, figsize=(13, 3.25 * rows), constrained_layout=True, squeeze=False)
     x = np.arange(len(layers))
     for ax, (col, title) in zip(axes.flat, panels):
         for kind, (color, marker) in KIND_STYLE.items():
@@ -49,6 +52,7 @@ def layer_curves(layers: pl.DataFrame) -> plt.Figure:
         ax.set_title(title, fontsize=10)
         ax.set_xticks(x, layers["point"].to_list(), rotation=60, ha="right", fontsize=7)
         ax.grid(alpha=0.3)
+    _hide_unused(axes, len(panels))
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("Per-layer SNP statistics along the network (bars: 95% BCa node-bootstrap intervals)")
     return fig
@@ -98,8 +102,7 @@ def cluster_histograms(sizes: dict[str, np.ndarray], num_labels: int) -> plt.Fig
         ax.set_title(p, fontsize=9)
         ax.set_xlabel("cluster size (labels covered)", fontsize=7)
         ax.set_ylabel("nodes", fontsize=7)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
+    _hide_unused(axes, n)
     fig.suptitle("Cluster size per node (0: no cluster)")
     return fig
 
@@ -152,8 +155,7 @@ def pruning_figure(curve: pl.DataFrame, andc: pl.DataFrame) -> plt.Figure:
         ax.set_xlabel("kept fraction of readout connections", fontsize=7)
         ax.set_ylabel("readout accuracy", fontsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(points):]:
-        ax.axis("off")
+    _hide_unused(axes, len(points))
     axes.flat[0].legend(fontsize=6)
     fig.suptitle("ANDC pruning vs baselines at equal connections per node")
     return fig
@@ -162,11 +164,12 @@ def pruning_figure(curve: pl.DataFrame, andc: pl.DataFrame) -> plt.Figure:
 def training_curves(metrics: pl.DataFrame) -> plt.Figure:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
     ep = metrics["epoch"].to_numpy() + 1
+    evaluated = np.isfinite(metrics["eval_loss"].to_numpy().astype(float))  # train.eval_every > 1 leaves gaps
     a.plot(ep, metrics["train_loss"], marker="o", label="train")
-    a.plot(ep, metrics["eval_loss"], marker="o", label="eval")
+    a.plot(ep[evaluated], metrics["eval_loss"].to_numpy()[evaluated], marker="o", label="eval")
     a.set_title("loss")
     b.plot(ep, metrics["train_accuracy"], marker="o", label="train")
-    b.plot(ep, metrics["eval_accuracy"], marker="o", label="eval")
+    b.plot(ep[evaluated], metrics["eval_accuracy"].to_numpy()[evaluated], marker="o", label="eval")
     b.set_title("accuracy")
     for ax in (a, b):
         ax.set_xlabel("epoch")
@@ -221,12 +224,10 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
     """The unified view: each measure against relative depth, one colour per model, one marker per
     point kind (CNN filters and CCT FF / MHA / block points on the same axes); bars: spread over
     seeds (sd), and for the effect size and SNR also the 95% t-interval of the mean over seeds (thin)."""
-    panels = [("readout_accuracy", "readout accuracy"),
-              ("label_specific_fraction", "label-specific nodes (share at the FDR)"),
-              ("effect_size", "effect size: mean eta² of label dependence"), ("mean_cluster_size", "mean cluster size"),
-              ("noise_per_label", "noise per covered label"), ("snr", "SNR (description)")]
+    panels = [(c, LAYER_COLUMNS[c].title) for c in layer_names(plotted=True)]
     hollow = ("mha", "block")  # transformer points drawn with open markers
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
+    rows = max(1, math.ceil(len(panels) / 3))
+    fig, axes = plt.subplots(rows, 3, figsize=(14, 3.75 * rows), constrained_layout=True, squeeze=False)
     models = layers["model"].unique(maintain_order=True).to_list()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (col, title) in zip(axes.flat, panels):
@@ -253,8 +254,9 @@ def compare_depth(layers: pl.DataFrame) -> plt.Figure:
                           mfc="white" if k in hollow else "k", label=name)
                for k, name in (("conv", "conv (CNN filters, CCT tokenizer)"), ("mha", "MHA"), ("ff", "FF hidden"),
                                ("block", "block output"))]
+    _hide_unused(axes, len(panels))
     axes.flat[0].legend(fontsize=8, loc="lower right")
-    axes.flat[3].legend(handles=handles, fontsize=7, loc="best")
+    axes.flat[min(3, len(panels) - 1)].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle("Per-layer SNP measures along relative depth (mean over seeds; bars: sd over seeds; "
                  "effect size and SNR: thin lines 95% t-interval over seeds)")
     return fig

@@ -14,10 +14,11 @@ import polars as pl
 import yaml
 
 from snp_service import figures
-from snp_service.compare import INTERVAL, Run
+from snp_service.compare import INTERVAL, Run, aggregated_columns, dataset_label, different_datasets
 from snp_service.provenance import code_version, describe_hardware
 from snp_service.snp import interval_text
 from snp_service.store import FILES, JobStore
+from snp_service.tables import layer_names
 
 DEFINITIONS = """
 <ul>
@@ -147,11 +148,7 @@ def build(job: JobStore, progress=lambda _m: None, running_hardware: dict | None
     if job.has("layers"):
         layers = job.layers()
         img = store_figure(job, "layers", figures.layer_curves(layers))
-        table = html_table(layers, ["point", "kind", "nodes", "readout", "readout_accuracy",
-                                    "label_specific_fraction", "effect_size", "mean_cluster_size",
-                                    "mean_n_clusters", "mean_noise", "noise_per_label", "snr", "mean_node_accuracy",
-                                    "frac_no_cluster", "greedy_fraction"],
-                           intervals=True)
+        table = html_table(layers, layer_names(reported=True), intervals=True)
         sizes, heat = {}, []
         for p in layers["point"]:
             nodes = job.read_point(p, "nodes")
@@ -266,12 +263,7 @@ def comparison_page(study: JobStore, tables: dict[str, pl.DataFrame], runs: list
     sections.append(("Per-layer measures along relative depth",
                      f"<img src='{fig}' alt='per-layer measures against relative depth'>" + html_table(
                          tables["layers"], ["model", "point", "kind", "readout", "relative_depth", "seeds",
-                                            "readout_accuracy", "readout_accuracy_sd", "mean_cluster_size",
-                                            "mean_cluster_size_sd", "label_specific_fraction",
-                                            "label_specific_fraction_sd", "effect_size", "effect_size_sd",
-                                            "effect_size_seed_lo", "effect_size_seed_hi", "mean_noise",
-                                            "noise_per_label", "snr", "snr_sd", "snr_seed_lo", "snr_seed_hi",
-                                            "mean_node_accuracy", "frac_no_cluster", "greedy_fraction"]) +
+                                            *aggregated_columns()]) +
                      f"<p>*_seed_lo / *_seed_hi: {INTERVAL} of the mean (none with one seed); sd: spread over seeds. "
                      "Each seed's own node-bootstrap interval is in compare/runs.parquet.</p>"))
     sections.append(("Does label dependence rise along the network?",
@@ -293,10 +285,13 @@ def comparison_page(study: JobStore, tables: dict[str, pl.DataFrame], runs: list
     links = "".join(f"<li>{html.escape(r.label)} seed {r.seed}: <code>{html.escape(r.uri)}/{FILES['report']}</code>"
                     f"</li>" for r in runs)
     sections.append(("Runs (each has its own full report)", f"<ul>{links}</ul>"))
-    prov = {"study": study.job_id, "code version": code_version(),
-            "dataset": f"{spec0['dataset']['name']} ({spec0['dataset']['root']})",
-            "evaluation subset per class": spec0["dataset"].get("eval_max_per_class") or "all",
-            "training subset per class": spec0["dataset"].get("max_per_class") or "all",
+    if different_datasets(runs):  # each model's dataset is in the accuracy tables
+        data = {"datasets": "; ".join(dict.fromkeys(f"{r.label}: {dataset_label(r.spec)}" for r in runs))}
+    else:
+        data = {"dataset": f"{spec0['dataset']['name']} ({spec0['dataset']['root']})",
+                "evaluation subset per class": spec0["dataset"].get("eval_max_per_class") or "all",
+                "training subset per class": spec0["dataset"].get("max_per_class") or "all"}
+    prov = {"study": study.job_id, "code version": code_version(), **data,
             "threshold": spec0["analysis"]["threshold"], "seeds": sorted({r.seed for r in runs})}
     definitions = ("<p>Relative depth: a point's index among all measurement points of its model in forward order "
                    "/ (points - 1). Per-point definitions as in each run's report (METHOD.md section 2).</p>")
@@ -322,16 +317,19 @@ def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: 
     figure in it is read from `tables`."""
     spec0 = runs[0].spec
     ds = spec0["dataset"]
-    out = [f"Results in `{where}`; dataset {ds['name']} (`{ds['root']}`), training subset "
-           f"{ds.get('max_per_class') or 'all'} per class, evaluation subset {ds.get('eval_max_per_class') or 'all'} "
-           f"per class of the test split, threshold {spec0['analysis']['threshold']}, seeds "
+    several = different_datasets(runs)
+    data = ("models on different datasets (each model's in the accuracy table): relative depth places their "
+            "points on one axis, but their values were not measured on the same inputs or label sets" if several else
+            f"dataset {ds['name']} (`{ds['root']}`), training subset {ds.get('max_per_class') or 'all'} per class, "
+            f"evaluation subset {ds.get('eval_max_per_class') or 'all'} per class of the test split")
+    out = [f"Results in `{where}`; {data}, threshold {spec0['analysis']['threshold']}, seeds "
            f"{', '.join(str(s) for s in sorted({r.seed for r in runs}))}. Values: mean ± sd over seeds.", ""]
     acc = tables["accuracy_summary"]
     out += ["**Accuracy of the trained networks** (evaluation subset)", "", markdown_table(
-        [[r["model"], r["network"], r["family"], str(r["epochs"]), str(r["seeds"]),
-          fmt_mean_sd(r["accuracy"], r["accuracy_sd"], 100, 1) + " %",
+        [[r["model"], r["network"], r["family"], *([r["dataset"]] if several else []), str(r["epochs"]),
+          str(r["seeds"]), fmt_mean_sd(r["accuracy"], r["accuracy_sd"], 100, 1) + " %",
           f"{r['accuracy_min'] * 100:.1f} to {r['accuracy_max'] * 100:.1f} %"] for r in acc.iter_rows(named=True)],
-        ["model", "network", "family", "epochs", "seeds", "accuracy", "range"]), ""]
+        ["model", "network", "family", *(["dataset"] if several else []), "epochs", "seeds", "accuracy", "range"]), ""]
     lay = tables["layers"]
     out += [f"**Per-layer measures along relative depth** (mean ± sd over seeds; effect size and SNR then the "
             f"{INTERVAL}; label-specific: share of nodes whose field depends on the label at the job's FDR)", "",

@@ -19,9 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from snp_service.errors import SpecError
 from snp_service.models.registry import (
-    CCTConfig,
-    TextConfig,
-    TorchvisionConfig,
     list_models,
     match_points,
     measurement_points,
@@ -35,7 +32,8 @@ from snp_service.units import units_removed
 NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {("dataset", "random_labels"): False,
                                                 ("analysis", "cluster_time_limit_s"): 1.0,
                                                 ("analysis", "readout_solver"): "adam",
-                                                ("analysis", "readout_pool_epochs"): 2}
+                                                ("analysis", "readout_pool_epochs"): 2,
+                                                ("train", "eval_every"): 1}
 # snp_service.pipeline.STAGES; jobs finished before issue 27 recorded one `snp` stage in place of measure + cluster
 STAGE_ORDER = ("data", "train", "evaluate", "measure", "cluster", "heads", "prune", "report")
 MAX_YAML_BYTES = 1_000_000
@@ -295,15 +293,15 @@ class ModelSpec(_Strict):
             cfg = self.config()
         except ValueError as e:
             raise ValueError(str(e)) from None
-        if isinstance(cfg, CCTConfig):
+        if cfg.cct:
             d, layers = cfg.embedding_dim, cfg.num_layers
             params = layers * (4 * d * d + 2 * d * cfg.mlp_hidden)  # attention + MLP weights dominate
             if params > MAX_PARAMETERS:
                 raise ValueError(f"{layers} blocks of width {d} (mlp {cfg.mlp_hidden}) is about {params / 1e9:.1f} "
                                  f"billion parameters; at most {MAX_PARAMETERS / 1e9:.0f} billion")
-        if isinstance(cfg, CCTConfig) and cfg.embedding_dim % cfg.num_heads:
+        if cfg.cct and cfg.embedding_dim % cfg.num_heads:
             raise ValueError(f"num_heads {cfg.num_heads} does not divide embedding_dim {cfg.embedding_dim}")
-        if isinstance(cfg, CCTConfig) and self.positional_embedding == "sine" and cfg.embedding_dim % 2:
+        if cfg.cct and self.positional_embedding == "sine" and cfg.embedding_dim % 2:
             raise ValueError("sine positional embedding needs an even embedding_dim")
         return self
 
@@ -324,6 +322,10 @@ class TrainSpec(_Strict):
         "auto", description="auto: bf16 autocast on a GPU or on a CPU with AMX/AVX-512 bf16, else fp32")
     seed: Seed = 0
     checkpoint_keep: int = Field(2, ge=1, le=100)
+    eval_every: int = Field(
+        1, ge=1, le=10_000, description="evaluate on the evaluation split after every N-th epoch and after the last "
+        "(in between, the epoch's eval metrics are NaN); the network is the same whatever N, only the training "
+        "history is sparser: for an evaluation split much larger than the training split (Flowers-102)")
     compile: bool = Field(False, description="torch.compile the training forward pass (for GPU runs); it changes "
                           "results only by floating-point noise, so it is left out of the job id and stage keys")
 
@@ -514,6 +516,9 @@ class CompareModel(_Strict):
 
     label: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,23}$", description="short name in tables and job names")
     model: dict[str, Any] | None = Field(None, description="a whole model section (default: the base job's model)")
+    dataset: dict[str, Any] | None = Field(
+        None, description="a whole dataset section (default: the base job's dataset), e.g. a text dataset for a text "
+        "model beside image models; the comparison's tables then name each model's dataset")
     train: dict[str, Any] = Field(default_factory=dict, description="train fields to override, e.g. optimizer, lr, epochs")
     measure: dict[str, Any] = Field(default_factory=dict)
     analysis: dict[str, Any] = Field(default_factory=dict, description="not threshold: the comparison shares it")
@@ -528,7 +533,7 @@ class CompareModel(_Strict):
 
 
 class CompareSpec(_Strict):
-    """Several models on the same dataset, evaluation split and threshold, each trained with every
+    """Several models at the same threshold (on the base job's dataset, or each on its own), each trained with every
     seed: every (model, seed) is a full job of its own, then one comparison along relative depth."""
 
     models: list[CompareModel] = Field(..., min_length=1)
@@ -584,25 +589,15 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _points(self) -> JobSpec:
         cfg = self.model.config()
-        if isinstance(cfg, TextConfig) != (self.dataset.name == "text"):
-            raise ValueError(f"model {self.model.name} is {'a text' if isinstance(cfg, TextConfig) else 'an image'} "
+        if cfg.text != (self.dataset.name == "text"):
+            raise ValueError(f"model {self.model.name} is {'a text' if cfg.text else 'an image'} "
                              f"model and dataset {self.dataset.name} {'is' if self.dataset.name == 'text' else 'is not'}"
                              " text; text models (text_*) go with name: text")
-        if isinstance(cfg, TextConfig):
-            if cfg.n_conv_layers and cfg.tokenizer_sizes(self.dataset.max_length)[-1] < 1:
-                raise ValueError(f"dataset.max_length {self.dataset.max_length} is too short for {self.model.name}")
-            if self.model.weights is not None:
-                raise ValueError("model.weights: loading a text model trained elsewhere is not supported yet")
-        elif isinstance(cfg, CCTConfig):
-            if cfg.tokenizer_sizes(self.dataset.image_size)[-1] < 1:
-                raise ValueError(f"image_size {self.dataset.image_size} is too small for {self.model.name}'s tokenizer")
-        elif isinstance(cfg, TorchvisionConfig):
-            if self.dataset.image_size % cfg.multiple:
-                raise ValueError(f"{self.model.name} needs an image_size that is a multiple of {cfg.multiple} "
-                                 f"({'its patch size' if cfg.kind == 'vit' else 'five 2x halvings'}), "
-                                 f"not {self.dataset.image_size}")
-        elif self.dataset.image_size < 32:
-            raise ValueError(f"{self.model.name} needs image_size >= 32 (five 2x poolings)")
+        problem = cfg.input_problem(self.dataset.input_size(), self.model.name)  # the family's own rule
+        if problem:
+            raise ValueError(problem)
+        if cfg.text and self.model.weights is not None:
+            raise ValueError("model.weights: loading a text model trained elsewhere is not supported yet")
         available = self.points()
         for pat, names in match_points(available, self.measure.points).items():
             if not names:
@@ -623,22 +618,24 @@ class JobSpec(_Strict):
                 if not names:
                     raise ValueError(f"pruning.points: {pat!r} matches no selected measurement point "
                                      f"({', '.join(selected)})")
-        if self.heads_study is not None and not isinstance(cfg, CCTConfig):
+        if self.heads_study is not None and not cfg.cct:
             raise ValueError(f"heads_study: varies the heads of a CCT; {self.model.name} is not a CCT")
         for where, heads in (("sweep.num_heads", self.sweep.num_heads if self.sweep else None),
                              ("heads_study.num_heads", self.heads_study.num_heads if self.heads_study else None)):
-            bad = [h for h in heads or [] if isinstance(cfg, CCTConfig) and cfg.embedding_dim % h]
+            bad = [h for h in heads or [] if cfg.cct and cfg.embedding_dim % h]
             if bad:
                 raise ValueError(f"{where}: {bad} do not divide the width embedding_dim {cfg.embedding_dim}")
         frac = self.pruning.structural_fraction
         if frac > 0:
-            if not isinstance(cfg, CCTConfig):
+            if not cfg.cct:
                 raise ValueError("pruning.structural_fraction: structural pruning removes CCT FF units and heads; "
                                  f"{self.model.name} is not a CCT")
             for what, count in (("FF hidden units", cfg.mlp_hidden), ("heads", cfg.num_heads)):
                 if units_removed(frac, count) >= count:
                     raise ValueError(f"pruning.structural_fraction: {frac} would remove all {count} {what} of "
                                      f"every block; use a fraction below {(count - 0.5) / count:.3f}")
+        if self.sweep is not None and self.train.eval_every != 1:
+            raise ValueError("sweep: ASHA compares trials on every epoch's eval_accuracy; train.eval_every must be 1")
         studies = [k for k in ("compare", "sweep", "heads_study") if getattr(self, k) is not None]
         if len(studies) > 1:
             raise ValueError(f"{' and '.join(studies)} exclude each other: a job file runs one study")
@@ -666,9 +663,12 @@ class JobSpec(_Strict):
                 over["train"] = {**over["train"], "seed": seed}
                 if m.model is not None:
                     over["model"] = m.model
+                if m.dataset is not None:
+                    over["dataset"] = m.dataset
                 try:
                     out.append((m.label, seed, derive_job(self, f"{self.name}-{m.label}-s{seed}", over,
-                                                          f"compare model {m.label!r} (seed {seed})", replace=("model",))))
+                                                          f"compare model {m.label!r} (seed {seed})",
+                                                          replace=("model", "dataset"))))
                 except SpecError as e:
                     raise SpecError(f"compare: {e}") from None
         return out

@@ -29,7 +29,7 @@ import polars as pl
 
 from snp_service import figures, pipeline
 from snp_service.actors import ensure_ray
-from snp_service.compare import Run, check_comparable, comparison_tables, depth_table
+from snp_service.compare import Run, check_comparable, comparison_tables, dataset_label, depth_table, input_size
 from snp_service.errors import SnpError, StoreError
 from snp_service.models.registry import measurement_points
 from snp_service.report import comparison_page, comparison_summary, store_figure
@@ -132,12 +132,12 @@ def read_comparison(store: Store, runs: list[Run]) -> dict[str, pl.DataFrame]:
             raise StoreError(f"job {r.job_id} has not finished its evaluate and cluster stages; run it first")
         m = r.spec["model"]
         cfg = ModelSpec.model_validate(m).config()
-        family = ("ViT" if getattr(cfg, "kind", "") == "vit" else "CNN") if cfg.family in ("vgg", "torchvision") \
-            else "CCT"
-        all_points = list(measurement_points(cfg, r.spec["dataset"]["image_size"]))
+        family = cfg.family_label
+        all_points = list(measurement_points(cfg, input_size(r.spec["dataset"])))
         layers.append(depth_table(r.label, r.seed, job.layers(), all_points, family))
         train = job.stage_result("train") or {}
-        acc.append({"model": r.label, "family": family, "network": m["name"], "seed": r.seed,
+        acc.append({"model": r.label, "family": family, "network": m["name"], "dataset": dataset_label(r.spec),
+                    "seed": r.seed,
                     "job_id": r.job_id, "epochs": r.spec["train"]["epochs"], "accuracy": ev["accuracy"],
                     "eval_images": ev.get("images"), "train_seconds": train.get("seconds")})
         if job.has("andc"):

@@ -232,7 +232,10 @@ def train_loop_per_worker(config: dict) -> None:
             totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(totals)
             loss_sum, correct, seen = totals[0].item(), totals[1].item(), int(totals[2].item())
-        ev = evaluate(model, eval_loader, device, dtype, data.num_classes)
+        if (epoch + 1) % t.eval_every == 0 or epoch == t.epochs - 1:
+            ev = evaluate(model, eval_loader, device, dtype, data.num_classes)
+        else:  # train.eval_every: this epoch is not evaluated (the last one always is)
+            ev = {"loss": float("nan"), "accuracy": float("nan"), "confusion": None}
         metrics = {
             "epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
             "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "lr": scheduler.get_last_lr()[0],
@@ -242,7 +245,8 @@ def train_loop_per_worker(config: dict) -> None:
         history.append(metrics)
         if rank == 0:
             say(f"[snp-service] epoch {epoch + 1}/{t.epochs}  loss {metrics['train_loss']:.3f}  "
-                f"train acc {metrics['train_accuracy']:.3f}  eval acc {metrics['eval_accuracy']:.3f}  "
+                f"train acc {metrics['train_accuracy']:.3f}  eval acc "
+                f"{'-' if math.isnan(metrics['eval_accuracy']) else format(metrics['eval_accuracy'], '.3f')}  "
                 f"{metrics['train_images_per_s']:.0f} img/s")
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),

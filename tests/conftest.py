@@ -9,6 +9,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 SHARED_FLOWERS = REPO.parent / "shared" / "datasets" / "flowers-102.tar.gz"
+SHARED_TEXT = REPO.parent / "shared" / "datasets" / "text-classification.tar.gz"
 
 
 @pytest.fixture(scope="session")

@@ -223,19 +223,77 @@ def test_unified_study_end_to_end_and_compare_command(tmp_path, ray_cluster, cap
     assert set(t["model"]) == {"vgg11_bn", "cct_2_3x2_32"}
 
 
-def test_jobs_on_different_data_or_thresholds_are_refused(tmp_path):
+@pytest.mark.slow
+def test_a_text_cct_beside_an_image_cct_end_to_end(tmp_path, ray_cluster, cache_env):
+    """issue 32 item 5: one comparison of an image CCT and a text CCT (different datasets, said in the
+    tables and the summary, not refused)."""
+    from snp_service.store import FILES
+    from tests.text_data import write_text_dataset
+
+    root = write_text_dataset(tmp_path / "t")
+    job = _compare_job(tmp_path, seeds=(0,))
+    job["compare"]["models"] = [{"label": "cct"}, {
+        "label": "text", "model": {"name": "text_cct_2_k2", "num_layers": 1, "embedding_dim": 32, "num_heads": 4},
+        "dataset": {"name": "text", "root": str(root), "subset": "tiny", "max_length": 16, "num_workers": 0,
+                    "tokenizer": {"vocab_size": 64, "min_frequency": 1}}}]
+    outcome = studies.run_comparison(spec_from_dict(job), progress=lambda m: None)
+    acc = outcome.tables["accuracy_summary"]
+    assert acc["family"].to_list() == ["CCT", "text CCT"]
+    assert acc["dataset"].to_list()[1].startswith("text/tiny") and acc["dataset"][0] != acc["dataset"][1]
+    layers = outcome.tables["layers"]
+    text = layers.filter(pl.col("model") == "text")
+    assert text["point"].to_list()[0] == "tokenizer.0" and text["relative_depth"].max() == 1.0
+    assert text["effect_size"].is_not_null().all()
+    summary = (tmp_path / "results" / studies.STUDIES / outcome.uri.rsplit("/", 1)[-1] / FILES["summary"]).read_text()
+    assert "models on different datasets" in summary and "| text CCT | text/tiny" in summary
+
+
+def test_jobs_at_other_thresholds_or_readouts_are_refused_and_one_models_seeds_share_their_data(tmp_path):
     a = spec_from_dict(tiny_job(tmp_path)).model_dump(mode="json")
     b = spec_from_dict(tiny_job(tmp_path / "other")).model_dump(mode="json")
     c = spec_from_dict(tiny_job(tmp_path, **{"analysis.threshold": 0.5})).model_dump(mode="json")
-    run = lambda spec, jid: compare.Run("m", 0, jid, "", spec)  # noqa: E731
+    run = lambda spec, jid, label="m": compare.Run(label, 0, jid, "", spec)  # noqa: E731
     compare.check_comparable([run(a, "a"), run(a, "a2")])
-    with pytest.raises(StoreError, match="differ in dataset.root"):
+    assert not compare.different_datasets([run(a, "a"), run(a, "a2")])
+    with pytest.raises(StoreError, match="seeds of model 'm' on different datasets"):
         compare.check_comparable([run(a, "a"), run(b, "b")])
+    # two models on two datasets (a text model beside image models, issue 32): allowed, and said
+    compare.check_comparable([run(a, "a"), run(b, "b", "other")])
+    assert compare.different_datasets([run(a, "a"), run(b, "b", "other")])
     with pytest.raises(StoreError, match="differ in analysis.threshold"):
-        compare.check_comparable([run(a, "a"), run(c, "c")])
+        compare.check_comparable([run(a, "a"), run(c, "c", "other")])
     d = spec_from_dict(tiny_job(tmp_path, **{"analysis.readout": "flatten"})).model_dump(mode="json")
     with pytest.raises(StoreError, match="differ in analysis.readout"):
-        compare.check_comparable([run(a, "a"), run(d, "d")])
+        compare.check_comparable([run(a, "a"), run(d, "d", "other")])
+
+
+def test_dataset_label_names_the_data_and_what_of_it_was_used():
+    label = compare.dataset_label
+    assert label({"dataset": {"name": "imagefolder", "root": "/x/cifar10-jpg.tar.gz", "max_per_class": 800,
+                              "eval_max_per_class": 300}}) == "imagefolder (cifar10-jpg.tar.gz, 800 train per class, " \
+                                                              "300 eval per class)"
+    assert label({"dataset": {"name": "text", "root": "s3://b/text.tar.gz/", "subset": "banking77",
+                              "random_labels": True}}) == "text/banking77 (text.tar.gz, random labels)"
+    assert label({"dataset": {"name": "synthetic", "root": ""}}) == "synthetic"
+    assert compare.input_size({"name": "text", "max_length": 48, "image_size": 32}) == 48
+    assert compare.input_size({"name": "cifar10", "image_size": 32}) == 32
+
+
+def test_a_text_model_can_stand_beside_image_models_in_a_compare_section(tmp_path):
+    """issue 32 item 5: a compare model with its own (text) dataset section, replaced whole."""
+    from tests.text_data import write_text_dataset
+
+    root = write_text_dataset(tmp_path / "t")
+    job = _compare_job(tmp_path, seeds=(0,))
+    job["compare"]["models"].append({
+        "label": "text", "model": {"name": "text_cct_2_k2", "num_layers": 1, "embedding_dim": 32, "num_heads": 4},
+        "dataset": {"name": "text", "root": str(root), "subset": "tiny", "max_length": 16, "num_workers": 0,
+                    "tokenizer": {"vocab_size": 64, "min_frequency": 1}}})
+    spec = spec_from_dict(job)
+    runs = {label: v for label, _, v in spec.compare_jobs()}
+    assert runs["text"].dataset.name == "text" and runs["text"].dataset.max_length == 16
+    assert runs["cct"].dataset == spec.dataset and runs["vgg"].dataset == spec.dataset
+    assert runs["text"].model.name == "text_cct_2_k2"
 
 
 def test_accuracy_summary_gives_mean_sd_and_range_over_seeds():
@@ -245,7 +303,8 @@ def test_accuracy_summary_gives_mean_sd_and_range_over_seeds():
     import polars as pl
 
     acc = pl.DataFrame({"model": ["vgg", "vgg", "vgg", "cct"], "family": ["cnn"] * 3 + ["cct"],
-                        "network": ["vgg11_bn"] * 3 + ["cct_2"], "seed": [0, 1, 2, 0], "epochs": [3, 3, 3, 5],
+                        "network": ["vgg11_bn"] * 3 + ["cct_2"], "dataset": ["d"] * 4, "seed": [0, 1, 2, 0],
+                        "epochs": [3, 3, 3, 5],
                         "accuracy": [0.5, 0.6, 0.8, 0.7]})
     s = compare.accuracy_summary(acc).rows(named=True)
     assert [r["model"] for r in s] == ["vgg", "cct"]
@@ -258,13 +317,12 @@ def test_accuracy_summary_gives_mean_sd_and_range_over_seeds():
 
 def test_the_refusal_names_the_reference_job_every_differing_field_and_its_values():
     """The whole message (mutants of check_comparable that garbled it, named the wrong job, or compared
-    only the keys both jobs set survived the tests above): the third job differs from the first in
-    the dataset's root and in a field only it sets."""
-    run = lambda spec, jid: compare.Run("m", 0, jid, "", spec)  # noqa: E731
-    a = {"dataset": {"name": "x", "root": "/a"}}
-    b = {"dataset": {"name": "x", "root": "/b", "max_per_class": 5}}
+    the wrong fields survived the tests above): the third job differs from the first in two of the
+    shared analysis fields."""
+    run = lambda spec, jid, label: compare.Run(label, 0, jid, "", spec)  # noqa: E731
+    a = {"dataset": {"name": "x"}, "analysis": {"threshold": 0.3, "normalise": "max", "readout": "seqpool", "fdr": 0.05}}
+    b = {"dataset": {"name": "y"}, "analysis": {"threshold": 0.5, "normalise": "max", "readout": "flatten", "fdr": 0.1}}
     with pytest.raises(StoreError) as e:
-        compare.check_comparable([run(a, "ref"), run(a, "same"), run(b, "other")])
-    assert str(e.value) == ("jobs ref and other differ in dataset.max_per_class, root (None vs 5, '/a' vs '/b'); "
-                            "a comparison needs the same dataset, evaluation split, threshold, normalisation "
-                            "and readout kind")
+        compare.check_comparable([run(a, "ref", "m"), run(a, "same", "m"), run(b, "other", "n")])
+    assert str(e.value) == ("jobs ref and other differ in analysis.threshold, readout (0.3 vs 0.5, 'seqpool' vs "
+                            "'flatten'); a comparison needs the same threshold, normalisation and readout kind")

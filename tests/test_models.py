@@ -80,3 +80,46 @@ def test_block_applies_norm1_to_residual_stream():
         h = blk.norm1(x + blk.attn(blk.pre_norm(x)))
         expected = h + blk.mlp.linear2(torch.nn.functional.gelu(blk.mlp.linear1(h)))
         torch.testing.assert_close(blk(x), expected)
+
+
+def test_every_registered_family_has_a_builder_and_rules_of_its_own():
+    """issue 28 item 2: families behind one interface, each with its builder registered where its
+    network is defined; a family that lacks one is an error, never another family's default."""
+    from snp_service.models import BUILDERS, REGISTRY, ModelFamily, create_model, measurement_points
+
+    create_model("cct_2_3x2_32", 10, 32)  # imports the network modules, which register their builders
+    for name, cfg in REGISTRY.items():
+        assert isinstance(cfg, ModelFamily) and cfg.family in BUILDERS, name
+        assert cfg.family_label in ("CCT", "text CCT", "text transformer", "CNN", "ViT")
+        assert measurement_points(cfg, cfg.default_input_size), name
+        assert cfg.input_problem(cfg.default_input_size, name) is None, name
+
+    class Bare(ModelFamily):
+        family = "bare"
+
+    with pytest.raises(NotImplementedError, match="does not list its measurement points"):
+        measurement_points(Bare(), 32)
+    with pytest.raises(NotImplementedError, match="input-size rule"):
+        Bare().input_problem(32, "bare")
+
+
+def test_a_family_without_a_builder_is_refused(monkeypatch):
+    from dataclasses import replace
+
+    from snp_service.models import REGISTRY, create_model
+
+    monkeypatch.setitem(REGISTRY, "odd", replace(REGISTRY["vgg11_bn"], family="odd"))
+    with pytest.raises(ValueError, match="model family 'odd' of odd has no registered builder"):
+        create_model("odd", 10, 32)
+
+
+def test_no_module_outside_the_models_switches_on_a_config_type():
+    """The families' rules live in snp_service/models; the spec, the studies and the CLI ask the
+    family (cfg.text, cfg.cct, cfg.points, cfg.input_problem, cfg.family_label)."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "snp_service"
+    names = ("CCTConfig", "TextConfig", "VGGConfig", "TorchvisionConfig")
+    offenders = [f"{f.relative_to(package)}: {n}" for f in package.rglob("*.py") if f.parent.name != "models"
+                 for n in names if n in f.read_text()]
+    assert not offenders, offenders

@@ -12,7 +12,7 @@ import yaml
 from snp_service.cli import main
 from snp_service.errors import SpecError
 from snp_service.spec import JobSpec, load_spec, spec_from_dict
-from tests.conftest import REPO, SHARED_CIFAR10, SHARED_FLOWERS, tiny_job
+from tests.conftest import REPO, SHARED_CIFAR10, SHARED_FLOWERS, SHARED_TEXT, tiny_job
 
 JOBS = sorted((REPO / "jobs").glob("*.yaml"))
 
@@ -20,14 +20,15 @@ JOBS = sorted((REPO / "jobs").glob("*.yaml"))
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
 def test_shipped_jobs_validate(path, monkeypatch, tmp_path):
     text = path.read_text()
-    shared = [a for a in (SHARED_CIFAR10, SHARED_FLOWERS) if f"../shared/datasets/{a.name}" in text]
+    shared = [a for a in (SHARED_CIFAR10, SHARED_FLOWERS, SHARED_TEXT) if f"../shared/datasets/{a.name}" in text]
     on_shared = bool(shared)
     if on_shared and not shared[0].exists():
         pytest.skip(f"real dataset archive not at {shared[0]}")
     monkeypatch.chdir(REPO)
     if "weights: results/" in text:  # a finished job's weights: validated beside a stand-in of that job
         monkeypatch.chdir(_beside_a_finished_job(tmp_path, yaml.safe_load(text)["model"]["weights"]))
-    if "download: true" not in text and "synthetic" not in text and not on_shared:
+    remote = yaml.safe_load(text)["dataset"].get("root", "").startswith("s3://")  # validated without reading it
+    if "download: true" not in text and "synthetic" not in text and not on_shared and not remote:
         pytest.skip(f"{path.name} needs its dataset root present (a GPU-cluster job)")
     spec = load_spec(path)
     assert spec.job_id().startswith(spec.name + "-")
@@ -212,4 +213,14 @@ def test_weights_may_name_a_finished_job_by_its_name(tmp_path, monkeypatch):
     (tmp_path / "results" / "first-fedcba987654" / "model").mkdir(parents=True)
     (tmp_path / "results" / "first-fedcba987654" / "manifest.json").write_text("{}")
     with pytest.raises(SpecError, match="2 finished jobs of that name"):
+        spec_from_dict(job)
+
+
+def test_eval_every_is_neutral_at_1_and_refused_in_a_sweep(tmp_path):
+    base = spec_from_dict(tiny_job(tmp_path))
+    assert spec_from_dict(tiny_job(tmp_path, **{"train.eval_every": 1})).job_id() == base.job_id()
+    assert spec_from_dict(tiny_job(tmp_path, **{"train.eval_every": 5})).job_id() != base.job_id()
+    job = tiny_job(tmp_path, **{"train.eval_every": 2})
+    job["sweep"] = {"threshold": [0.2, 0.4]}
+    with pytest.raises(SpecError, match="train.eval_every must be 1"):
         spec_from_dict(job)

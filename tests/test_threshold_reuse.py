@@ -13,7 +13,7 @@ from snp_service.store import Store
 from tests.conftest import tiny_job
 
 # the quickstart's stage keys (dataset root set to /fixed/quickstart: keys read the path) as the code
-# before the split computed them (main at 8ac0aed)
+# before the split computed them (main at 8ac0aed and at 1fc5d07)
 BEFORE_SPLIT = {"snp": "7d3b972ce071f4a2", "train": "6afccdace7f10445", "heads": "2f7b9370c057d7d0",
                 "prune": "f482d86d3c7fbc29", "report": "2cab2f3052a284e7"}
 MEASURE_FILES = ("field_sums", "label_counts", "node_label_accuracy", "dependence", "readout", "measured")

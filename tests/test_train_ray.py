@@ -63,6 +63,26 @@ def test_same_job_twice_gives_same_metrics(tmp_path, ray_cluster):
     assert [[h[k] for k in keys] for h in ra.state["history"]] == [[h[k] for k in keys] for h in rb.state["history"]]
 
 
+def test_evaluating_every_second_epoch_trains_the_same_network(tmp_path, ray_cluster):
+    """train.eval_every (for an evaluation split much larger than the training split): the skipped
+    epochs' eval metrics are NaN, the last epoch is evaluated, and the weights are those of the run
+    that evaluates every epoch (evaluation draws no random numbers)."""
+    import math
+
+    import torch
+
+    every = spec_from_dict(tiny_job(tmp_path, storage={"root": str(tmp_path / "a")}, **{"train.epochs": 3}))
+    sparse = spec_from_dict(tiny_job(tmp_path, storage={"root": str(tmp_path / "b")},
+                                     **{"train.epochs": 3, "train.eval_every": 2}))
+    assert sparse.job_id() != every.job_id()  # its stored history differs
+    ra, rb = fit(every, str(tmp_path / "a" / "train")), fit(sparse, str(tmp_path / "b" / "train"))
+    hb = rb.state["history"]
+    assert [math.isnan(h["eval_accuracy"]) for h in hb] == [True, False, False]  # epochs 2 and 3 (the last)
+    assert hb[-1]["eval_accuracy"] == ra.state["history"][-1]["eval_accuracy"]
+    for k, v in ra.state["model"].items():
+        assert torch.equal(v, rb.state["model"][k]), k
+
+
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, ray_cluster):
     spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 4}))
     storage = str(tmp_path / "train")

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from snp_service.models.registry import (
+    BUILDERS,
     REGISTRY,
     CCTConfig,
+    ModelFamily,
     PointInfo,
     TextConfig,
     TorchvisionConfig,
@@ -20,7 +22,7 @@ from snp_service.models.registry import (
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["REGISTRY", "CCTConfig", "TextConfig", "VGGConfig", "TorchvisionConfig", "PointInfo", "create_model", "list_models",
+__all__ = ["REGISTRY", "ModelFamily", "CCTConfig", "TextConfig", "VGGConfig", "TorchvisionConfig", "PointInfo", "create_model", "list_models",
            "measurement_points", "model_config"]
 
 
@@ -31,23 +33,17 @@ def create_model(name: str, num_classes: int, img_size: int, *, num_heads: int |
                  vocab_size: int | None = None) -> nn.Module:
     """A registered variant by name; the shape overrides apply to CCTs (VGGs take none). A text model
     reads `img_size` as its sequence length and needs `vocab_size` (its word embedding's rows)."""
-    # the networks import torch: imported here so that the registry (and `snp-service validate`,
-    # which imports it through the spec) stays free of torch
-    from snp_service.models import torchvision_models
-    from snp_service.models.cct import CCT
-    from snp_service.models.text import TextTransformer
-    from snp_service.models.vgg import VGG
+    # the network modules register their families' builders on import (register_builder); imported
+    # here so that the registry (and `snp-service validate`, which imports it through the spec) stays
+    # free of torch
+    from snp_service.models import cct, text, torchvision_models, vgg  # noqa: F401
 
     cfg = model_config(name, num_heads=num_heads, num_layers=num_layers, embedding_dim=embedding_dim,
                        mlp_ratio=mlp_ratio)
-    if isinstance(cfg, TorchvisionConfig):
-        return torchvision_models.build(cfg, num_classes, img_size)
-    if isinstance(cfg, TextConfig):
-        if vocab_size is None:
-            raise ValueError(f"{name} is a text model: it needs vocab_size")
-        return TextTransformer(cfg, num_classes, img_size, vocab_size, positional_embedding, attention, dropout,
-                               attention_dropout, stochastic_depth)
-    if isinstance(cfg, CCTConfig):
-        return CCT(cfg, num_classes, img_size, positional_embedding, attention, dropout, attention_dropout,
-                   stochastic_depth)
-    return VGG(cfg, num_classes)
+    if cfg.family not in BUILDERS:
+        raise ValueError(f"model family {cfg.family!r} of {name} has no registered builder")
+    if cfg.text and vocab_size is None:
+        raise ValueError(f"{name} is a text model: it needs vocab_size")
+    return BUILDERS[cfg.family](cfg, num_classes, img_size, vocab_size, {
+        "positional_embedding": positional_embedding, "attention": attention, "dropout": dropout,
+        "attention_dropout": attention_dropout, "stochastic_depth": stochastic_depth})

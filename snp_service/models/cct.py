@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snp_service.models.registry import CCTConfig
+from snp_service.models.registry import CCTConfig, register_builder
 
 
 class Tokenizer(nn.Module):
@@ -216,3 +216,8 @@ class CCT(nn.Module):
         return point_modules(self.tokenizer.conv_layers, self.blocks)
 
 
+
+
+@register_builder("cct")
+def build_cct(cfg: CCTConfig, num_classes: int, img_size: int, vocab_size: int | None, options: dict) -> CCT:
+    return CCT(cfg, num_classes, img_size, **options)

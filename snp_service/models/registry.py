@@ -8,14 +8,62 @@ the network itself.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
 PointKind = Literal["conv", "ff", "mha", "block"]
 
 
+class ModelFamily:
+    """What every registered model family provides, defined where the family is (timm's way): its
+    measurement points, its input-size rule and how tables name it; its network's builder registers
+    itself under the family's name (`register_builder`, in the module that defines the network).
+    Nothing else in the service switches on a config's type: a new family subclasses this, registers
+    its variants in REGISTRY and its builder; a method or builder it lacks is an error, never another
+    family's default.
+
+    Capabilities: `text` (reads word ids from a text dataset, else images); `cct` (CCT encoder blocks:
+    shape overrides, head-count studies, structural pruning of FF units and heads)."""
+
+    family: str
+    text: bool = False
+    cct: bool = False
+
+    @property
+    def default_input_size(self) -> int:
+        """The input size `snp-service models` lists points at (a CCT variant's own image size)."""
+        return getattr(self, "img_size", 32)
+
+    @property
+    def family_label(self) -> str:
+        raise NotImplementedError(f"{type(self).__name__} does not say how tables name its family")
+
+    def points(self, input_size: int) -> list[PointInfo]:
+        """Every measurement point, in forward order, at this input size (image side or sequence length)."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its measurement points")
+
+    def input_problem(self, input_size: int, name: str) -> str | None:
+        """Why `input_size` does not suit this model (a message naming the field), or None."""
+        raise NotImplementedError(f"{type(self).__name__} does not state its input-size rule")
+
+
+# family name -> builder(cfg, num_classes, input_size, vocab_size, options) -> nn.Module; filled by the
+# network modules (cct, text, vgg, torchvision_models) as they are imported (snp_service.models.create_model)
+BUILDERS: dict[str, Callable] = {}
+
+
+def register_builder(*families: str) -> Callable[[Callable], Callable]:
+    """Decorator: the network builder of these families (written where the network is defined)."""
+    def register(fn: Callable) -> Callable:
+        for f in families:
+            BUILDERS[f] = fn
+        return fn
+    return register
+
+
 @dataclass(frozen=True)
-class CCTConfig:
+class CCTConfig(ModelFamily):
     """Compact convolutional transformer (Hassani et al., SHI-Labs), METHOD.md section 5."""
 
     num_layers: int
@@ -26,6 +74,7 @@ class CCTConfig:
     n_conv_layers: int
     img_size: int
     family: str = "cct"
+    cct = True
 
     @property
     def stride(self) -> int:  # as in the authors' _cct(): max(1, k // 2 - 1)
@@ -51,6 +100,30 @@ class CCTConfig:
     def sequence_length(self, img_size: int) -> int:
         return self.tokenizer_sizes(img_size)[-1] ** 2
 
+    @property
+    def family_label(self) -> str:
+        """How tables and figures name the family (the unified study's `family` column)."""
+        return {"cct": "CCT", "text_cct": "text CCT", "text_transformer": "text transformer"}[self.family]
+
+    def points(self, input_size: int) -> list[PointInfo]:
+        # the vision CCT's tokenizer stages are 2-D maps (64 channels but the last), the text CCT's sequences
+        sizes = self.tokenizer_sizes(input_size)
+        out = []
+        for i, s in enumerate(sizes):
+            channels = self.embedding_dim if self.text or i == len(sizes) - 1 else 64
+            out.append(PointInfo(f"tokenizer.{i}", "conv", channels, s if self.text else s * s))
+        n_tok = self.sequence_length(input_size)
+        for m in range(self.num_layers):
+            out.append(PointInfo(f"blocks.{m}.attn.heads", "mha", self.embedding_dim, n_tok, self.num_heads))
+            out.append(PointInfo(f"blocks.{m}.mlp.hidden", "ff", self.mlp_hidden, n_tok))
+            out.append(PointInfo(f"blocks.{m}.out", "block", self.embedding_dim, n_tok))
+        return out
+
+    def input_problem(self, input_size: int, name: str) -> str | None:
+        if self.tokenizer_sizes(input_size)[-1] < 1:
+            return f"image_size {input_size} is too small for {name}'s tokenizer"
+        return None
+
 
 @dataclass(frozen=True)
 class TextConfig(CCTConfig):
@@ -63,6 +136,7 @@ class TextConfig(CCTConfig):
 
     word_embedding_dim: int = 300
     family: str = "text_cct"
+    text = True
     pool_kernel: int = 2  # the authors' TextCCT pooling: MaxPool(2, 2, 1)
     pool_stride: int = 2
     pool_padding: int = 1
@@ -85,17 +159,39 @@ class TextConfig(CCTConfig):
     def sequence_length(self, img_size: int) -> int:
         return self.tokenizer_sizes(img_size)[-1] if self.n_conv_layers else img_size
 
+    def input_problem(self, input_size: int, name: str) -> str | None:
+        if self.n_conv_layers and self.tokenizer_sizes(input_size)[-1] < 1:
+            return f"dataset.max_length {input_size} is too short for {name}"
+        return None
+
 
 @dataclass(frozen=True)
-class VGGConfig:
+class VGGConfig(ModelFamily):
     """VGG with batch norm, CIFAR form (features, global average pool, one Linear)."""
 
     layers: tuple[int | str, ...]
     family: str = "vgg"
+    family_label: str = "CNN"
+
+    def points(self, input_size: int) -> list[PointInfo]:
+        out, s, idx, channels = [], input_size, 0, 3
+        for v in self.layers:
+            if v == "M":
+                s //= 2
+                out.append(PointInfo(f"features.{idx}", "conv", channels, s * s))
+                idx += 1
+            else:
+                channels = int(v)
+                out.append(PointInfo(f"features.{idx + 2}", "conv", channels, s * s))  # after ReLU
+                idx += 3  # Conv2d, BatchNorm2d, ReLU
+        return out
+
+    def input_problem(self, input_size: int, name: str) -> str | None:
+        return f"{name} needs image_size >= 32 (five 2x poolings)" if input_size < 32 else None
 
 
 @dataclass(frozen=True)
-class TorchvisionConfig:
+class TorchvisionConfig(ModelFamily):
     """A torchvision classification model by its builder name (torchvision.models.<arch>), random init
     or a state_dict file (model.weights). Measurement points are module paths plus a kind:
     (point name, module path, kind, nodes, stride): a conv point has (size / stride)^2 positions; a
@@ -104,16 +200,32 @@ class TorchvisionConfig:
     does not expose them to hooks; snp_service.models.torchvision_models computes them)."""
 
     arch: str
-    points: tuple[tuple[str, str, str, int, int], ...]
+    point_table: tuple[tuple[str, str, str, int, int], ...]
     kind: Literal["cnn", "vit"] = "cnn"
     num_heads: int | None = None
     patch: int = 16
     family: str = "torchvision"
 
     @property
+    def family_label(self) -> str:
+        return "ViT" if self.kind == "vit" else "CNN"
+
+    @property
     def multiple(self) -> int:
         """image_size must be a multiple of this (32 for the CNNs' five halvings; the ViT's patch)."""
         return self.patch if self.kind == "vit" else 32
+
+    def points(self, input_size: int) -> list[PointInfo]:
+        tokens = (input_size // self.patch) ** 2 + 1
+        return [PointInfo(name, kind, nodes, tokens if self.kind == "vit" else max(1, input_size // stride) ** 2,
+                          self.num_heads if kind == "mha" else None)
+                for name, _path, kind, nodes, stride in self.point_table]
+
+    def input_problem(self, input_size: int, name: str) -> str | None:
+        if input_size % self.multiple:
+            return (f"{name} needs an image_size that is a multiple of {self.multiple} "
+                    f"({'its patch size' if self.kind == 'vit' else 'five 2x halvings'}), not {input_size}")
+        return None
 
 
 def _resnet(arch: str, widths: tuple[int, int, int, int]) -> TorchvisionConfig:
@@ -157,7 +269,7 @@ _CCT_VARIANTS = [
     (7, 7, 2, 224), (14, 7, 2, 224), (14, 7, 2, 384),
 ]
 
-REGISTRY: dict[str, CCTConfig | VGGConfig | TorchvisionConfig] = {}
+REGISTRY: dict[str, ModelFamily] = {}
 for _size, _k, _n, _img in _CCT_VARIANTS:
     _l, _h, _m, _d = _CCT_SIZES[_size]
     REGISTRY[f"cct_{_size}_{_k}x{_n}_{_img}"] = CCTConfig(_l, _h, _m, _d, _k, _n, _img)
@@ -187,13 +299,13 @@ def list_models() -> list[str]:
     return sorted(REGISTRY)
 
 
-def model_config(name: str, **overrides) -> CCTConfig | VGGConfig:
+def model_config(name: str, **overrides) -> ModelFamily:
     """The registered config of `name` with non-None `overrides` applied."""
     if name not in REGISTRY:
         raise KeyError(name)
     cfg = REGISTRY[name]
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if isinstance(cfg, (VGGConfig, TorchvisionConfig)) and overrides:
+    if not cfg.cct and overrides:
         raise ValueError(f"{name} takes no shape overrides (num_heads, num_layers, embedding_dim, mlp_ratio are for "
                          f"CCTs), got {sorted(overrides)}")
     return replace(cfg, **overrides)
@@ -214,36 +326,9 @@ class PointInfo:
     heads: int | None = None
 
 
-def measurement_points(cfg: CCTConfig | VGGConfig | TorchvisionConfig, img_size: int) -> dict[str, PointInfo]:
+def measurement_points(cfg: ModelFamily, img_size: int) -> dict[str, PointInfo]:
     """Every measurement point of a model, in forward order, by stable name."""
-    points: list[PointInfo] = []
-    if isinstance(cfg, TorchvisionConfig):
-        tokens = (img_size // cfg.patch) ** 2 + 1
-        for name, _path, kind, nodes, stride in cfg.points:
-            positions = tokens if cfg.kind == "vit" else max(1, img_size // stride) ** 2
-            points.append(PointInfo(name, kind, nodes, positions, cfg.num_heads if kind == "mha" else None))
-    elif isinstance(cfg, CCTConfig):  # the vision CCT's tokenizer stages are 2-D maps, the text CCT's sequences
-        sizes, text = cfg.tokenizer_sizes(img_size), isinstance(cfg, TextConfig)
-        for i, s in enumerate(sizes):
-            channels = cfg.embedding_dim if text or i == len(sizes) - 1 else 64
-            points.append(PointInfo(f"tokenizer.{i}", "conv", channels, s if text else s * s))
-        n_tok = cfg.sequence_length(img_size)
-        for m in range(cfg.num_layers):
-            points.append(PointInfo(f"blocks.{m}.attn.heads", "mha", cfg.embedding_dim, n_tok, cfg.num_heads))
-            points.append(PointInfo(f"blocks.{m}.mlp.hidden", "ff", cfg.mlp_hidden, n_tok))
-            points.append(PointInfo(f"blocks.{m}.out", "block", cfg.embedding_dim, n_tok))
-    else:
-        s, idx, channels = img_size, 0, 3
-        for v in cfg.layers:
-            if v == "M":
-                s //= 2
-                points.append(PointInfo(f"features.{idx}", "conv", channels, s * s))
-                idx += 1
-            else:
-                channels = int(v)
-                points.append(PointInfo(f"features.{idx + 2}", "conv", channels, s * s))  # after ReLU
-                idx += 3  # Conv2d, BatchNorm2d, ReLU
-    return {p.name: p for p in points}
+    return {p.name: p for p in cfg.points(img_size)}
 
 
 def match_points(available: dict[str, PointInfo], patterns: list[str]) -> dict[str, list[str]]:

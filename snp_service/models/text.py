@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snp_service.models.cct import EncoderBlock, SeqPool, add_positional_embedding, init_weights, point_modules
-from snp_service.models.registry import TextConfig
+from snp_service.models.registry import TextConfig, register_builder
 
 PAD_ID = 0  # snp_service.text puts [PAD] first in every vocabulary
 
@@ -123,3 +123,9 @@ class TextTransformer(nn.Module):
         """Word ids of `batch` full-length texts (the cost utility's input: snp_service.structural)."""
         g = torch.Generator().manual_seed(0)
         return torch.randint(1, self.vocab_size, (batch, self.seq_len), generator=g)
+
+
+@register_builder("text_cct", "text_transformer")
+def build_text(cfg: TextConfig, num_classes: int, seq_len: int, vocab_size: int | None,
+               options: dict) -> TextTransformer:
+    return TextTransformer(cfg, num_classes, seq_len, vocab_size, **options)

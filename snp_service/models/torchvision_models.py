@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from snp_service.models.registry import TorchvisionConfig
+from snp_service.models.registry import TorchvisionConfig, register_builder
 
 
 def concatenated_heads(mha: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,10 @@ def _probe_hook(probe: nn.Module):
     return hook
 
 
-def build(cfg: TorchvisionConfig, num_classes: int, img_size: int) -> nn.Module:
+@register_builder("torchvision")
+def build(cfg: TorchvisionConfig, num_classes: int, img_size: int, vocab_size: int | None = None,
+          options: dict | None = None) -> nn.Module:
+    """torchvision's network (`options` are the CCTs' and do not apply)."""
     builder = getattr(torchvision.models, cfg.arch)
     model = builder(num_classes=num_classes, image_size=img_size) if cfg.kind == "vit" else builder(num_classes=num_classes)
     if cfg.kind == "vit":
@@ -48,7 +51,7 @@ def build(cfg: TorchvisionConfig, num_classes: int, img_size: int) -> nn.Module:
             probe = nn.Identity()  # no parameters: the state_dict stays torchvision's
             layer.self_attention.heads = probe
             layer.self_attention.register_forward_hook(_probe_hook(probe))
-    paths = {name: path for name, path, *_ in cfg.points}
+    paths = {name: path for name, path, *_ in cfg.point_table}
 
     def point_modules(self) -> dict[str, nn.Module]:
         return {name: self.get_submodule(path) for name, path in paths.items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from snp_service.models.registry import VGGConfig
+from snp_service.models.registry import VGGConfig, register_builder
 
 
 class VGG(nn.Module):
@@ -33,3 +33,8 @@ class VGG(nn.Module):
 
     def point_modules(self) -> dict[str, nn.Module]:
         return {f"features.{i}": m for i, m in enumerate(self.features) if isinstance(m, (nn.ReLU, nn.MaxPool2d))}
+
+
+@register_builder("vgg")
+def build_vgg(cfg: VGGConfig, num_classes: int, img_size: int, vocab_size: int | None, options: dict) -> VGG:
+    return VGG(cfg, num_classes)  # the CIFAR form: global average pooling, so any image_size >= 32
