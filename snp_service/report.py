@@ -132,77 +132,98 @@ def build(job: JobStore, progress=lambda _m: None, running_hardware: dict | None
 
     running_hardware: the machine running the job, when the report is drawn as the job's last stage
     (before its manifest exists); a rebuilt report takes the hardware from the job's manifest."""
-
     spec = job.spec_json()
     classes = job.class_names()
-    sections, figs = [], {}
+    sections = [*_training_sections(job), *_layers_sections(job, spec, classes), *_heads_sections(job, classes),
+                *_pruning_sections(job)]
+    if job.has("classes"):
+        sections.append(("Per-class accuracy of the trained network", html_table(job.table("classes"))))
+    path = job.write_text(FILES["report"], page(f"snp-service report: {job.job_id}", sections,
+                                                _provenance(job, spec, running_hardware), DEFINITIONS, spec))
+    progress(f"report: {job.uri}/report/report.html ({len(sections)} sections)")
+    return path
+
+
+Section = tuple[str, str]  # (title, HTML)
+
+
+def _training_sections(job: JobStore) -> list[Section]:
+    if not job.has("train"):
+        return []
+    fig = store_figure(job, "training", figures.training_curves(job.table("train")))
+    return [("Training", f"<img src='{fig}' alt='training curves'>")]
+
+
+def _layers_sections(job: JobStore, spec: dict, classes: list[str]) -> list[Section]:
+    """The per-point table and curves, cluster sizes, and each point's SNP matrices."""
+    if not job.has("layers"):
+        return []
+    layers = job.layers()
+    img = store_figure(job, "layers", figures.layer_curves(layers))
+    table = html_table(layers, layer_names(reported=True), intervals=True)
+    sizes, heat = {}, []
+    for p in layers["point"]:
+        nodes = job.read_point(p, "nodes")
+        sizes[p] = nodes["cluster_size"].to_numpy()
+        mats = job.read_point(p, "snp_matrices")
+        fig = figures.snp_heatmaps(p, mats, nodes["clusters"].to_list(), _chosen_nodes(nodes),
+                                   spec["analysis"]["threshold"], classes)
+        heat.append(f"<img src='{store_figure(job, 'snp_' + p.replace('.', '_'), fig)}' alt='SNP matrices {p}'>")
+    hist = store_figure(job, "cluster_sizes", figures.cluster_histograms(sizes, len(classes)))
+    readouts = ", ".join(f"{r} at {'/'.join(k)} points" for r, k in (
+        (r, layers.filter(pl.col("readout") == r)["kind"].unique(maintain_order=True).to_list())
+        for r in layers["readout"].unique(maintain_order=True)))
+    an = spec["analysis"]
+    return [("Single-nodal performance along the network",
+             f"<p>Readouts: {html.escape(readouts)}; threshold {an['threshold']}; normalisation "
+             f"{html.escape(an['normalise'])}; candidate order {html.escape(str(an.get('candidate_order', 'diagonal')))}; "
+             f"label-dependence tests at FDR {an.get('fdr', 0.05)}.</p>{table}"
+             f"<img src='{img}' alt='per-layer curves'><img src='{hist}' alt='cluster sizes'>"),
+            ("SNP matrices (4 nodes with the largest signal per point)", "".join(heat))]
+
+
+def _heads_sections(job: JobStore, classes: list[str]) -> list[Section]:
+    if not job.has("heads"):
+        return []
+    summary = job.heads()
+    parts = [html_table(summary, ["point", "heads", "labels", "mean_labels_per_head", "mean_heads_per_label",
+                                  "labels_without_head", "observed_jaccard", "null_mean", "null_sd", "overlap_deficit",
+                                  "p_value", "p_min", "status", "reason"])]
+    for r in summary.iter_rows(named=True):
+        p = r["point"]
+        null = job.read_point(p, "heads_null") if job.has_point(p, "heads_null") else None
+        fig = figures.heads_figure(p, job.read_point(p, "heads_labels"), null, r, classes)
+        parts.append(f"<img src='{store_figure(job, 'heads_' + p.replace('.', '_'), fig)}' alt='heads {p}'>")
+    return [("Attention heads: who recognises which label", "".join(parts))]
+
+
+def _pruning_sections(job: JobStore) -> list[Section]:
+    if not job.has("andc"):
+        return []
+    andc, curve = job.andc(), job.table("curve")
+    img = store_figure(job, "pruning", figures.pruning_figure(curve, andc))
+    body = html_table(andc, ["point", "method", "selection", "threshold", "kept_fraction", "nodes_without_connection",
+                             "accuracy_full", "accuracy_pruned", "accuracy_finetuned", "finetune_epochs"])
+    body += f"<img src='{img}' alt='pruning curves'>"
+    if job.has("structural"):
+        body += "<h3>Structural pruning of the network (FF units and heads removed)</h3>" + html_table(
+            job.table("structural"))
+    return [("ANDC pruning and baselines", body)]
+
+
+def _provenance(job: JobStore, spec: dict, running_hardware: dict | None) -> dict:
+    """Where the results come from: job, code, model, data, seed, hardware and each stage's seconds."""
     stages = {s: job.stage_result(s) for s in ("data", "train", "load", "evaluate", "snp", "measure", "cluster", "heads",
                                              "prune")}
     if stages["measure"] or stages["cluster"]:  # snp: the one stage of jobs before issue 27, stale once re-run
         stages["snp"] = None
-
-    if job.has("train"):
-        figs["training"] = store_figure(job, "training", figures.training_curves(job.table("train")))
-        sections.append(("Training", f"<img src='{figs['training']}' alt='training curves'>"))
-
-    if job.has("layers"):
-        layers = job.layers()
-        img = store_figure(job, "layers", figures.layer_curves(layers))
-        table = html_table(layers, layer_names(reported=True), intervals=True)
-        sizes, heat = {}, []
-        for p in layers["point"]:
-            nodes = job.read_point(p, "nodes")
-            sizes[p] = nodes["cluster_size"].to_numpy()
-            mats = job.read_point(p, "snp_matrices")
-            fig = figures.snp_heatmaps(p, mats, nodes["clusters"].to_list(), _chosen_nodes(nodes),
-                                       spec["analysis"]["threshold"], classes)
-            heat.append(f"<img src='{store_figure(job, 'snp_' + p.replace('.', '_'), fig)}' alt='SNP matrices {p}'>")
-        hist = store_figure(job, "cluster_sizes", figures.cluster_histograms(sizes, len(classes)))
-        readouts = ", ".join(f"{r} at {'/'.join(k)} points" for r, k in (
-            (r, layers.filter(pl.col("readout") == r)["kind"].unique(maintain_order=True).to_list())
-            for r in layers["readout"].unique(maintain_order=True)))
-        sections.append(("Single-nodal performance along the network",
-                         f"<p>Readouts: {html.escape(readouts)}; threshold {spec['analysis']['threshold']}; "
-                         f"normalisation {html.escape(spec['analysis']['normalise'])}; candidate order "
-                         f"{html.escape(str(spec['analysis'].get('candidate_order', 'diagonal')))}; label-dependence "
-                         f"tests at FDR {spec['analysis'].get('fdr', 0.05)}.</p>{table}"
-                         f"<img src='{img}' alt='per-layer curves'><img src='{hist}' alt='cluster sizes'>"))
-        sections.append(("SNP matrices (4 nodes with the largest signal per point)", "".join(heat)))
-
-    if job.has("heads"):
-        summary = job.heads()
-        parts = [html_table(summary, ["point", "heads", "labels", "mean_labels_per_head", "mean_heads_per_label",
-                                      "labels_without_head", "observed_jaccard", "null_mean", "null_sd", "overlap_deficit",
-                                      "p_value", "p_min",
-                                      "status", "reason"])]
-        for r in summary.iter_rows(named=True):
-            p = r["point"]
-            null = job.read_point(p, "heads_null") if job.has_point(p, "heads_null") else None
-            fig = figures.heads_figure(p, job.read_point(p, "heads_labels"), null, r, classes)
-            parts.append(f"<img src='{store_figure(job, 'heads_' + p.replace('.', '_'), fig)}' alt='heads {p}'>")
-        sections.append(("Attention heads: who recognises which label", "".join(parts)))
-
-    if job.has("andc"):
-        andc, curve = job.andc(), job.table("curve")
-        img = store_figure(job, "pruning", figures.pruning_figure(curve, andc))
-        body = html_table(andc, ["point", "method", "selection", "threshold", "kept_fraction", "nodes_without_connection",
-                                 "accuracy_full", "accuracy_pruned", "accuracy_finetuned", "finetune_epochs"])
-        body += f"<img src='{img}' alt='pruning curves'>"
-        if job.has("structural"):
-            body += "<h3>Structural pruning of the network (FF units and heads removed)</h3>" + html_table(
-                job.table("structural"))
-        sections.append(("ANDC pruning and baselines", body))
-
-    if job.has("classes"):
-        sections.append(("Per-class accuracy of the trained network", html_table(job.table("classes"))))
-
+    data = stages["data"] or {}
     manifest = job.manifest()  # a rebuilt report names the code that ran the job, not the code drawing it
-    prov = {"job id": job.job_id, "code version": (manifest or {}).get("code_version") or code_version(),
+    return {"job id": job.job_id, "code version": (manifest or {}).get("code_version") or code_version(),
             "model": spec["model"]["name"],
             "dataset": f"{spec['dataset']['name']} ({spec['dataset']['root']})",
-            "train / eval split": f"{(stages['data'] or {}).get('train_split')} "
-                                  f"{(stages['data'] or {}).get('train_size')} / "
-                                  f"{(stages['data'] or {}).get('eval_split')} {(stages['data'] or {}).get('eval_size')}",
+            "train / eval split": f"{data.get('train_split')} {data.get('train_size')} / "
+                                  f"{data.get('eval_split')} {data.get('eval_size')}",
             **({"weights": f"{stages['load']['weights']} (sha256 {stages['load']['sha256'][:12]}; not trained here)"}
                if stages.get("load") else {"epochs": spec["train"]["epochs"]}),
             "seed": spec["train"]["seed"],
@@ -210,10 +231,6 @@ def build(job: JobStore, progress=lambda _m: None, running_hardware: dict | None
             "device / precision": f"{(stages['train'] or {}).get('device')} / {(stages['train'] or {}).get('precision')}",
             "hardware": describe_hardware(running_hardware or (manifest or {}).get("hardware")),
             "durations (s)": ", ".join(f"{k} {v['seconds']:.0f}" for k, v in stages.items() if v)}
-    path = job.write_text(FILES["report"], page(f"snp-service report: {job.job_id}", sections, prov,
-                                                     DEFINITIONS, spec))
-    progress(f"report: {job.uri}/report/report.html ({len(sections)} sections)")
-    return path
 
 
 def page(title: str, sections: list[tuple[str, str]], prov: dict, definitions: str, spec: dict | None) -> str:
