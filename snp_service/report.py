@@ -347,7 +347,16 @@ def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: 
           str(r["seeds"]), fmt_mean_sd(r["accuracy"], r["accuracy_sd"], 100, 1) + " %",
           f"{r['accuracy_min'] * 100:.1f} to {r['accuracy_max'] * 100:.1f} %"] for r in acc.iter_rows(named=True)],
         ["model", "network", "family", *(["dataset"] if several else []), "epochs", "seeds", "accuracy", "range"]), ""]
-    lay = tables["layers"]
+    out += _summary_layers(tables["layers"]) + _summary_trends(tables["trends"])
+    if "andc" in tables:
+        out += _summary_andc(tables["andc"])
+    if "heads" in tables:
+        out += _summary_heads(tables["heads"])
+    return "\n".join(out) + "\n"
+
+
+def _summary_layers(lay: pl.DataFrame) -> list[str]:
+    out: list[str] = []
     out += [f"**Per-layer measures along relative depth** (mean ± sd over seeds; effect size and SNR then the "
             f"{INTERVAL}; label-specific: share of nodes whose field depends on the label at the job's FDR)", "",
             markdown_table(
@@ -362,7 +371,11 @@ def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: 
           fmt_mean_sd(r["frac_no_cluster"], r["frac_no_cluster_sd"])] for r in lay.iter_rows(named=True)],
         ["model", "point", "kind", "readout", "depth", "readout acc. %", "label-specific", "effect size (eta²)",
          "cluster size", "noise", "SNR", "no cluster"]), ""]
-    tr = tables["trends"]
+    return out
+
+
+def _summary_trends(tr: pl.DataFrame) -> list[str]:
+    out: list[str] = []
     out += ["**Does label dependence rise along the network?** (over networks: Page's trend test of each seed's "
             "effect size against depth within one readout kind, two-sided; a sign test at two points; SNR and its "
             "Spearman rho are a description only)", "", markdown_table(
@@ -375,30 +388,36 @@ def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: 
                  for r in tr.iter_rows(named=True)],
                 ["model", "readout", "kind", "points", "from → to", "effect size", "networks", "p", "p_min",
                  "trend", "SNR", "SNR Spearman rho"]), ""]
-    if "andc" in tables:
-        a = tables["andc"]
-        sel = ", ".join(sorted(set(a["selection"].to_list())))
-        out += ["**ANDC pruning of the readouts** (accuracy change in points; baselines keep as many labels per "
-                f"node; masks chosen on: {sel})", "", markdown_table(
-                    [[r["model"], r["point"], r["method"], fmt_mean_sd(r["kept_fraction"], r["kept_fraction_sd"]),
-                      f"{1 - r['kept_fraction']:.2f}",
-                      fmt_mean_sd(r["accuracy_full"], r["accuracy_full_sd"], 100, 1),
-                      fmt_mean_sd(r["change_pruned"], r["change_pruned_sd"], 1, 1),
-                      fmt_mean_sd(r["change_finetuned"], r["change_finetuned_sd"], 1, 1)] for r in a.iter_rows(named=True)],
-                    ["model", "point", "method", "kept fraction", "pruned", "full readout acc. %", "change pruned",
-                     "change fine-tuned"]), ""]
-    if "heads" in tables:
-        h = tables["heads"]
-        out += ["**Attention heads** (avoidance: do heads avoid each other's labels, against random sets of the "
-                "same sizes; informative: the sizes let it reach p < level; Jaccard and deficit over informative "
-                "seeds only; specialisation: label profiles within heads against dimensions permuted among heads)",
-                "", markdown_table(
-            [[r["model"], r["point"], f"{r['mean_labels_per_head']:.1f}", f"{r['mean_heads_per_label']:.2f}",
-              f"{r['informative']}/{r['seeds']}", f"{r['uninformative']}", f"{r['undefined']}",
-              fmt_mean_sd(r["observed_jaccard"]), fmt_mean_sd(r["null_mean"]), fmt_mean_sd(r["overlap_deficit"]),
-              "n/a" if r["p_min_max"] is None or math.isnan(r["p_min_max"]) else f"{r['p_min_max']:.3f}",
-              f"{r['avoiding_seeds']}/{r['seeds']}", f"{r['specialised_seeds']}/{r['seeds']}"]
-             for r in h.iter_rows(named=True)],
-            ["model", "point", "labels/head", "heads/label", "informative", "uninformative", "undefined", "Jaccard",
-             "null Jaccard", "deficit", "largest p_min", "avoiding (p < level)", "specialised (p < level)"]), ""]
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _summary_andc(a: pl.DataFrame) -> list[str]:
+    out: list[str] = []
+    sel = ", ".join(sorted(set(a["selection"].to_list())))
+    out += ["**ANDC pruning of the readouts** (accuracy change in points; baselines keep as many labels per "
+            f"node; masks chosen on: {sel})", "", markdown_table(
+                [[r["model"], r["point"], r["method"], fmt_mean_sd(r["kept_fraction"], r["kept_fraction_sd"]),
+                  f"{1 - r['kept_fraction']:.2f}",
+                  fmt_mean_sd(r["accuracy_full"], r["accuracy_full_sd"], 100, 1),
+                  fmt_mean_sd(r["change_pruned"], r["change_pruned_sd"], 1, 1),
+                  fmt_mean_sd(r["change_finetuned"], r["change_finetuned_sd"], 1, 1)] for r in a.iter_rows(named=True)],
+                ["model", "point", "method", "kept fraction", "pruned", "full readout acc. %", "change pruned",
+                 "change fine-tuned"]), ""]
+    return out
+
+
+def _summary_heads(h: pl.DataFrame) -> list[str]:
+    out: list[str] = []
+    out += ["**Attention heads** (avoidance: do heads avoid each other's labels, against random sets of the "
+            "same sizes; informative: the sizes let it reach p < level; Jaccard and deficit over informative "
+            "seeds only; specialisation: label profiles within heads against dimensions permuted among heads)",
+            "", markdown_table(
+        [[r["model"], r["point"], f"{r['mean_labels_per_head']:.1f}", f"{r['mean_heads_per_label']:.2f}",
+          f"{r['informative']}/{r['seeds']}", f"{r['uninformative']}", f"{r['undefined']}",
+          fmt_mean_sd(r["observed_jaccard"]), fmt_mean_sd(r["null_mean"]), fmt_mean_sd(r["overlap_deficit"]),
+          "n/a" if r["p_min_max"] is None or math.isnan(r["p_min_max"]) else f"{r['p_min_max']:.3f}",
+          f"{r['avoiding_seeds']}/{r['seeds']}", f"{r['specialised_seeds']}/{r['seeds']}"]
+         for r in h.iter_rows(named=True)],
+        ["model", "point", "labels/head", "heads/label", "informative", "uninformative", "undefined", "Jaccard",
+         "null Jaccard", "deficit", "largest p_min", "avoiding (p < level)", "specialised (p < level)"]), ""]
+    return out
