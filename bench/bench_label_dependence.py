@@ -26,7 +26,8 @@ import torch
 
 from snp_service import measure
 from snp_service.models import PointInfo
-from snp_service.snp import CLUSTER_TIME_LIMIT_S, LabelDependence, SNPAccumulator, clusters_of, normalise
+from snp_service.clusters import CLUSTER_TIME_LIMIT_S, clusters_of
+from snp_service.snp import LabelDependence, SNPAccumulator, normalise
 
 TITLE = "Label-dependence statistics: cost of the second moments; exact clusters at 100 labels"
 ACCUMULATOR_CASES = [(128, 10), (512, 10), (128, 102), (512, 102)]  # (nodes, labels)

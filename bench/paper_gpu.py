@@ -43,7 +43,8 @@ from snp_service.models import create_model, measurement_points, model_config
 from snp_service.optim import optimiser_step
 from snp_service.prune import prune_point, selection_rows
 from snp_service.readout import as_nodes_positions
-from snp_service.snp import CLUSTER_TIME_LIMIT_S, normalise
+from snp_service.clusters import CLUSTER_TIME_LIMIT_S
+from snp_service.snp import normalise
 
 MODEL = "cct_7_3x1_32"
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)

@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from snp_service.snp import CLUSTER_TIME_LIMIT_S, membership, node_statistics, normalise
+from snp_service.clusters import CLUSTER_TIME_LIMIT_S, membership
+from snp_service.snp import node_statistics, normalise
 
 
 def head_matrices(raw: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from snp_service.readout import Readout, fit_on_features, linear_part, readout_accuracy
-from snp_service.snp import CLUSTER_TIME_LIMIT_S, membership
-from snp_service.snp import clusters as node_clusters
+from snp_service.clusters import CLUSTER_TIME_LIMIT_S, membership
+from snp_service.clusters import clusters as node_clusters
 from snp_service.structural import ff_magnitude, head_magnitude
 
 

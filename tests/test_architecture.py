@@ -10,7 +10,7 @@ PACKAGE = REPO / "snp_service"
 
 # lower numbers are lower layers: a module may import its own layer and the layers below it
 LAYERS = {
-    0: ["snp_service", "errors", "units", "optim", "provenance", "checkpoints", "snp", "heads", "readout", "prune", "structural", "tables", "compare",
+    0: ["snp_service", "errors", "units", "optim", "provenance", "checkpoints", "clusters", "snp", "heads", "readout", "prune", "structural", "tables", "compare",
         "figures", "synthetic", "models", "models.registry", "models.cct", "models.vgg",
         "models.torchvision_models", "models.text"],  # pure core
     1: ["spec"],  # the job spec (config)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from snp_service.clusters import clusters
 from snp_service.snp import (
     SNPAccumulator,
-    clusters,
     fields,
     fields_literal,
     node_statistics,
@@ -208,7 +208,7 @@ def _signal(cs) -> int:
 def test_the_integer_program_reaches_the_brute_force_best_partition_on_random_components():
     """milp_partition (used above EXACT_MAX_LABELS) against exhaustive search and the subset dynamic
     programme on components small enough for both."""
-    from snp_service.snp import best_partition, milp_partition
+    from snp_service.clusters import best_partition, milp_partition
 
     rng = np.random.default_rng(3)
     for _ in range(60):
@@ -233,7 +233,7 @@ def _bridged_cliques(blocks: int) -> torch.Tensor:
 
 
 def test_a_component_above_the_dynamic_programmes_limit_is_partitioned_exactly():
-    from snp_service.snp import EXACT_MAX_LABELS, clusters_of, greedy_clusters
+    from snp_service.clusters import EXACT_MAX_LABELS, clusters_of, greedy_clusters
 
     m = _bridged_cliques(4)  # 16 labels, one component, not a clique
     assert len(m) > EXACT_MAX_LABELS
@@ -248,7 +248,7 @@ def test_a_component_above_the_dynamic_programmes_limit_is_partitioned_exactly()
 
 
 def test_the_greedy_fallback_runs_only_when_the_solver_runs_out_of_time():
-    from snp_service.snp import clusters_of, greedy_clusters
+    from snp_service.clusters import clusters_of, greedy_clusters
 
     m = _bridged_cliques(4)
     cs, greedy = clusters_of(m, 0.3, order="label", time_limit_s=1e-9)
@@ -311,7 +311,7 @@ def test_the_normalise_mode_decodes_in_one_place():
 def test_a_value_exactly_at_the_threshold_is_not_a_one():
     """B = M > th, strictly (METHOD.md 2.6): an entry equal to the threshold is a zero, so a label
     whose diagonal equals it is no candidate and a link at it is no link."""
-    from snp_service.snp import boolean
+    from snp_service.clusters import boolean
 
     th = 0.5
     m = torch.tensor([[1.0, th, 0.0], [th, 0.8, 0.0], [0.0, 0.0, th]], dtype=torch.float64)
@@ -324,7 +324,7 @@ def test_a_value_exactly_at_the_threshold_is_not_a_one():
 def test_a_linked_group_above_the_exact_limit_gets_only_all_ones_clusters():
     """A star of 12 labels (0 linked with each other label, no other links) is not a clique and is
     too large for the exact partition: the fallback rule must still return all-ones blocks."""
-    from snp_service.snp import EXACT_MAX_LABELS, clusters_of
+    from snp_service.clusters import EXACT_MAX_LABELS, clusters_of
 
     L = EXACT_MAX_LABELS + 2
     m = torch.zeros(L, L, dtype=torch.float64)
