@@ -48,7 +48,7 @@ from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS, Criterion, SNPCriteri
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
 from snp_service.snp import interval_text, normalisation_flags, point_line
-from snp_service.spec import NEUTRAL_DEFAULTS, JobSpec, hashed_dataset, without_neutral_defaults
+from snp_service.spec import NEUTRAL_DEFAULTS, JobSpec, hashed_dataset, portable_paths, without_neutral_defaults
 from snp_service.store import FILES, JobStore, Store, clean_error, is_disk_full, read_weights
 from snp_service.structural import plan
 from snp_service.train import STATE_FILE, checkpoint_bytes, fit, readable_checkpoint
@@ -444,7 +444,10 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) -> str:
     """Hash of the spec fields `stage` depends on (computed from a stored spec.json too). With
     model.weights the checkpoint counts by its SHA-256, not by its path: two jobs on the same file
-    share their stages; without, the weights fields are left out (keys of older jobs stay valid)."""
+    share their stages; without, the weights fields are left out (keys of older jobs stay valid).
+    A dataset root inside the job's workdir counts by its relative path, as in the job id
+    (spec.portable_paths), so a job's stages keep their keys from any directory and on a cluster."""
+    spec_json = portable_paths(spec_json)
     model = dict(spec_json.get("model") or {})
     if model.get("weights") is None:
         model.pop("weights", None)
@@ -481,8 +484,18 @@ def damaged_from(job: JobStore, stages: list[str], progress: Progress) -> int:
     return first
 
 
-def find_reusable(store: Store, job: JobStore, stage: str, key: str) -> JobStore | None:
-    """Another job in `store` that finished `stage` with the same key (oldest job id first)."""
+def stage_keys(spec_json: dict, stage: str, weights_digest: str | None = None) -> tuple[str, ...]:
+    """The keys a finished `stage` may carry to count as this spec's: its stage key, then the key that
+    hashes the absolute paths (what stages recorded before the workdir was; they stay reusable)."""
+    key = stage_key(spec_json, stage, weights_digest)
+    legacy = stage_key({**spec_json, "workdir": None}, stage, weights_digest)
+    return (key,) if legacy == key else (key, legacy)
+
+
+def find_reusable(store: Store, job: JobStore, stage: str, key: str | tuple[str, ...]) -> JobStore | None:
+    """Another job in `store` that finished `stage` with the same key, or one of `key`'s when a tuple
+    (oldest job id first)."""
+    keys = (key,) if isinstance(key, str) else tuple(key)
     for other_id in store.job_ids():
         if other_id == job.job_id:
             continue
@@ -493,7 +506,7 @@ def find_reusable(store: Store, job: JobStore, stage: str, key: str) -> JobStore
         other_key = marker.get("key")
         if other_key is None and other.has("spec"):  # markers written before keys were recorded
             other_key = stage_key(other.spec_json(), stage)
-        if other_key == key:
+        if other_key in keys:
             damage = [d for d in other.verify() if any(d.startswith(p) for p in STAGE_OUTPUTS[stage])]
             if damage:  # never spread damage: recompute instead
                 continue
@@ -567,14 +580,15 @@ def run_stages(spec: JobSpec, job: JobStore, progress: Progress, train_callbacks
     summaries = {}
     for i, name in enumerate(spec.stage_names()):
         fn = bound.get(name) or dict(STAGES)[name]
-        key = stage_key(spec_json, name, checkpoint.digest if checkpoint else None)
+        keys = stage_keys(spec_json, name, checkpoint.digest if checkpoint else None)
+        key = keys[0]
         done = job.stage_result(name) if i < first_damaged else None
-        if done is not None and done.get("key", key) == key:
+        if done is not None and done.get("key", key) in keys:
             progress(f"{name}: already finished ({done['finished']}), reusing")
             summaries[name] = done
             continue
         t0 = time.perf_counter()
-        source = None if name in NEVER_COPIED else find_reusable(job.store, job, name, key)
+        source = None if name in NEVER_COPIED else find_reusable(job.store, job, name, keys)
         if source is not None:
             n = job.copy_from(source, STAGE_OUTPUTS[name])
             summary = {**{k: v for k, v in source.stage_result(name).items()

@@ -107,7 +107,8 @@ class DatasetSpec(_Strict):
         description="local directory or .tar.gz of one (torchvision layout, e.g. flowers-102/ with jpg/, "
         "imagelabels.mat, setid.mat), or for imagefolder a directory or .tar.gz holding train/<class>/ and "
         "test/<class>/, or for text a directory or .tar.gz holding <subset>/train and <subset>/test split files "
-        "(.parquet or .jsonl); relative paths resolve against the working directory; or s3://bucket/key.tar.gz | "
+        "(.parquet or .jsonl); relative paths resolve against the job's workdir (the working directory where the "
+        "job file is loaded); or s3://bucket/key.tar.gz | "
         "s3://bucket/prefix/ fetched once per node from storage.endpoint",
     )
     subset: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
@@ -140,7 +141,8 @@ class DatasetSpec(_Strict):
     @field_validator("root")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        # resolved once where the job is loaded, so Ray workers (another working directory) find it
+        # resolved once where the job is loaded (against JobSpec.workdir), so Ray workers and Tune trials
+        # (other working directories) find it
         return v if "://" in v else str(resolve_path(v))
 
     def _not_default(self, names: tuple[str, ...]) -> list[str]:
@@ -570,6 +572,41 @@ class JobSpec(_Strict):
                                                "the heads (snp_service.studies); the job's own id ignores this section")
     storage: StorageSpec = StorageSpec()
     compute: ComputeSpec = ComputeSpec()
+    workdir: str | None = Field(
+        None, description="the directory this job's relative paths (dataset.root, model.weights, storage.root) "
+        "resolve against; default: the working directory where the job file is loaded, recorded then and kept with "
+        "the job (spec.json, Tune trials, study members). A dataset root or weights file inside it counts by its "
+        "path relative to it in the job id and stage keys, so a job has one id from any directory, in a Tune trial "
+        "and on a cluster (which loads the job in its copy of the uploaded working directory)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_against_workdir(cls, data: Any) -> Any:
+        """Relative paths made absolute against `workdir` (default: the working directory now), once,
+        where the job is loaded; the workdir is recorded with the job. Paths a shell would expand are
+        left for the field validators to refuse with their own message."""
+        if not isinstance(data, dict):
+            return data
+        base = data.get("workdir")
+        if base is None:
+            base = str(Path.cwd().resolve())
+        elif not isinstance(base, str) or not os.path.isabs(base) or _SHELL_EXPANSION.search(base) or "\x00" in base:
+            return data  # the field validator refuses it
+        data = {**data, "workdir": base}
+        for section, key in PATH_FIELDS + (("storage", "root"),):
+            sec = data.get(section)
+            value = sec.get(key) if isinstance(sec, dict) else None
+            if (isinstance(value, str) and value and "://" not in value and not os.path.isabs(value)
+                    and not _SHELL_EXPANSION.search(value) and "\x00" not in value):
+                data[section] = {**sec, key: os.path.join(base, value)}
+        return data
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_absolute():
+            raise ValueError(f"workdir {v!r} is not an absolute path")
+        return v if v is None else str(resolve_path(v))
 
     @model_validator(mode="before")
     @classmethod
@@ -749,17 +786,10 @@ class JobSpec(_Strict):
 
     def job_id(self) -> str:
         """`<name>-<hash>`: the hash covers everything that changes results (not storage or compute)."""
-        content = self.model_dump(mode="json", exclude={"storage", "compute", "description", "compare", "heads_study"})
+        content = portable_paths(self.model_dump(mode="json", exclude={"storage", "compute", "description", "compare",
+                                                                       "heads_study"}))
+        content.pop("workdir", None)
         content["dataset"] = hashed_dataset(content["dataset"])
-        # a dataset inside the working directory counts by its relative path, so a job submitted to a
-        # cluster (which runs in an uploaded copy of the working directory) keeps its id
-        for section, key in (("dataset", "root"), ("model", "weights")):
-            value = content[section].get(key)
-            if value is None or "://" in value:
-                continue
-            path = Path(value)
-            if path.is_absolute() and path.is_relative_to(Path.cwd()):
-                content[section][key] = path.relative_to(Path.cwd()).as_posix()
         content["train"].pop("compile", None)  # floating-point noise only (TrainSpec.compile)
         content = without_neutral_defaults(content)
         if self.compute.num_workers != 1:  # batch_size is per worker: N workers train another network
@@ -769,6 +799,32 @@ class JobSpec(_Strict):
             content["model"].pop("weights_format", None)
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.name}-{digest}"
+
+
+PATH_FIELDS = (("dataset", "root"), ("model", "weights"))  # local paths that enter job ids and stage keys
+
+
+def portable_paths(spec_json: dict) -> dict:
+    """`spec_json` (a JobSpec dumped as JSON, or a stored spec.json) with its dataset root and weights
+    file as job ids and stage keys hash them: relative to the job's `workdir` when inside it, else as
+    they are (absolute, or s3://). A job thus keeps its id from whichever directory the process
+    stands in (a Tune trial runs in a directory of its own) and on a cluster, which loads the job in
+    its copy of the uploaded working directory. A stored spec.json without a workdir (written before
+    it was recorded) hashes its absolute paths, as it was hashed then. The id follows a path, not the
+    content behind it: an archive moved elsewhere is another job; one replaced in place is not."""
+    base = spec_json.get("workdir")
+    if not isinstance(base, str) or not os.path.isabs(base):
+        return spec_json
+    out = dict(spec_json)
+    for section, key in PATH_FIELDS:
+        sec = out.get(section)
+        value = sec.get(key) if isinstance(sec, dict) else None
+        if not isinstance(value, str) or "://" in value or not os.path.isabs(value):
+            continue
+        path = Path(value)
+        if path.is_relative_to(base):
+            out[section] = {**sec, key: path.relative_to(base).as_posix()}
+    return out
 
 
 def without_neutral_defaults(spec_json: dict) -> dict:
