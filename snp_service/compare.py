@@ -261,12 +261,6 @@ def dataset_label(spec: dict) -> str:
     return f"{name} ({', '.join([root, *used]) if root else ', '.join(used)})" if root or used else name
 
 
-def input_size(dataset: dict) -> int:
-    """What a network's shape depends on, from a stored dataset section: a text's sequence length,
-    else the image size (as DatasetSpec.input_size, without validating a stored spec again)."""
-    return dataset["max_length"] if dataset["name"] == "text" else dataset["image_size"]
-
-
 def accuracy_summary(accuracy: pl.DataFrame) -> pl.DataFrame:
     """Per model: mean, sd, min and max of the network's accuracy over seeds."""
     return accuracy.group_by("model", "family", "network", "dataset", maintain_order=True).agg(

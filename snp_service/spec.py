@@ -152,7 +152,7 @@ class DatasetSpec(_Strict):
 
     def input_size(self) -> int:
         """What the network's size depends on: the sequence length of a text dataset, else the image size."""
-        return self.max_length if self.name == "text" else self.image_size
+        return input_size({"name": self.name, "max_length": self.max_length, "image_size": self.image_size})
 
     def known_sizes(self) -> tuple[int, int] | None:
         """(training, evaluation) images, where the spec alone tells them (None for image folders)."""
@@ -835,6 +835,12 @@ def without_neutral_defaults(spec_json: dict) -> dict:
         if isinstance(out.get(section), dict) and key in out[section] and out[section][key] == neutral:
             out[section] = {k: v for k, v in out[section].items() if k != key}
     return out
+
+
+def input_size(dataset: dict) -> int:
+    """DatasetSpec.input_size from a dataset section as a dict (a stored spec.json, read without
+    validating it again): a text's sequence length, else the image size."""
+    return dataset["max_length"] if dataset["name"] == "text" else dataset["image_size"]
 
 
 def hashed_dataset(dataset: dict) -> dict:

@@ -29,11 +29,11 @@ import polars as pl
 
 from snp_service import figures, pipeline
 from snp_service.actors import ensure_ray
-from snp_service.compare import Run, check_comparable, comparison_tables, dataset_label, depth_table, input_size
+from snp_service.compare import Run, check_comparable, comparison_tables, dataset_label, depth_table
 from snp_service.errors import SnpError, StoreError
 from snp_service.models.registry import measurement_points
 from snp_service.report import comparison_page, comparison_summary, store_figure
-from snp_service.spec import JobSpec, ModelSpec
+from snp_service.spec import JobSpec, ModelSpec, input_size
 from snp_service.store import FILES, JobStore, Store
 
 STUDIES = "_studies"  # job names start with a letter or digit, so this never collides with a job

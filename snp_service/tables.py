@@ -76,11 +76,6 @@ def layer_names(**flags: bool) -> list[str]:
     return [c.name for c in LAYERS if all(bool(getattr(c, k)) == v for k, v in flags.items())]
 
 
-def with_intervals(names: list[str]) -> list[str]:
-    """Each name followed by its `_lo` / `_hi` where the column has an interval."""
-    return [n for c in names for n in ([c, f"{c}_lo", f"{c}_hi"] if LAYER_COLUMNS[c].interval else [c])]
-
-
 def shown_layer_columns() -> list[str]:
     """What `results --table layers` shows by default: the shown columns, the verdicts' and SNR's with
     their intervals."""

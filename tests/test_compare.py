@@ -275,8 +275,10 @@ def test_dataset_label_names_the_data_and_what_of_it_was_used():
     assert label({"dataset": {"name": "text", "root": "s3://b/text.tar.gz/", "subset": "banking77",
                               "random_labels": True}}) == "text/banking77 (text.tar.gz, random labels)"
     assert label({"dataset": {"name": "synthetic", "root": ""}}) == "synthetic"
-    assert compare.input_size({"name": "text", "max_length": 48, "image_size": 32}) == 48
-    assert compare.input_size({"name": "cifar10", "image_size": 32}) == 32
+    from snp_service.spec import input_size
+
+    assert input_size({"name": "text", "max_length": 48, "image_size": 32}) == 48
+    assert input_size({"name": "cifar10", "image_size": 32}) == 32
 
 
 def test_a_text_model_can_stand_beside_image_models_in_a_compare_section(tmp_path):
