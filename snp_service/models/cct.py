@@ -146,7 +146,6 @@ class SeqPool(nn.Module):
         return (w.transpose(1, 2) @ x).squeeze(1)
 
 
-
 def point_modules(conv_layers: nn.ModuleList, blocks: nn.ModuleList) -> dict[str, nn.Module]:
     """A CCT's measurement points, name -> module whose output is the point's activation: the names
     and kinds every CCT shares (vision and text), so the analysis runs on either unchanged."""
@@ -181,6 +180,7 @@ def init_weights(m: nn.Module) -> None:
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
 
+
 class CCT(nn.Module):
     def __init__(self, cfg: CCTConfig, num_classes: int, img_size: int, positional_embedding: str = "learnable",
                  attention: str = "sdpa", dropout: float = 0.0, attention_dropout: float = 0.1,
@@ -214,8 +214,6 @@ class CCT(nn.Module):
     def point_modules(self) -> dict[str, nn.Module]:
         """Measurement point name -> module whose output is the point's activation."""
         return point_modules(self.tokenizer.conv_layers, self.blocks)
-
-
 
 
 @register_builder("cct")

@@ -32,8 +32,8 @@ class ModelFamily:
 
     @property
     def default_input_size(self) -> int:
-        """The input size `snp-service models` lists points at (a CCT variant's own image size)."""
-        return getattr(self, "img_size", 32)
+        """The input size `snp-service models` lists points at."""
+        return 32
 
     @property
     def family_label(self) -> str:
@@ -99,6 +99,10 @@ class CCTConfig(ModelFamily):
 
     def sequence_length(self, img_size: int) -> int:
         return self.tokenizer_sizes(img_size)[-1] ** 2
+
+    @property
+    def default_input_size(self) -> int:
+        return self.img_size  # the variant's own image size (a text CCT's: its sequence length)
 
     @property
     def family_label(self) -> str:
@@ -171,7 +175,10 @@ class VGGConfig(ModelFamily):
 
     layers: tuple[int | str, ...]
     family: str = "vgg"
-    family_label: str = "CNN"
+
+    @property
+    def family_label(self) -> str:
+        return "CNN"
 
     def points(self, input_size: int) -> list[PointInfo]:
         out, s, idx, channels = [], input_size, 0, 3
