@@ -356,8 +356,7 @@ def comparison_summary(tables: dict[str, pl.DataFrame], runs: list[Run], where: 
 
 
 def _summary_layers(lay: pl.DataFrame) -> list[str]:
-    out: list[str] = []
-    out += [f"**Per-layer measures along relative depth** (mean ± sd over seeds; effect size and SNR then the "
+    return [f"**Per-layer measures along relative depth** (mean ± sd over seeds; effect size and SNR then the "
             f"{INTERVAL}; label-specific: share of nodes whose field depends on the label at the job's FDR)", "",
             markdown_table(
         [[r["model"], r["point"], r["kind"], r["readout"], f"{r['relative_depth']:.2f}",
@@ -371,12 +370,10 @@ def _summary_layers(lay: pl.DataFrame) -> list[str]:
           fmt_mean_sd(r["frac_no_cluster"], r["frac_no_cluster_sd"])] for r in lay.iter_rows(named=True)],
         ["model", "point", "kind", "readout", "depth", "readout acc. %", "label-specific", "effect size (eta²)",
          "cluster size", "noise", "SNR", "no cluster"]), ""]
-    return out
 
 
 def _summary_trends(tr: pl.DataFrame) -> list[str]:
-    out: list[str] = []
-    out += ["**Does label dependence rise along the network?** (over networks: Page's trend test of each seed's "
+    return ["**Does label dependence rise along the network?** (over networks: Page's trend test of each seed's "
             "effect size against depth within one readout kind, two-sided; a sign test at two points; SNR and its "
             "Spearman rho are a description only)", "", markdown_table(
                 [[r["model"], r["readout"], r["kind"], str(r["points"]), f"{r['first']} → {r['last']}",
@@ -388,13 +385,11 @@ def _summary_trends(tr: pl.DataFrame) -> list[str]:
                  for r in tr.iter_rows(named=True)],
                 ["model", "readout", "kind", "points", "from → to", "effect size", "networks", "p", "p_min",
                  "trend", "SNR", "SNR Spearman rho"]), ""]
-    return out
 
 
 def _summary_andc(a: pl.DataFrame) -> list[str]:
-    out: list[str] = []
     sel = ", ".join(sorted(set(a["selection"].to_list())))
-    out += ["**ANDC pruning of the readouts** (accuracy change in points; baselines keep as many labels per "
+    return ["**ANDC pruning of the readouts** (accuracy change in points; baselines keep as many labels per "
             f"node; masks chosen on: {sel})", "", markdown_table(
                 [[r["model"], r["point"], r["method"], fmt_mean_sd(r["kept_fraction"], r["kept_fraction_sd"]),
                   f"{1 - r['kept_fraction']:.2f}",
@@ -403,12 +398,10 @@ def _summary_andc(a: pl.DataFrame) -> list[str]:
                   fmt_mean_sd(r["change_finetuned"], r["change_finetuned_sd"], 1, 1)] for r in a.iter_rows(named=True)],
                 ["model", "point", "method", "kept fraction", "pruned", "full readout acc. %", "change pruned",
                  "change fine-tuned"]), ""]
-    return out
 
 
 def _summary_heads(h: pl.DataFrame) -> list[str]:
-    out: list[str] = []
-    out += ["**Attention heads** (avoidance: do heads avoid each other's labels, against random sets of the "
+    return ["**Attention heads** (avoidance: do heads avoid each other's labels, against random sets of the "
             "same sizes; informative: the sizes let it reach p < level; Jaccard and deficit over informative "
             "seeds only; specialisation: label profiles within heads against dimensions permuted among heads)",
             "", markdown_table(
@@ -420,4 +413,3 @@ def _summary_heads(h: pl.DataFrame) -> list[str]:
          for r in h.iter_rows(named=True)],
         ["model", "point", "labels/head", "heads/label", "informative", "uninformative", "undefined", "Jaccard",
          "null Jaccard", "deficit", "largest p_min", "avoiding (p < level)", "specialised (p < level)"]), ""]
-    return out
