@@ -8,10 +8,12 @@
 # jobs reach the bucket without credentials in any job file or submission.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STATE=.local
+STATE=${SNP_LOCAL_STATE:-.local}
 S3_PORT=${SNP_S3_PORT:-9000}
 DASH_PORT=${SNP_DASHBOARD_PORT:-8265}
+GCS_PORT=${SNP_GCS_PORT:-6379}
 BUCKET=${SNP_BUCKET:-snp-results}
+PY=${SNP_PYTHON:-python}
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
 case "${1:-}" in
@@ -26,31 +28,27 @@ up)
     fi
     . "$STATE/credentials.env"
   fi
-  python -m snp_service.localdev up --dir "$STATE/s3" --port "$S3_PORT" --bucket "$BUCKET"
-  TMP=$(mktemp -d /tmp/ray-snp-XXXXXX)   # a fresh temp dir: no stale ray_current_cluster
-  echo "$TMP" > "$STATE/ray-temp-dir"
-  # shellcheck disable=SC2086  # SNP_RAY_START_ARGS: extra `ray start` flags, e.g. other ports
-  ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --dashboard-port="$DASH_PORT" \
-    --port="${SNP_GCS_PORT:-6379}" --temp-dir="$TMP" --disable-usage-stats ${SNP_RAY_START_ARGS:-} >/dev/null
+  "$PY" -m snp_service.localdev up --dir "$STATE/s3" --port "$S3_PORT" --bucket "$BUCKET"
+  # the head in its own session (snp_service.localdev.RayHead: a fresh temp dir, loopback, its other
+  # ports free ones), so `down` stops all of it by its process group
+  # shellcheck disable=SC2086  # SNP_RAY_START_ARGS: extra `ray start` flags
+  "$PY" -m snp_service.localdev ray-up --state "$STATE" --dashboard-port "$DASH_PORT" --gcs-port "$GCS_PORT" \
+    ${SNP_RAY_START_ARGS:-}
   cat <<MSG
 Ray head: http://127.0.0.1:$DASH_PORT    S3: http://127.0.0.1:$S3_PORT (bucket $BUCKET)
 Use it:
-  export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASH_PORT
+  export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASH_PORT SNP_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
   $( [ -f "$STATE/credentials.env" ] && echo ". $STATE/credentials.env" )
   snp-service submit jobs/quickstart_s3.yaml --wait
-  snp-service results --store s3://$BUCKET/results     (with SNP_S3_ENDPOINT=http://127.0.0.1:$S3_PORT)
+  snp-service results --store s3://$BUCKET/quickstart
+  RAY_AUTH_MODE=token ray status --address 127.0.0.1:$GCS_PORT
 MSG
   ;;
 down)
-  # stop only this cluster's processes (a plain `ray stop` would stop every Ray on the machine)
-  if [ -f "$STATE/ray-temp-dir" ]; then
-    T=$(cat "$STATE/ray-temp-dir")
-    pkill -TERM -f -- "$T" || true
-    for _ in 1 2 3 4 5 6 7 8 9 10; do pgrep -f -- "$T" >/dev/null || break; sleep 1; done
-    pkill -KILL -f -- "$T" || true   # gcs_server / raylet may outlive SIGTERM
-  fi
-  python -m snp_service.localdev down --dir "$STATE/s3"
-  if [ -f "$STATE/ray-temp-dir" ]; then rm -rf "$(cat "$STATE/ray-temp-dir")" "$STATE/ray-temp-dir"; fi
+  # this cluster's processes only, all of them: the head's process group (a plain `ray stop` would
+  # stop every Ray on the machine; a name pattern missed the client server and the agents)
+  "$PY" -m snp_service.localdev ray-down --state "$STATE"
+  "$PY" -m snp_service.localdev down --dir "$STATE/s3"
   ;;
 *)
   echo "usage: deploy/local.sh up|down" >&2; exit 2 ;;

@@ -31,6 +31,7 @@ from pathlib import Path
 import ray
 import torch
 
+from snp_service.console import bars_enabled, token_auth_quietly
 from snp_service.data import build_datasets
 from snp_service.errors import SnpError
 from snp_service.measure import PointResult, measure_point, readout_kind, snp_accumulate
@@ -39,7 +40,7 @@ from snp_service.readout import Features, Readout, capture
 from snp_service.snp import normalisation_flags, normalise
 from snp_service.spec import JobSpec
 from snp_service.structural import cost, prune_cct
-from snp_service.train import autocast_dtype, evaluate, finetune_network
+from snp_service.train import autocast_dtype, evaluate, finetune_network, free_resources_text
 
 MAX_RESTARTS = 3
 CONNECT_SECONDS = 5.0  # a cluster address that does not answer a TCP connection in this time is refused
@@ -85,6 +86,8 @@ def ensure_ray(spec: JobSpec) -> None:
     # ray.init installs its own SIGTERM handler in a driver (a bare exit); the caller's (the CLI's:
     # clean up, say so, exit 143) is put back
     previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if not address:
+        token_auth_quietly(new_cluster=True)  # what Ray decides for a new local cluster, without its warning
     try:
         if address:
             ray.init(address=address, log_to_driver=True)
@@ -110,8 +113,8 @@ def torch_threads(n: int):
 @contextmanager
 def progress_bar(desc: str, total: int) -> Iterator:
     """A progress bar that shows in the driver's console also from a Ray actor (Ray's tqdm
-    integration); SNP_QUIET=1 (snp-service --quiet) turns bars off."""
-    if os.environ.get("SNP_QUIET") == "1" or not ray.is_initialized():
+    integration), only when the CLI's output is a terminal (console.bars_enabled; --quiet: never)."""
+    if not bars_enabled() or not ray.is_initialized():
         class _Silent:
             def update(self, _n: int) -> None:
                 pass
@@ -408,7 +411,16 @@ def workers_for(spec: JobSpec, points: list[str], what: str, progress: Progress)
     check_worker_fits(spec, gpus, what)
     workers = start_workers(spec, n, max(1, int(c.cpus_per_worker)), c.cpus_per_worker, gpus)
     progress(f"{what}: {len(points)} points on {len(workers)} Ray worker(s)" + (f", {gpus:g} GPU each" if gpus else ""))
-    pids = set(ray.get([w.pid.remote() for w in workers]))
+    try:  # placed within compute.start_timeout_s, or one message (an actor waits for its CPUs without limit)
+        pids = set(ray.get([w.pid.remote() for w in workers], timeout=c.start_timeout_s))
+    except ray.exceptions.GetTimeoutError:
+        for w in workers:
+            ray.kill(w)
+        raise SnpError(f"{what}: {len(workers)} worker(s) of {c.cpus_per_worker:g} CPU(s)"
+                       f"{f' and {gpus:g} GPU' if gpus else ''} could not be placed within compute.start_timeout_s "
+                       f"({c.start_timeout_s:g} s); the cluster has {free_resources_text()} free (other jobs or "
+                       "trials hold the rest). Free them, lower compute.snp_actors or cpus_per_worker, or raise "
+                       "start_timeout_s (null: wait without limit)") from None
     try:
         yield workers
     finally:

@@ -16,6 +16,7 @@ import sys
 
 import yaml
 
+from snp_service import console
 from snp_service.errors import CheckpointError, DamagedError, DatasetError, SnpError, SpecError, StoreError
 from snp_service.models.registry import list_models, measurement_points, model_config
 from snp_service.provenance import code_version
@@ -36,6 +37,7 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
     LOG.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     os.environ["SNP_QUIET"] = "1" if quiet else "0"  # Ray workers started from here inherit these
     os.environ["SNP_VERBOSE"] = "1" if verbose else "0"
+    console.configure(quiet)  # bars only on a terminal; plain text from Ray into a file
 
 
 # The commands import the Ray, torch and storage layers inside their functions: `snp-service
@@ -89,6 +91,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cmd_sweep(args)
     if spec.heads_study is not None:  # likewise a heads-study file
         return cmd_heads_study(args)
+    if getattr(args, "fresh", False):
+        LOG.info("--fresh: only a sweep keeps state of its own (its Tune experiment); this job's finished stages "
+                 "are its results and are reused")
     try:
         outcome = pipeline.run(spec, progress=progress)
     except (CheckpointError, DatasetError, StoreError) as e:
@@ -260,14 +265,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.job, args.set, args.store)  # a bad file is refused here, before anything is uploaded
     sid = submit.submit(spec, Path(args.job), args.address, pass_credentials=args.pass_credentials,
-                        sets=args.set, store=args.store, allow_local_store=args.allow_local_store)
-    print(f"submitted {sid}; follow with `snp-service logs {spec.job_id()} --follow`, results with "
-          f"`snp-service results {spec.job_id()}`", flush=True)
+                        sets=args.set, store=args.store, allow_local_store=args.allow_local_store, fresh=args.fresh)
+    print(f"submitted {sid}; follow with `snp-service logs {spec.job_id()} --follow`, then {results_hint(spec)}",
+          flush=True)
     if args.wait:  # the logs as they come, for as long as the job runs
         final = submit.follow(sid, args.address, write=lambda chunk: print(chunk, end="", flush=True))
         print(f"{sid}: {final}")
         return 0 if final == "SUCCEEDED" else 1
     return 0
+
+
+def results_hint(spec) -> str:
+    """The command that shows a submitted job's results, as this shell would run it: its store named
+    (the default `results` is rarely where a cluster writes), the endpoint where the store needs one."""
+    import shlex
+
+    store = f" --store {shlex.quote(spec.storage.root)}"
+    endpoint = spec.storage.endpoint
+    env = (f"SNP_S3_ENDPOINT={shlex.quote(endpoint)} " if endpoint and endpoint != os.environ.get("SNP_S3_ENDPOINT")
+           else "")
+    if spec.sweep is not None or spec.compare is not None or spec.heads_study is not None:
+        return f"its member jobs with `{env}snp-service results{store}` (the study's table under _studies/)"
+    return f"results with `{env}snp-service results {spec.job_id()}{store}`"
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -301,10 +320,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from snp_service.sweep import run_sweep  # local: see the note at the top
 
-    table = run_sweep(load_spec(args.job, args.set, args.store), progress=LOG.info)
+    table = run_sweep(load_spec(args.job, args.set, args.store), progress=LOG.info, fresh=getattr(args, "fresh", False))
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, float_precision=3):
-        print(table.drop("job_id"))
-    return 0
+        print(table.drop("job_id", "error"))
+    failed = table.filter(pl.col("status").is_in(["failed", "incomplete"]))
+    by_error: dict = {}  # one line per distinct error (a cluster that cannot place any trial: one line)
+    for row in failed.iter_rows(named=True):
+        by_error.setdefault(row["error"] or f"{row['status']} (see its log)", []).append(row["job_id"])
+    for error, ids in by_error.items():
+        print(f"snp-service: {len(ids)} trial(s) failed ({', '.join(ids)}): {error}", file=sys.stderr)
+    return 1 if failed.height else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -365,6 +390,12 @@ def _job_args(s: argparse.ArgumentParser) -> None:
                                    "job file's storage.root")
 
 
+def _fresh_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--fresh", action="store_true",
+                   help="a sweep: start a new Tune experiment instead of resuming the earlier one (finished trial "
+                        "jobs are still reused: same id, same results); other jobs keep no state to discard")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="snp-service", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"snp-service {code_version()}")
@@ -379,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_schema)
     s = sub.add_parser("run", help="run a job here (stages already finished for its job id are reused)")
     _job_args(s)
+    _fresh_arg(s)
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("submit", help="submit a job YAML to a Ray cluster (ray job submit; id = job id)")
     _job_args(s)
@@ -390,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept a local storage.root: the results then stay on the cluster's head")
     s.add_argument("--pass-credentials", action="store_true",
                    help="send AWS_* from this shell in the job's runtime_env (visible in Ray's job metadata)")
+    _fresh_arg(s)
     s.set_defaults(fn=cmd_submit)
     for name, fn, text in (("status", cmd_status, "a submitted job's status (its latest attempt)"),
                            ("logs", cmd_logs, "a submitted job's logs (its latest attempt)"),
@@ -420,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("sweep", help="Ray Tune grid over the job's sweep: section (heads, threshold, lr)")
     _job_args(s)
+    _fresh_arg(s)
     s.set_defaults(fn=cmd_sweep)
     s = sub.add_parser("heads-study", help="run a job at several head counts (width fixed) and compare the heads")
     _job_args(s)

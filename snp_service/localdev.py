@@ -4,6 +4,12 @@ uses MinIO (deploy/docker-compose.minio.yml); both speak the same S3 API.
 
     python -m snp_service.localdev up --dir .local/s3 --port 9000 --bucket snp
     python -m snp_service.localdev down --dir .local/s3
+
+and a Ray head for `deploy/local.sh` (RayHead: its own session, stopped by its process group, so
+no process or port of it is left behind):
+
+    python -m snp_service.localdev ray-up --state .local --dashboard-port 8265 --gcs-port 6379
+    python -m snp_service.localdev ray-down --state .local
 """
 
 from __future__ import annotations
@@ -52,10 +58,14 @@ class RayHead:
     own (so it can run beside another Ray on the machine), stopped by signalling its process group,
     never `ray stop` (which stops every Ray on the machine). `address` is the job API."""
 
-    num_cpus: int = 2
+    num_cpus: int | None = 2  # None: Ray counts the machine's
     process: subprocess.Popen | None = None
     temp: str = ""
     address: str = ""
+    dashboard_port: int | None = None  # None: a free port (likewise the GCS port)
+    gcs_port: int | None = None
+    extra_args: tuple[str, ...] = ()  # more `ray start` flags
+    pid: int | None = None  # of `ray start --block`, the leader of the head's process group
 
     def start(self, timeout: float = 120.0) -> RayHead:
         import tempfile
@@ -63,19 +73,24 @@ class RayHead:
         import urllib.request
 
         self.temp = tempfile.mkdtemp(prefix="ray-head-", dir="/tmp")
-        gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = free_ports(9)
+        taken = tuple(p for p in (self.dashboard_port, self.gcs_port) if p)
+        gcs, dash, client, agent, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr = free_ports(9, exclude=taken)
+        gcs, dash = self.gcs_port or gcs, self.dashboard_port or dash
         self.process = subprocess.Popen(
             [RAY_CLI, "start", "--head", "--block", f"--temp-dir={self.temp}", "--node-ip-address=127.0.0.1",
              f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
              f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
              f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
              f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_mgr}",
-             f"--object-manager-port={obj_mgr}", f"--num-cpus={self.num_cpus}", "--disable-usage-stats"],
+             f"--object-manager-port={obj_mgr}", "--disable-usage-stats",
+             *([f"--num-cpus={self.num_cpus}"] if self.num_cpus is not None else []), *self.extra_args],
             # the head's jobs run `python ...`: the interpreter running this, also when its venv is not activated
             env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                  "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])},
             start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = self.process.pid
+        self.gcs_port, self.dashboard_port = gcs, dash
         self.address = f"http://127.0.0.1:{dash}"
         deadline = time.time() + timeout
         while True:
@@ -91,19 +106,49 @@ class RayHead:
                 time.sleep(1)
 
     def stop(self) -> None:
-        if self.process is None:
+        if self.process is None and self.pid is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # whatever of the group is left (gcs, raylet)
-        except ProcessLookupError:
-            pass
-        self.process = None
+        stop_group(self.pid if self.pid is not None else self.process.pid, self.process)
+        self.process, self.pid = None, None
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def stop_group(pgid: int, process: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    """SIGTERM to a process group (a Ray head's: `ray start --block`, gcs_server, raylet, dashboard
+    and its agents, the client server, workers), then SIGKILL to whatever of it is left."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process is not None:
+            try:
+                process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            time.sleep(0.5)
+        if not group_alive(pgid):
+            return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    while group_alive(pgid) and time.time() < deadline + 10:  # the kernel reaps them
+        if process is not None:
+            process.poll()
+        time.sleep(0.2)
 
 
 @dataclass
@@ -177,19 +222,26 @@ class S3Server:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m snp_service.localdev", description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=["up", "down"])
+    ap.add_argument("action", choices=["up", "down", "ray-up", "ray-down"])
     ap.add_argument("--dir", default=".local/s3")
     ap.add_argument("--port", type=int, default=9000)
     ap.add_argument("--bucket", default="snp")
-    args = ap.parse_args(argv)
+    ap.add_argument("--state", default=".local", help="ray-up / ray-down: where the head's pid and temp dir are kept")
+    ap.add_argument("--dashboard-port", type=int, default=8265)
+    ap.add_argument("--gcs-port", type=int, default=6379)
+    ap.add_argument("--num-cpus", type=int, default=None)
+    args, extra = ap.parse_known_args(argv)
+    if extra and args.action != "ray-up":
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.action == "ray-up":
+        return ray_up(Path(args.state), args.dashboard_port, args.gcs_port, args.num_cpus, tuple(extra))
+    if args.action == "ray-down":
+        return ray_down(Path(args.state))
     d = Path(args.dir)
     if args.action == "down":
         pid_file = d / "weed.pid"
         if pid_file.exists():
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            stop_group(int(pid_file.read_text()))
             pid_file.unlink()
             print("S3 server stopped")
         return 0
@@ -201,6 +253,38 @@ def main(argv: list[str] | None = None) -> int:
     server.process = None  # leave it running after we exit (detached in its own session)
     server.create_bucket(args.bucket)
     print(f"S3 server on {server.endpoint}, bucket {args.bucket}, data in {d}")
+    return 0
+
+
+def ray_up(state: Path, dashboard_port: int, gcs_port: int, num_cpus: int | None, extra: tuple[str, ...]) -> int:
+    """A RayHead left running (its own session), its process group id and temp dir in `state`."""
+    state.mkdir(parents=True, exist_ok=True)
+    if (state / "ray.pid").exists() and group_alive(int((state / "ray.pid").read_text().split()[0])):
+        print(f"a Ray head of this checkout is already running (pid in {state / 'ray.pid'}); `deploy/local.sh down` "
+              "stops it", file=sys.stderr)
+        return 2
+    for port in (dashboard_port, gcs_port):
+        if not _port_free(port):
+            print(f"port {port} is taken (another Ray?); set SNP_DASHBOARD_PORT / SNP_GCS_PORT", file=sys.stderr)
+            return 2
+    head = RayHead(num_cpus=num_cpus, dashboard_port=dashboard_port, gcs_port=gcs_port, extra_args=extra).start()
+    (state / "ray.pid").write_text(f"{head.pid}\n")
+    (state / "ray-temp-dir").write_text(f"{head.temp}\n")
+    head.process = None  # left running after we exit (its own session)
+    print(f"Ray head on 127.0.0.1:{head.gcs_port}, job API {head.address}, temp dir {head.temp}")
+    return 0
+
+
+def ray_down(state: Path) -> int:
+    """Stop the head ray-up started: its whole process group, then its temp dir."""
+    pid_file, temp_file = state / "ray.pid", state / "ray-temp-dir"
+    if pid_file.exists():
+        stop_group(int(pid_file.read_text().split()[0]))
+        pid_file.unlink()
+        print("Ray head stopped")
+    if temp_file.exists():
+        shutil.rmtree(temp_file.read_text().strip(), ignore_errors=True)
+        temp_file.unlink()
     return 0
 
 

@@ -49,7 +49,16 @@ from snp_service.provenance import hardware
 from snp_service.report import build as build_report
 from snp_service.snp import interval_text, normalisation_flags, point_line
 from snp_service.spec import NEUTRAL_DEFAULTS, JobSpec, hashed_dataset, portable_paths, without_neutral_defaults
-from snp_service.store import FILES, JobStore, Store, clean_error, is_disk_full, read_weights
+from snp_service.store import (
+    FILES,
+    RETRY_SECONDS,
+    JobStore,
+    Store,
+    clean_error,
+    is_disk_full,
+    read_weights,
+    s3_outage,
+)
 from snp_service.structural import plan
 from snp_service.train import STATE_FILE, checkpoint_bytes, fit, readable_checkpoint
 
@@ -536,6 +545,13 @@ def run_stage(fn, spec: JobSpec, job, progress, name: str) -> dict:
         except StoreError as down:
             raise StoreError(f"stage {name} failed because the results store became unreachable: {down} "
                              f"(the stage's own error: {clean_error(e, -1)[:300]})") from None
+        outage = s3_outage(e)
+        if outage:  # the store answers again, but an outage longer than the retries is what failed the stage
+            where = f" at endpoint {job.store.endpoint}" if job.store.endpoint else ""
+            raise StoreError(f"stage {name} failed because the results store {job.store.uri}{where} could not be "
+                             f"reached for longer than its retries (about {RETRY_SECONDS:g} s, "
+                             f"SNP_STORE_RETRY_SECONDS): {outage[:300]}; it answers again now: run the job again to "
+                             "resume from its finished stages and last checkpoint") from None
         raise
 
 

@@ -507,6 +507,11 @@ class ComputeSpec(_Strict):
         "auto", description="member jobs of a study (compare, heads study) run at once; auto: as many as the "
         "cluster's CPUs and GPUs hold one job's training workers when the study starts (every one of them on an "
         "autoscaling cluster)")
+    start_timeout_s: Annotated[float, Field(gt=0.0, le=7 * 86_400.0)] | None = Field(
+        600.0, description="seconds the training workers (and the SNP / prune actors) may wait to be placed; past it "
+        "the stage fails with one message naming what did not fit and what the cluster has free (Ray Train would "
+        "retry the worker group's start without limit); null: wait without limit (an autoscaler that takes long "
+        "to add nodes)")
     feature_budget_gb: float = Field(
         4.0, gt=0.0, le=10_000.0, description="captured features an actor holds at once (disk, or device memory on a "
         "GPU): points are captured in groups that fit, processed and released; a larger point goes alone")

@@ -12,9 +12,11 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import posixpath
+import re
 import shutil
 import stat
 import threading
@@ -92,6 +94,7 @@ class Store:
     base: str
     uri: str
     endpoint: str | None = None
+    s3_options: tuple = ()  # the S3FileSystem's arguments (no credentials): RetryingS3 rebuilds it from them
 
     @property
     def remote(self) -> bool:
@@ -154,9 +157,10 @@ class Store:
             # AWS_SESSION_TOKEN, read by the AWS SDK in every process that uses the filesystem) and are
             # never passed in: a pickled filesystem (Ray Train's storage_filesystem, Tune's tuner.pkl in
             # the bucket) then holds no secret. Ray workers get them from their environment (runtime_env).
-            fs = pafs.S3FileSystem(**kwargs, connect_timeout=5, request_timeout=60,
-                                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
-            return cls(fs, storage.root[5:].rstrip("/"), storage.root.rstrip("/"), storage.endpoint)
+            kwargs.update(connect_timeout=5, request_timeout=60)
+            fs = pafs.S3FileSystem(**kwargs, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
+            return cls(fs, storage.root[5:].rstrip("/"), storage.root.rstrip("/"), storage.endpoint,
+                       tuple(sorted(kwargs.items())))
         try:
             path = resolve_path(storage.root)  # created on the first write, not before
         except ValueError as e:
@@ -606,10 +610,62 @@ class JobStore:
         self.store.call(f"removing {rel}", self.store.fs.delete_dir, self.path(rel))
 
     def ray_storage(self) -> tuple[str, pafs.FileSystem | None]:
-        """(storage_path, storage_filesystem) for ray.train.RunConfig: checkpoints land in the job."""
+        """(storage_path, storage_filesystem) for ray.train.RunConfig: checkpoints land in the job.
+        On S3 the filesystem retries for about SNP_STORE_RETRY_SECONDS (RetryingS3), as the store's
+        own calls do: Ray Train's checkpoint uploads and reads do not go through Store.call."""
         if isinstance(self.store.fs, pafs.LocalFileSystem):
             return self.path("train"), None
-        return self.path("train"), self.store.fs
+        return self.path("train"), retrying_s3(dict(self.store.s3_options))
+
+
+def s3_attempts(seconds: float) -> int:
+    """Attempts of the AWS SDK's standard retry strategy (exponential backoff with jitter, each
+    wait at most 20 s) whose backoff spans at least about `seconds`. The spans are the shortest
+    measured against a closed port (pyarrow 26): 3 attempts 2 s, 6 attempts 8-22 s, 8 attempts
+    28-39 s, 10 attempts 85-99 s; beyond, about 15 s an attempt."""
+    spans = {1: 0.0, 2: 0.5, 3: 2.0, 4: 3.0, 5: 5.0, 6: 8.0, 7: 15.0, 8: 28.0, 9: 50.0, 10: 85.0}
+    n = next((k for k, t in spans.items() if t >= seconds), None)
+    return n if n is not None else 10 + math.ceil((seconds - spans[10]) / 15.0)
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """An S3FileSystem whose retry strategy survives pickling. pyarrow 26's S3FileSystem drops
+    `retry_strategy` when pickled, so Ray Train's workers (which get the storage filesystem pickled)
+    retried 3 times, about 2 s, and an S3 outage of a minute failed the job. This one pickles its
+    arguments (never credentials: each process reads those from its environment) and is built again
+    with AwsStandardS3RetryStrategy(attempts); still an S3FileSystem, so Ray Train treats it as one
+    (single-threaded uploads)."""
+
+    def __init__(self, options: dict, attempts: int):
+        self.options, self.attempts = dict(options), attempts
+        super().__init__(**self.options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
+
+    def __reduce__(self):
+        return (type(self), (self.options, self.attempts))
+
+
+def retrying_s3(options: dict, seconds: float | None = None) -> RetryingS3FileSystem:
+    """The store's S3 filesystem retrying for about `seconds` (default SNP_STORE_RETRY_SECONDS)."""
+    return RetryingS3FileSystem(options, s3_attempts(RETRY_SECONDS if seconds is None else seconds))
+
+
+_S3_OUTAGE = re.compile(r"AWS Error (NETWORK_CONNECTION|SERVICE_UNAVAILABLE|SLOW_DOWN|INTERNAL_FAILURE|REQUEST_TIMEOUT|"
+                        r"UNKNOWN \(HTTP status 5\d\d\))[^\n]*")
+
+
+def s3_outage(e: BaseException) -> str | None:
+    """The S3 error at the root of a failure (an outage: no connection, 5xx, throttling), found in its
+    text or its causes' (Ray wraps a worker's pyarrow OSError into its own errors as text), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        m = _S3_OUTAGE.search(str(e))
+        if m:
+            secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+            text = m.group(0).strip()
+            return text.replace(secret, "***") if secret and len(secret) >= 6 else text
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def clean_error(e: Exception, line: int = 0) -> str:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from snp_service.console import token_auth_quietly
 from snp_service.errors import SnpError
 from snp_service.spec import JobSpec
 
@@ -49,13 +50,9 @@ def _client(address: str | None):
     address = job_api_address(address)
     # Ray 2.60 clusters enable token auth when a token exists (~/.ray/auth_token); its job client
     # only sends the token with RAY_AUTH_MODE=token (`ray job submit` needs it exported by hand).
-    # Ray's own helper switches it on, for this process, when RAY_AUTH_MODE is unset and a token exists.
-    try:
-        from ray._private.authentication import authentication_token_setup
-
-        authentication_token_setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    except (ImportError, AttributeError):  # another Ray version: its own defaults apply
-        pass
+    # Switched on for this process when RAY_AUTH_MODE is unset and a token exists, as Ray's own helper
+    # does, but without the warning that helper prints on every command.
+    token_auth_quietly(new_cluster=False)
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # ConnectionError, ValueError from the SDK
@@ -79,7 +76,7 @@ def attempts(client, job_id: str) -> list[str]:
 
 def submit(spec: JobSpec, job_file: Path, address: str | None = None, working_dir: Path | None = None,
            pass_credentials: bool = False, sets: list[str] = (), store: str | None = None,
-           allow_local_store: bool = False) -> str:
+           allow_local_store: bool = False, fresh: bool = False) -> str:
     """Submit the job file (a plain job, a sweep or a compare study: `snp-service run` runs each kind)
     as one Ray job; returns the submission id."""
     working_dir = (working_dir or Path.cwd()).resolve()
@@ -112,7 +109,8 @@ def submit(spec: JobSpec, job_file: Path, address: str | None = None, working_di
             return client.submit_job(
                 entrypoint=" ".join(["python -m snp_service.cli run", shlex.quote(rel.as_posix())]
                                     + [f"--set {shlex.quote(x)}" for x in sets]
-                                    + ([f"--store {shlex.quote(store)}"] if store else [])), submission_id=sid,
+                                    + ([f"--store {shlex.quote(store)}"] if store else [])
+                                    + (["--fresh"] if fresh else [])), submission_id=sid,
                 runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env},
                 metadata={"job_id": job_id, "model": spec.model.name, "dataset": spec.dataset.name})
         except RuntimeError as e:  # a head that has just started: its job agent is not up yet

@@ -11,14 +11,20 @@ network and its measure stage (capture, readouts, fields, label-dependence stati
 keys) and runs only the cluster stage and those after it; trials that run at the same time
 (max_concurrent_trials > 1) cannot copy from each other and each train and measure. A re-run sweep
 reuses every finished trial. Trial directories are
-named by their config, and an interrupted sweep is resumed with `Tuner.restore`. At the end, one
-row per trial (config, job id, accuracy, SNP / heads / ANDC summaries) goes to
+named by their job ids, and an interrupted sweep is resumed with `Tuner.restore` when its trials'
+jobs are what they were; a sweep whose jobs changed in fields outside the job id (compute, say)
+or one run with `fresh` starts a new Tune experiment instead (finished jobs are still reused by
+id), so the new fields apply. A trial holds no CPU of its own (TRIAL_RESOURCES): its TorchTrainer
+and actors ask for theirs, so a worker as large as a node still fits. At the end, one row per trial
+(config, the job id the trial reported, accuracy, SNP / heads / ANDC summaries) goes to
 `<store>/_studies/<name>-sweep-<hash>/sweep.parquet`, with a figure.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from collections.abc import Callable
 
 import polars as pl
@@ -30,7 +36,7 @@ from ray.tune.schedulers import ASHAScheduler
 from snp_service import pipeline
 from snp_service.actors import ensure_ray
 from snp_service.errors import SpecError
-from snp_service.spec import JobSpec, derive_job
+from snp_service.spec import JobSpec, derive_job, portable_paths
 from snp_service.store import JobStore, Store
 from snp_service.studies import study_folder, write_sweep_table
 
@@ -88,6 +94,12 @@ def summarise(job: JobStore, spec: JobSpec) -> dict:
     return out
 
 
+# What a trial itself holds: no CPU (its TorchTrainer's workers and its SNP actors ask for their own;
+# a trial holding even 0.01 CPU kept a worker of a whole node's CPUs from ever being placed). Tune
+# needs a non-empty request, so it is one byte of Ray's memory resource.
+TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
+
+
 def _trainable(config: dict) -> None:
     """One trial: the pipeline for the trial's job, epochs reported to Tune as they finish."""
     spec = JobSpec.model_validate(config["spec"])
@@ -95,10 +107,36 @@ def _trainable(config: dict) -> None:
                            train_callbacks=[TuneReportCallback()])
     job = Store.from_spec(spec.storage).job(outcome.job_id)
     final = {k: v for k, v in summarise(job, spec).items() if isinstance(v, (int, float)) and v is not None}
-    tune.report({"done": True, **final, "eval_accuracy": final.get("accuracy", 0.0)})
+    tune.report({"done": True, **final, "eval_accuracy": final.get("accuracy", 0.0), "job_id": outcome.job_id})
 
 
-def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.DataFrame:
+def check_placeable(spec: JobSpec) -> None:
+    """Refuse a sweep whose training workers or SNP actors fit no node of the cluster (every trial
+    shares the base job's compute section), before any trial starts."""
+    import ray
+
+    from snp_service.actors import check_worker_fits, gpus_per_worker
+    from snp_service.train import check_fits_cluster
+
+    use_gpu = spec.compute.use_gpu
+    if use_gpu == "auto":
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    check_fits_cluster(spec, bool(use_gpu), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    check_worker_fits(spec, gpus_per_worker(spec), "snp")
+
+
+def _same_jobs(configs: list[dict], others: list[dict]) -> bool:
+    """Whether two sweeps' trial configs are the same jobs with the same settings (paths compared as
+    the job id sees them, so another copy of the working directory on a cluster is not a change)."""
+    def key(c: dict) -> str:
+        return json.dumps({k: v for k, v in portable_paths(c).items() if k != "workdir"}, sort_keys=True)
+    return sorted(map(key, configs)) == sorted(map(key, others))
+
+
+def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print, fresh: bool = False) -> pl.DataFrame:
+    """Run the grid as a Tune experiment (resumed when it was interrupted and its jobs are unchanged;
+    `fresh`: a new experiment); returns the table of all trials, also written to the study folder.
+    A trial that failed is a `failed` row with its error (run_sweep does not raise for it)."""
     trials = grid(spec)
     specs = [trial_spec(spec, o) for o in trials]
     store = Store.from_spec(spec.storage)
@@ -106,20 +144,33 @@ def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.Data
     study = study_folder(store, spec.name, "sweep", [s.job_id() for s in specs])
     name = study.job_id.rsplit("/", 1)[-1]
     ensure_ray(spec)
+    check_placeable(specs[0])  # one message now, not one failed trial per grid point
     progress(f"sweep {name}: {len(trials)} trials ({', '.join(trials[0])}) -> {study.uri}")
-    param = tune.grid_search([s.model_dump(mode="json") for s in specs])
-    trainable = tune.with_resources(_trainable, {"CPU": 0.01})  # its TorchTrainer and actors take the CPUs
+    configs = [s.model_dump(mode="json") for s in specs]
+    trainable = tune.with_resources(_trainable, TRIAL_RESOURCES)
     storage, fs = study.path("tune"), (store.fs if store.remote else None)
     path = f"{storage}/{name}"
     scheduler = None
     if spec.sweep.asha:
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.train.epochs + 1,
                                   grace_period=max(1, spec.train.epochs // 4))
+    tuner = None
     if Tuner.can_restore(path, storage_filesystem=fs):
-        progress(f"sweep {name}: resuming an interrupted sweep (Tuner.restore)")
-        tuner = Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
-    else:
-        tuner = Tuner(trainable, param_space={"spec": param},
+        earlier = None if fresh else Tuner.restore(path, trainable=trainable, resume_errored=True,
+                                                   storage_filesystem=fs)
+        if earlier is None:
+            progress(f"sweep {name}: --fresh: the earlier Tune experiment is replaced (finished jobs are still "
+                     "reused by id)")
+        elif not _same_jobs(configs, [r.config["spec"] for r in earlier.get_results()]):
+            progress(f"sweep {name}: the trials' settings changed since the earlier run (fields outside the job "
+                     "id, e.g. compute); a new Tune experiment applies them (finished jobs are still reused by id)")
+        else:
+            progress(f"sweep {name}: resuming an interrupted sweep (Tuner.restore)")
+            tuner = earlier
+        if tuner is None:
+            study.remove_folder(f"tune/{name}")
+    if tuner is None:
+        tuner = Tuner(trainable, param_space={"spec": tune.grid_search(configs)},
                       tune_config=TuneConfig(metric="eval_accuracy", mode="max", scheduler=scheduler,
                                              max_concurrent_trials=spec.sweep.max_concurrent_trials,
                                              # job ids, not names: names of long jobs are cut at 64
@@ -128,14 +179,46 @@ def run_sweep(spec: JobSpec, progress: Callable[[str], None] = print) -> pl.Data
                                              trial_name_creator=lambda t: trial_id(t.config["spec"])),
                       run_config=RunConfig(name=name, storage_path=storage, storage_filesystem=fs))
     results = tuner.fit()
+    table = sweep_table(store, specs, trials, results, progress)
+    write_sweep_table(study, table, list(trials[0]))
+    failed = table.filter(pl.col("status").is_in(["failed", "incomplete"])).height
+    progress(f"sweep {name}: {len(table)} trials, {failed} failed or incomplete; table at {study.uri}/sweep.parquet")
+    return table
+
+
+def error_line(error: BaseException) -> str:
+    """A failed trial's error as one line: the last line of Ray's traceback text (the exception the
+    trial raised), its `module.Class: ` prefix dropped."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(error).__name__
+    return re.sub(r"^[\w.]+(Error|Exception|Interrupt): ", "", lines[-1])[:500]
+
+
+def sweep_table(store: Store, specs: list[JobSpec], trials: list[dict], results, progress: Callable[[str], None]
+                ) -> pl.DataFrame:
+    """One row per trial from the job that trial ran: the id it reported to Tune (its expected id
+    when it reported none: a trial stopped or failed before its pipeline ended), its status in the
+    store (complete: manifest written; stopped: training never finished, e.g. stopped by ASHA;
+    incomplete: trained, a later stage missing; failed: the trial raised) and its summaries."""
+    reported, errors = {}, {}
+    for r in results:
+        expected = trial_id(r.config["spec"])
+        if r.metrics and r.metrics.get("job_id"):
+            reported[expected] = r.metrics["job_id"]
+        if r.error:
+            errors[expected] = error_line(r.error)
     rows = []
     for s, overrides in zip(specs, trials):
-        job = store.job(s.job_id())
-        status = "complete" if job.manifest() else ("stopped" if job.stage_result("train") is None else "incomplete")
-        rows.append({**overrides, "job_id": s.job_id(), "status": status,
-                     **(summarise(job, s) if job.manifest() else {})})
-    errors = [r.error for r in results if r.error]
-    table = pl.DataFrame(rows)
-    write_sweep_table(study, table, list(trials[0]))
-    progress(f"sweep {name}: {len(rows)} trials, {len(errors)} failed; table at {study.uri}/sweep.parquet")
-    return table
+        expected = s.job_id()
+        job_id = reported.get(expected, expected)
+        if job_id != expected:
+            progress(f"sweep: trial {expected} ran as job {job_id}; its row shows that job")
+        job = store.job(job_id)
+        manifest = job.manifest()
+        status = "complete" if manifest else ("stopped" if job.stage_result("train") is None else "incomplete")
+        if expected in errors and not manifest:
+            status = "failed"
+        rows.append({**overrides, "job_id": job_id, "status": status, "error": errors.get(expected),
+                     **(summarise(job, s) if manifest else {})})
+    return pl.DataFrame(rows)

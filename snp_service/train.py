@@ -16,6 +16,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,6 +305,81 @@ def check_fits_cluster(spec: JobSpec, use_gpu: bool, nodes: list[dict]) -> None:
                        "compute.autoscaling: true on a cluster that adds nodes")
 
 
+# Ray Train V2's variables, read from the driver's environment and passed on to its controller
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+@contextmanager
+def train_environment(start_timeout_s: float | None, watch_preemption: bool) -> Iterator[None]:
+    """While a TorchTrainer runs: Ray Train's worker-group start timeout set to
+    compute.start_timeout_s; and on a single fixed node, no preemption watcher (nothing of the run
+    can be preempted apart from the whole of it, and its actor logs a core_worker error line in
+    every run); a value the user set is kept."""
+    env = {}
+    if start_timeout_s is not None:
+        env[START_TIMEOUT_ENV] = f"{start_timeout_s:g}"
+    if not watch_preemption and PREEMPTION_WATCHER_ENV not in os.environ:
+        env[PREEMPTION_WATCHER_ENV] = "0"
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def warm_autoscaling_coordinator(timeout: float | None) -> None:
+    """Start Ray's AutoscalingCoordinator actor (detached, one per cluster) before Ray Train's
+    controller asks it for resources: the controller gives its first request 5 s, which the actor's
+    start alone exceeds on a loaded machine, and then logs a warning with a traceback in the job's
+    console (once the actor runs, its calls are quick). Ray-internal: skipped where it is not there."""
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote(), timeout=timeout)
+    except Exception:  # another Ray, or it did not start in time: Ray Train starts it as it would
+        pass
+
+
+def _startup_timed_out(e: BaseException) -> bool:
+    """Whether a TorchTrainer failure is its worker group not starting in time (Ray Train's
+    ControllerError around a WorkerGroupStartupTimeoutError)."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, WorkerGroupStartupTimeoutError):
+            return True
+        e = getattr(e, "controller_failure", None) or e.__cause__
+    return False
+
+
+def free_resources_text() -> str:
+    """What the cluster has free now, for a message: `1.99 of 2 CPUs, 0 of 0 GPUs`."""
+    import ray
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    return ", ".join(f"{free.get(k, 0.0):g} of {total.get(k, 0.0):g} {k}s" for k in ("CPU", "GPU"))
+
+
+def _did_not_start(spec: JobSpec, use_gpu: bool, seconds: float) -> str:
+    c = spec.compute
+    return (f"train: {c.num_workers} training worker(s) of {c.cpus_per_worker:g} CPU(s){' and 1 GPU' if use_gpu else ''} "
+            f"could not be placed within compute.start_timeout_s ({seconds:g} s); the cluster has "
+            f"{free_resources_text()} free (other jobs or trials hold the rest). Free them, lower compute.num_workers "
+            "or cpus_per_worker, or raise start_timeout_s (null: wait without limit)")
+
+
 def checkpoint_bytes(model: nn.Module) -> int:
     """About one training checkpoint's size: the model's tensors plus AdamW's two moments of each
     parameter (STATE_FILE holds the model and the optimizer; the rest is small)."""
@@ -331,8 +408,10 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
     use_gpu = spec.compute.use_gpu
     if use_gpu == "auto":
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-    check_fits_cluster(spec, bool(use_gpu), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    check_fits_cluster(spec, bool(use_gpu), nodes)
     threads = max(1, int(spec.compute.cpus_per_worker))
+    deadline = spec.compute.start_timeout_s
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "torch_threads": threads,
@@ -345,7 +424,9 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
             name=spec.job_id(), storage_path=storage_path, storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint_keep),
             failure_config=FailureConfig(
-                max_failures=spec.compute.max_failures if max_failures is None else max_failures),
+                max_failures=spec.compute.max_failures if max_failures is None else max_failures,
+                # a worker group that cannot start within the deadline ends the run (default: retried forever)
+                **({"controller_failure_limit": 0} if deadline is not None else {})),
             callbacks=list(callbacks),
         ),
     )
@@ -354,7 +435,13 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
     main = threading.current_thread() is threading.main_thread()
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
-        result = trainer.fit()
+        warm_autoscaling_coordinator(deadline)
+        with train_environment(deadline, watch_preemption=len(nodes) > 1 or spec.compute.autoscaling):
+            result = trainer.fit()
+    except Exception as e:
+        if deadline is not None and _startup_timed_out(e):
+            raise SnpError(_did_not_start(spec, bool(use_gpu), deadline)) from None
+        raise
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)

@@ -14,7 +14,8 @@ LAYERS = {
         "figures", "synthetic", "models", "models.registry", "models.cct", "models.vgg",
         "models.torchvision_models", "models.text"],  # pure core
     1: ["spec"],  # the job spec (config)
-    2: ["measure", "store", "data", "devicedata", "text"],  # per-point science on a spec; storage; datasets
+    2: ["measure", "store", "data", "devicedata", "text", "console"],  # per-point science on a spec; storage;
+    # datasets; what Ray writes to the console
     3: ["train", "actors", "report"],  # Ray Train, Ray actors, the report
     4: ["pipeline"],  # the stages
     5: ["studies", "sweep"],  # several jobs as one

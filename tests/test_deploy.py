@@ -37,6 +37,12 @@ def test_images_volumes_and_the_bucket_agree_with_the_job():
         mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
         assert job["dataset"]["root"].startswith("/data/") and "/data" in mounts  # the dataset is mounted
         assert "/scratch" in mounts  # captured features have a volume
+        assert "/dev/shm" in mounts  # the DataLoader workers' shared memory (issue 29, item 8)
+        shm = next(v for v in pod["volumes"] if v["name"] == next(
+            m["name"] for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/dev/shm"))
+        assert shm["emptyDir"]["medium"] == "Memory"
+        read_only = any(m["mountPath"] == "/data" and m.get("readOnly") for m in pod["containers"][0]["volumeMounts"])
+        assert not (read_only and job["dataset"].get("download")), "download: true into a read-only /data"
         assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "snp-minio"}}]
         image = pod["containers"][0]["image"]
         assert not image.endswith(":latest")
