@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from snp_service import devicedata
 from snp_service.data import build_datasets
 from snp_service.errors import SnpError
+from snp_service.interrupts import call_in_helper
 from snp_service.optim import optimiser_step
 from snp_service.spec import JobSpec, TrainSpec
 
@@ -350,7 +351,9 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
     main = threading.current_thread() is threading.main_thread()
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
-        result = trainer.fit()
+        # off the main thread (a study member) the fit is waited for in slices, so the member can be
+        # told to stop (interrupts.call_in_helper; the training then ends with the driver)
+        result = trainer.fit() if main else call_in_helper(trainer.fit, f"fit {spec.job_id()}")
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)

@@ -15,7 +15,7 @@ LAYERS = {
         "models.torchvision_models", "models.text"],  # pure core
     1: ["spec"],  # the job spec (config)
     2: ["measure", "store", "data", "devicedata", "text"],  # per-point science on a spec; storage; datasets
-    3: ["train", "actors", "report"],  # Ray Train, Ray actors, the report
+    3: ["train", "actors", "report", "interrupts"],  # Ray Train, Ray actors, the report; the driver's threads
     4: ["pipeline"],  # the stages
     5: ["studies", "sweep"],  # several jobs as one
     6: ["submit", "localdev", "cli"],  # the commands
