@@ -128,7 +128,10 @@ def _store(root: str):
         storage = StorageSpec(root=root, endpoint=endpoint if root.startswith("s3://") else None)
     except ValidationError as e:
         raise SpecError(f"--store {root!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-    return Store.from_spec(storage)
+    store = Store.from_spec(storage)
+    if store.remote:  # a missing bucket is an error, not an empty store ("no jobs" hid a mistyped bucket)
+        store.check()
+    return store
 
 
 def _check_job_id(job_id: str) -> str:
