@@ -16,13 +16,12 @@ see SNPAccumulator.merge, but the readout training would have to be shared first
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ import torch
 from snp_service.console import bars_enabled, token_auth_quietly
 from snp_service.data import build_datasets
 from snp_service.errors import SnpError
+from snp_service.interrupts import POLL_SECONDS, call_in_helper, stop_point
 from snp_service.measure import PointResult, measure_point, readout_kind, snp_accumulate
 from snp_service.prune import prune_point, selection_rows
 from snp_service.readout import Features, Readout, capture
@@ -83,21 +83,60 @@ def ensure_ray(spec: JobSpec) -> None:
     if ray.is_initialized():
         return
     address = ray_address(spec)
-    # ray.init installs its own SIGTERM handler in a driver (a bare exit); the caller's (the CLI's:
-    # clean up, say so, exit 143) is put back
-    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    kwargs = {"address": address} if address else {"_node_ip_address": "127.0.0.1"}  # a local Ray: loopback only
     if not address:
         token_auth_quietly(new_cluster=True)  # what Ray decides for a new local cluster, without its warning
     try:
-        if address:
-            ray.init(address=address, log_to_driver=True)
-        else:  # a single-node Ray for this job alone: nothing else joins it, so it listens on loopback only
-            ray.init(log_to_driver=True, _node_ip_address="127.0.0.1")
+        start_ray(**kwargs, log_to_driver=True)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise SnpError(f"cannot connect to the Ray cluster at {address!r}: {str(e).splitlines()[0][:200]}") from None
+
+
+RAY_START_GRACE_SECONDS = 60.0  # an interrupted driver lets Ray finish starting, so its shutdown stops it all
+
+
+def start_ray(**kwargs) -> None:
+    """`ray.init(**kwargs)` in a helper thread that lives as long as the driver
+    (interrupts.call_in_helper, park). In the main thread, ray.init puts its own SIGTERM handler in
+    place while it starts the cluster (seconds): a SIGTERM then ended the driver with exit 15 and no
+    message, or, handled inside a fork hook of the processes it starts, was dropped and the job ran
+    on to the end. From a helper thread Ray leaves the handlers alone (it logs that it does; that
+    line is dropped here) and the calling thread waits in Python, where an interrupt is taken at
+    once. The helper is never a heads study's member thread either: Ray's processes are killed when
+    the thread that started them ends (PR_SET_PDEATHSIG), which took the cluster from the members
+    still running when the member that had started it finished."""
+    quiet = _DropLine("SIGTERM handler is not set")
+    log = logging.getLogger("ray._private.worker")
+    log.addFilter(quiet)
+    try:
+        call_in_helper(lambda: ray.init(**kwargs), "ray.init", grace_on_interrupt=RAY_START_GRACE_SECONDS, park=True)
     finally:
-        if callable(previous):
-            signal.signal(signal.SIGTERM, previous)
+        log.removeFilter(quiet)
+
+
+class _DropLine(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def wait_get(refs, poll: float = POLL_SECONDS, timeout: float | None = None):
+    """`ray.get(refs)`, waited for in slices of `poll` seconds with a stop point between them
+    (interrupts.stop_point): a heads study's member told to stop on an interrupt
+    (studies.stop_members) stops at once, not when the task ends. Past `timeout` seconds (None: no
+    limit) with some not ready: ray.exceptions.GetTimeoutError, as ray.get(timeout=) raises."""
+    pending = list(refs) if isinstance(refs, list) else [refs]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while pending:
+        wait = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=wait)
+        stop_point()
+        if pending and deadline is not None and time.monotonic() >= deadline:
+            raise ray.exceptions.GetTimeoutError(f"{len(pending)} of the objects not ready within {timeout:g} s")
+    return ray.get(refs)
 
 
 @contextmanager
@@ -365,7 +404,10 @@ def _scatter(spec: JobSpec, points: list[str], workers: list, call: Callable, wh
     pending = {call(w, g): g for w, g in zip(workers, groups)}
     results: dict = {}
     while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)  # in slices: see wait_get
+        stop_point()
+        if not done:
+            continue
         group = pending.pop(done[0])
         results.update(ray.get(done[0]))
         progress(f"{what}: worker finished {', '.join(group)} ({len(results)}/{len(points)} points)")
@@ -412,7 +454,7 @@ def workers_for(spec: JobSpec, points: list[str], what: str, progress: Progress)
     workers = start_workers(spec, n, max(1, int(c.cpus_per_worker)), c.cpus_per_worker, gpus)
     progress(f"{what}: {len(points)} points on {len(workers)} Ray worker(s)" + (f", {gpus:g} GPU each" if gpus else ""))
     try:  # placed within compute.start_timeout_s, or one message (an actor waits for its CPUs without limit)
-        pids = set(ray.get([w.pid.remote() for w in workers], timeout=c.start_timeout_s))
+        pids = set(wait_get([w.pid.remote() for w in workers], timeout=c.start_timeout_s))
     except ray.exceptions.GetTimeoutError:
         for w in workers:
             ray.kill(w)
@@ -421,6 +463,10 @@ def workers_for(spec: JobSpec, points: list[str], what: str, progress: Progress)
                        f"({c.start_timeout_s:g} s); the cluster has {free_resources_text()} free (other jobs or "
                        "trials hold the rest). Free them, lower compute.snp_actors or cpus_per_worker, or raise "
                        "start_timeout_s (null: wait without limit)") from None
+    except BaseException:
+        for w in workers:
+            ray.kill(w)
+        raise
     try:
         yield workers
     finally:
@@ -444,7 +490,7 @@ def on_worker(spec: JobSpec, what: str, fn: Callable, *args):
     c = spec.compute
     task = ray.remote(fn).options(num_cpus=c.cpus_per_worker, num_gpus=gpus, max_retries=MAX_RESTARTS,
                                   scheduling_strategy="DEFAULT")
-    return ray.get(task.remote(spec.model_dump(mode="json"), *args, max(1, int(c.cpus_per_worker))))
+    return wait_get(task.remote(spec.model_dump(mode="json"), *args, max(1, int(c.cpus_per_worker))))
 
 
 def evaluate_network(spec_json: dict, weights: dict, threads: int) -> dict:

@@ -18,6 +18,7 @@ import yaml
 
 from snp_service import console
 from snp_service.errors import CheckpointError, DamagedError, DatasetError, SnpError, SpecError, StoreError
+from snp_service.interrupts import end_abandoned
 from snp_service.models.registry import list_models, measurement_points, model_config
 from snp_service.provenance import code_version
 from snp_service.spec import StorageSpec, SyntheticSpec, is_valid_name, json_schema, load_spec
@@ -132,7 +133,10 @@ def _store(root: str):
         storage = StorageSpec(root=root, endpoint=endpoint if root.startswith("s3://") else None)
     except ValidationError as e:
         raise SpecError(f"--store {root!r}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-    return Store.from_spec(storage)
+    store = Store.from_spec(storage)
+    if store.remote:  # a missing bucket is an error, not an empty store ("no jobs" hid a mistyped bucket)
+        store.check()
+    return store
 
 
 def _check_job_id(job_id: str) -> str:
@@ -506,18 +510,45 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. piped into head
         return 0
     except KeyboardInterrupt:
-        if _TERMINATED:
-            print("snp-service: terminated (SIGTERM); finished stages are kept: run the same job again to resume",
-                  file=sys.stderr)
-            return 143
-        print("snp-service: interrupted; finished stages are kept: run the same job again to resume", file=sys.stderr)
-        return 130
+        code, line = ((143, "snp-service: terminated (SIGTERM); finished stages are kept: run the same job again "
+                            "to resume") if _TERMINATED else
+                      (130, "snp-service: interrupted; finished stages are kept: run the same job again to resume"))
+        if argv is None:  # run as the program: the process ends here
+            end_interrupted_program(line, code)
+        end_abandoned()  # helpers a stopped study member left waiting on Ray
+        print(line, file=sys.stderr)
+        return code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
 LONG_COMMANDS = {cmd_run, cmd_sweep, cmd_heads_study, cmd_submit, cmd_logs}
+
+
+def end_interrupted_program(line: str, code: int) -> None:
+    """How the program ends after SIGINT / SIGTERM, once the run has unwound (every `finally` ran: a
+    heads study's members stopped, leases released, captured features removed): Ray is shut down
+    (it stops what it runs for this driver), the line is printed last, and the process leaves with
+    `os._exit(code)`, without the interpreter's finalisation: after an interrupted heads study that
+    finalisation crashed in its last garbage collection (SIGSEGV on a freed object, seen in a core
+    dump; exit -6 instead of 143; not pinned down further), and nothing is left for it to do here.
+    Never returns."""
+    try:
+        end_abandoned()
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+    except BaseException:  # noqa: BLE001 - a second interrupt while shutting down: leave anyway
+        pass
+    print(line, file=sys.stderr)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -204,10 +204,12 @@ class JobStore:
                 with fs.open_output_stream(tmp, compression=None) as f:
                     f.write(data)
                 os.replace(tmp, dest)
-            except OSError as e:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)  # nothing half-written is left behind (e.g. disk full)
-                raise StoreError(f"writing {self.uri}/{rel} failed: {clean_error(e)}") from None
+            except BaseException as e:
+                if os.path.exists(tmp):  # nothing half-written is left behind (a full disk, an interrupt)
+                    os.unlink(tmp)
+                if isinstance(e, OSError):
+                    raise StoreError(f"writing {self.uri}/{rel} failed: {clean_error(e)}") from None
+                raise
             return dest
 
         def put():  # an object PUT is atomic; retried whole

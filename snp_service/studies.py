@@ -31,6 +31,7 @@ from snp_service import figures, pipeline
 from snp_service.actors import ensure_ray
 from snp_service.compare import Run, check_comparable, comparison_tables, dataset_label, depth_table
 from snp_service.errors import SnpError, StoreError
+from snp_service.interrupts import stop_point, stop_threads
 from snp_service.models.registry import measurement_points
 from snp_service.report import comparison_page, comparison_summary, store_figure
 from snp_service.spec import JobSpec, ModelSpec, input_size
@@ -73,8 +74,10 @@ def run_members(spec: JobSpec, members: list[tuple[str, JobSpec]],
                 progress: Progress = print) -> list[pipeline.RunOutcome]:
     """Run the (tag, job) members, `member_concurrency` at a time, each a whole pipeline run (finished
     stages reused); outcomes in the members' order. A failing member does not stop the others: every
-    member that can finish does, then the first failure is raised, naming its member. Threads are
-    daemons, so an interrupt of the driver ends the study at once (finished stages are kept)."""
+    member that can finish does, then the first failure is raised, naming its member. An interrupt
+    of the driver (SIGINT, SIGTERM: raised in the main thread) stops every member the same way
+    (stop_members) and waits for them to unwind, so each releases its lease and removes its workers'
+    captured features before the driver exits; finished stages are kept."""
     n = member_concurrency(spec, len(members))
     progress(f"{len(members)} member job(s), {n} at a time")
     if n == 1:
@@ -82,25 +85,35 @@ def run_members(spec: JobSpec, members: list[tuple[str, JobSpec]],
     outcomes: list = [None] * len(members)
     errors: list[tuple[int, BaseException]] = []
     slots = threading.Semaphore(n)
+    stopping = threading.Event()
+    finished = [threading.Event() for _ in members]
 
     def one(i: int, tag: str, v: JobSpec) -> None:
         try:
-            outcomes[i] = pipeline.run(v, lambda m: progress(f"[{tag}] {m}"))
+            # once stopping, a member's progress line is where it stops (and is not printed)
+            outcomes[i] = pipeline.run(v, lambda m: stop_point() if stopping.is_set() else progress(f"[{tag}] {m}"))
         except BaseException as e:  # noqa: BLE001 - reported and raised by the driver thread
-            errors.append((i, e))
-            progress(f"[{tag}] failed: {e}")
+            if not stopping.is_set():  # a member told to stop is not a failure to report
+                errors.append((i, e))
+                progress(f"[{tag}] failed: {e}")
         finally:
             slots.release()
+            finished[i].set()
 
-    threads = []
-    for i, (tag, v) in enumerate(members):
-        slots.acquire()
-        t = threading.Thread(target=one, args=(i, tag, v), name=f"member-{tag}", daemon=True)
-        t.start()
-        threads.append(t)
-    for t in threads:
-        while t.is_alive():
-            t.join(0.5)  # a timed join, so an interrupt reaches this thread
+    started: list[tuple[threading.Thread, threading.Event]] = []
+    try:
+        for i, (tag, v) in enumerate(members):
+            slots.acquire()
+            t = threading.Thread(target=one, args=(i, tag, v), name=f"member-{tag}", daemon=True)
+            t.start()
+            started.append((t, finished[i]))
+        for done in finished:  # waits in slices, so an interrupt reaches this thread (never an
+            while not done.wait(0.5):  # interrupted Thread.join: see interrupts.stop_threads)
+                pass
+    except BaseException:
+        stopping.set()
+        stop_members(started)
+        raise
     if errors:
         i, e = min(errors, key=lambda x: x[0])
         tag = members[i][0]
@@ -109,6 +122,26 @@ def run_members(spec: JobSpec, members: list[tuple[str, JobSpec]],
             raise type(e)(f"member {tag}: {e}{others}") from None
         raise e
     return outcomes
+
+
+class MemberStopped(KeyboardInterrupt):
+    """Raised in a member's thread when the study's driver was interrupted: the member unwinds as the
+    main thread does on SIGINT (every `finally` and context manager runs: lease released, Ray workers
+    killed, captured features removed)."""
+
+
+STOP_GRACE_SECONDS = 60.0  # how long an interrupted study waits for its members to unwind
+
+
+def stop_members(started: list[tuple[threading.Thread, threading.Event]],
+                 grace: float = STOP_GRACE_SECONDS) -> list[threading.Thread]:
+    """Tell the running members (thread, finished event) to stop: each raises MemberStopped at its
+    next wait on Ray or progress line (interrupts.stop_threads); wait for them to unwind, at most
+    `grace` seconds; the threads still running after. Before this the interpreter's exit froze the
+    members mid-run: a member's lease stayed held (on S3 it blocks the job's next run from another
+    host until it lapses), a member's failure was printed after the interrupt's line, and, as Ray
+    shut down, a member's next Ray call started a new local Ray cluster."""
+    return stop_threads(started, MemberStopped, grace)
 
 
 # ---------------------------------------------------------------- compare

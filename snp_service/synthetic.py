@@ -17,6 +17,8 @@ import json
 import os
 import pickle
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,24 @@ def verify(base: Path, deep: bool = False) -> bool:
     return True
 
 
+@contextmanager
+def _building(root: Path, name: str, params: dict) -> Iterator[Path]:
+    """A dataset folder written under a temporary name, then marked and renamed into place; an
+    interrupt or error meanwhile removes the temporary folder (nothing half-written is left)."""
+    tmp = Path(root) / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        _finish(tmp, params)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    base = Path(root) / name
+    shutil.rmtree(base, ignore_errors=True)
+    tmp.rename(base)
+
+
 def _labels(num_classes: int, per_class: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.repeat(np.arange(num_classes), per_class))
 
@@ -110,9 +130,13 @@ def write_cifar100(root: Path, num_classes: int, train_per_class: int, test_per_
     base = Path(root) / CIFAR_DIR
     if verify(base) and read_marker(base)["params"] == params:
         return base
-    tmp = Path(root) / f".{CIFAR_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with _building(root, CIFAR_DIR, params) as tmp:
+        _cifar100_files(tmp, num_classes, train_per_class, test_per_class, noise, seed)
+    return base
+
+
+def _cifar100_files(tmp: Path, num_classes: int, train_per_class: int, test_per_class: int, noise: float,
+                    seed: int) -> None:
     rng = np.random.default_rng(seed)
     protos = _prototypes(num_classes, 32, rng)
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
@@ -131,25 +155,26 @@ def write_cifar100(root: Path, num_classes: int, train_per_class: int, test_per_
             "coarse_label_names": [f"synth_group_{i}" for i in range((num_classes + 4) // 5)]}
     with open(tmp / "meta", "wb") as f:
         pickle.dump(meta, f, protocol=2)
-    _finish(tmp, params)
-    shutil.rmtree(base, ignore_errors=True)
-    tmp.rename(base)
-    return base
 
 
 def write_flowers102(root: Path, num_classes: int, train_per_class: int, test_per_class: int,
                      image_size: int = 64, noise: float = 0.8, seed: int = 0) -> Path:
     """Write `root/flowers-102/{jpg/image_NNNNN.jpg, imagelabels.mat, setid.mat}` (labels 1-based)."""
-    from scipy.io import savemat
-
     params = dict(layout="flowers102", num_classes=num_classes, train_per_class=train_per_class,
                   test_per_class=test_per_class, image_size=image_size, noise=noise, seed=seed)
     base = Path(root) / FLOWERS_DIR
     if verify(base) and read_marker(base)["params"] == params:
         return base
-    tmp = Path(root) / f".{FLOWERS_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "jpg").mkdir(parents=True)
+    with _building(root, FLOWERS_DIR, params) as tmp:
+        _flowers102_files(tmp, num_classes, train_per_class, test_per_class, image_size, noise, seed)
+    return base
+
+
+def _flowers102_files(tmp: Path, num_classes: int, train_per_class: int, test_per_class: int, image_size: int,
+                      noise: float, seed: int) -> None:
+    from scipy.io import savemat
+
+    (tmp / "jpg").mkdir()
     rng = np.random.default_rng(seed)
     protos = _prototypes(num_classes, image_size, rng)
     # train, val (same size as test) and test, image ids numbered from 1 as in the official files
@@ -168,7 +193,3 @@ def write_flowers102(root: Path, num_classes: int, train_per_class: int, test_pe
         next_id += len(labels)
     savemat(tmp / "imagelabels.mat", {"labels": np.concatenate(all_labels).astype(np.uint8)[None, :]})
     savemat(tmp / "setid.mat", setid)
-    _finish(tmp, params)
-    shutil.rmtree(base, ignore_errors=True)
-    tmp.rename(base)
-    return base

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from snp_service import devicedata
 from snp_service.data import build_datasets
 from snp_service.errors import SnpError
+from snp_service.interrupts import call_in_helper
 from snp_service.optim import optimiser_step
 from snp_service.spec import JobSpec, TrainSpec
 
@@ -437,7 +438,9 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
     try:
         warm_autoscaling_coordinator(deadline)
         with train_environment(deadline, watch_preemption=len(nodes) > 1 or spec.compute.autoscaling):
-            result = trainer.fit()
+            # off the main thread (a study member) the fit is waited for in slices, so the member can be
+            # told to stop (interrupts.call_in_helper; the training then ends with the driver)
+            result = trainer.fit() if main else call_in_helper(trainer.fit, f"fit {spec.job_id()}")
     except Exception as e:
         if deadline is not None and _startup_timed_out(e):
             raise SnpError(_did_not_start(spec, bool(use_gpu), deadline)) from None

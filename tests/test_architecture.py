@@ -16,7 +16,7 @@ LAYERS = {
     1: ["spec"],  # the job spec (config)
     2: ["measure", "store", "data", "devicedata", "text", "console"],  # per-point science on a spec; storage;
     # datasets; what Ray writes to the console
-    3: ["train", "actors", "report"],  # Ray Train, Ray actors, the report
+    3: ["train", "actors", "report", "interrupts"],  # Ray Train, Ray actors, the report; the driver's threads
     4: ["pipeline"],  # the stages
     5: ["studies", "sweep"],  # several jobs as one
     6: ["submit", "localdev", "cli"],  # the commands

@@ -4,6 +4,7 @@ capture serves the prune stage's work (the same rows as a separate prune capture
 
 import os
 
+import pytest
 import torch
 
 from snp_service import actors
@@ -75,3 +76,67 @@ def test_the_snp_capture_does_the_prune_work_as_a_separate_capture_would(tmp_pat
         assert shared[p].pruned["rows"] == separate[p]["rows"]
         assert (shared[p].pruned["selection_raw"] == separate[p]["selection_raw"]).all()
     assert shared["blocks.0.attn.heads"].pruned["rows"] == []
+
+
+# --- extreme compute.feature_budget_gb (issue 30, item 7) -------------------------------------------
+
+@pytest.mark.parametrize("value, says", [(0, "greater than 0"), (-1, "greater than 0"),
+                                         (10_000.5, "less than or equal"), (".nan", "finite"), (".inf", "finite"),
+                                         ("true", "number"), ("'4GB'", "number")])
+def test_a_feature_budget_outside_its_range_is_refused_before_anything_runs(tmp_path, capsys, value, says):
+    import yaml
+
+    from snp_service.cli import main
+
+    path = tmp_path / "job.yaml"
+    text = yaml.safe_dump(tiny_job(tmp_path, **{"compute.feature_budget_gb": 1.0}))
+    path.write_text(text.replace("feature_budget_gb: 1.0", f"feature_budget_gb: {value}"))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "compute.feature_budget_gb" in err and says in err and "Traceback" not in err, err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()  # refused before compute
+
+
+@pytest.mark.parametrize("budget", [5e-324, 1e-9, 10_000.0])
+def test_the_extreme_budgets_are_accepted_and_reported(tmp_path, capsys, budget):
+    import yaml
+
+    from snp_service.cli import main
+
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(tiny_job(tmp_path, **{"compute.feature_budget_gb": budget})))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"compute.feature_budget_gb {budget:g})" in out
+    spec = _spec(tmp_path, **{"compute.feature_budget_gb": budget})
+    groups = point_groups(spec, spec.selected_points(), sum(spec.dataset.known_sizes()))  # this job's images
+    assert [p for g in groups for p in g] == spec.selected_points()  # every point, each exactly once
+    assert len(groups) == (1 if budget == 10_000.0 else len(spec.selected_points()))
+
+
+@pytest.mark.slow
+def test_extreme_feature_budgets_measure_every_point_and_give_the_default_budgets_tables(tmp_path, ray_cluster):
+    """End to end (a job loading fixed weights, so every run measures the same network): the smallest
+    positive budget (each point captured alone), 1e-9, and the largest allowed (every point in one
+    capture) give the layers table of the default budget, value for value."""
+    from polars.testing import assert_frame_equal
+
+    from snp_service import pipeline
+    from snp_service.store import Store
+
+    weights = tmp_path / "weights.pth"
+    torch.manual_seed(0)
+    torch.save(_spec(tmp_path).build_model(4).state_dict(), weights)
+    tables = {}
+    for budget in (4.0, 5e-324, 1e-9, 10_000.0):
+        spec = _spec(tmp_path, **{"model.weights": str(weights), "compute.feature_budget_gb": budget,
+                                  "storage.root": str(tmp_path / f"results-{budget:g}")})
+        outcome = pipeline.run(spec, progress=lambda m: None)
+        layers = Store.from_spec(spec.storage).job(outcome.job_id).layers()
+        assert layers["point"].to_list() == spec.selected_points()  # every point measured, once
+        tables[budget] = layers.drop("seconds")
+    for budget, table in tables.items():
+        try:
+            assert_frame_equal(table, tables[4.0])
+        except AssertionError as e:
+            raise AssertionError(f"compute.feature_budget_gb {budget:g}: {e}") from None
