@@ -295,7 +295,7 @@ def prune_point_work(spec: JobSpec, p: str, readout: Readout, raw_eval: torch.Te
             p, readout, normalise(raw, afcc=normalisation_flags(an.normalise)[1]), train.points[p], train.labels,
             evaluation.points[p], evaluation.labels, threshold, pr.curve_thresholds, pr.baselines, pr.finetune_epochs,
             pr.finetune_lr, pr.seed, selection, an.candidate_order, an.cluster_time_limit_s,
-            pool_once=an.readout_solver == "lbfgs")
+            solver=an.readout_solver)
     return out
 
 

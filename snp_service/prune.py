@@ -9,12 +9,14 @@ the same counted either way).
 - random: for each node, the same number of labels as ANDC keeps, drawn uniformly (seeded).
 - magnitude: for each node, the same number of labels with the largest |W[k, n, :]| (L2 over
   positions; ties: lower label first).
-Fine-tune: the surviving weights of W are trained (Adam, cosine) with the mask re-applied after
-every step; the readout's sequence-pooling weights stay fixed, so only pruned connections differ. With
-`pool_once` (jobs whose readouts are solved, analysis.readout_solver lbfgs) a seqpool readout's pooled
-values are computed once per image (`readout.linear_part`) instead of in every fine-tune batch: the same
-computation, but in batches of another size, so float32 roundings may differ; the default (stepped)
-solver keeps the per-batch pooling, and with it the numbers of jobs finished before.
+Fine-tune: the surviving weights of W are trained with the mask held fixed; the readout's
+sequence-pooling weights stay fixed, so only pruned connections differ. Stepped (the default
+`analysis.readout_solver: adam`): Adam, cosine, the mask re-applied after every step. Solved
+(`lbfgs`): the masked readout's own objective (with the readouts' weight decay) minimised by L-BFGS
+to the readouts' tolerance (`finetune`); a seqpool readout's pooled values are then computed once per
+image (`readout.linear_part`) instead of in every fine-tune batch: the same computation, but in
+batches of another size, so float32 roundings may differ; the stepped solver keeps the per-batch
+pooling, and with it the numbers of jobs finished before.
 
 Selection vs scoring: the SNP matrices that choose a mask come from the selection images, the
 accuracies that score it from the evaluation split. By default (`heldout`) the selection images are
@@ -32,7 +34,7 @@ import math
 import numpy as np
 import torch
 
-from snp_service.readout import Readout, fit_on_features, linear_part, readout_accuracy
+from snp_service.readout import READOUT_WEIGHT_DECAY, Readout, fit_on_features, linear_part, readout_accuracy, solve_linear
 from snp_service.clusters import CLUSTER_TIME_LIMIT_S, membership
 from snp_service.clusters import clusters as node_clusters
 from snp_service.structural import ff_magnitude, head_magnitude
@@ -155,11 +157,20 @@ def masked(readout: Readout, mask: torch.Tensor) -> Readout:
 
 
 def finetune(readout: Readout, mask: torch.Tensor, train: np.ndarray, labels: np.ndarray, epochs: int, lr: float,
-             seed: int = 0, batch_size: int = 256) -> Readout:
-    """Train the surviving weights of a masked readout, mask held fixed (pooling frozen)."""
+             seed: int = 0, batch_size: int = 256, solver: str = "adam") -> Readout:
+    """Train the surviving weights of a masked readout, mask held fixed (pooling frozen).
+
+    solver `adam` (stepped): `epochs` epochs, no weight decay, the pruned weights re-zeroed after each
+    step. solver `lbfgs` (solved; analysis.readout_solver lbfgs): the surviving weights minimise the
+    readouts' own objective (mean cross-entropy + READOUT_WEIGHT_DECAY/2 |W|^2; without the decay a
+    separable masked problem has no minimum) by L-BFGS to the readouts' tolerance (readout.solve_linear
+    with the mask), from the masked weights; `epochs` 0 still means no fine-tune."""
     tuned = masked(readout, mask)
     if epochs == 0:
         return tuned
+    if solver == "lbfgs":
+        solve_linear(tuned, train, labels, READOUT_WEIGHT_DECAY, mask=mask)
+        return tuned.eval()
     torch.manual_seed(seed)
     m = mask[:, :, None].to(tuned.weight)
     for p in tuned.parameters():
@@ -186,15 +197,16 @@ def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train:
                 evaluation: np.ndarray, eval_labels: np.ndarray, threshold: float, curve_thresholds: list[float],
                 methods: list[str], finetune_epochs: int, finetune_lr: float, seed: int = 0,
                 selection: str = "eval", order: str = "diagonal",
-                time_limit_s: float = CLUSTER_TIME_LIMIT_S, pool_once: bool = False) -> tuple[list[dict], list[dict]]:
+                time_limit_s: float = CLUSTER_TIME_LIMIT_S, solver: str = "adam") -> tuple[list[dict], list[dict]]:
     """(table rows: method x kept fraction x accuracy before/after fine-tune, curve rows).
 
     m_normalised: the normalised SNP matrices of the selection images (they choose the masks);
     evaluation / eval_labels score them; `selection` names the selection images in every row.
-    pool_once: a seqpool readout's pooling (frozen here) is applied to every image once, and the masks
-    are scored and fine-tuned on W alone (see the module's docstring)."""
+    solver `lbfgs` (the readouts were solved): a seqpool readout's pooling (frozen here) is applied to
+    every image once, the masks are scored on W alone (see the module's docstring) and the fine-tunes
+    solved (`finetune`); `adam`: the fine-tunes are stepped."""
     L = m_normalised.shape[-1]
-    if pool_once:
+    if solver == "lbfgs":
         linear, train = linear_part(readout, train)
         _, evaluation = linear_part(readout, evaluation)
         readout = linear
@@ -203,7 +215,7 @@ def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train:
     rows = []
     for method, mask in baseline_masks(andc, readout.weight, methods, seed).items():
         before = readout_accuracy(masked(readout, mask), evaluation, eval_labels)
-        tuned = finetune(readout, mask, train, train_labels, finetune_epochs, finetune_lr, seed)
+        tuned = finetune(readout, mask, train, train_labels, finetune_epochs, finetune_lr, seed, solver=solver)
         after = readout_accuracy(tuned, evaluation, eval_labels) if finetune_epochs else float("nan")
         rows.append({"point": point, "method": method, "selection": selection, "threshold": threshold,
                      "kept_fraction": float(mask.float().mean()),
