@@ -81,37 +81,81 @@ def features_vs_rerun(per_class: int, epochs: int) -> list:
 ANALYSIS_STAGES = ("measure", "cluster", "heads", "prune")  # every stage after evaluate but the report
 
 
-def whole_analysis(train_per_class: int, eval_per_class: int, tmp: Path,
-                   solver: str = "adam") -> tuple[dict, float, int, int]:
-    """The real pipeline on a 1-epoch job with `analysis.readout_solver: solver`; stage seconds and the
-    epoch's seconds from the job's own records."""
+def cifar10_spec(train_per_class: int, eval_per_class: int, root: Path, solver: str) -> dict:
+    """The real CIFAR-10 job's network (jobs/cifar10_real.yaml: cct_2_3x2_32 on the real archive) on a
+    subset, 1 epoch."""
+    return {"name": "bench-analysis",
+            "dataset": {"name": "imagefolder", "root": str(CIFAR10), "max_per_class": train_per_class,
+                        "eval_max_per_class": eval_per_class, "num_workers": 1},
+            "model": {"name": "cct_2_3x2_32"},
+            "train": {"epochs": 1, "batch_size": 128},
+            "analysis": {"readout_solver": solver},
+            "pruning": {"enabled": True},
+            "storage": {"root": str(root)},
+            "compute": {"num_workers": 1, "cpus_per_worker": 2}}
+
+
+def quickstart_spec(root: Path, solver: str) -> dict:
+    """jobs/quickstart.yaml as shipped (its synthetic data, network and pruning), 1 epoch."""
+    import yaml
+
+    from bench.common import REPO
+
+    spec = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
+    spec["dataset"]["root"] = str(REPO / spec["dataset"]["root"])
+    spec["train"]["epochs"] = 1
+    spec["analysis"] = {"readout_solver": solver}
+    spec["storage"] = {"root": str(root)}
+    return spec
+
+
+def whole_analysis(spec_dict: dict, actors: bool = False) -> tuple[dict, float, dict]:
+    """The real pipeline on a 1-epoch job: stage seconds and the epoch's seconds from the job's own
+    records; with `actors`, then the measure stage's sharded work (actors.measure_on: capture,
+    readouts, fields, tests and the prune work on that capture) timed again on the trained network
+    with 1 actor of 2 CPUs and 2 actors of 1 CPU each."""
     import ray
 
     from snp_service import pipeline
     from snp_service.spec import spec_from_dict
     from snp_service.store import Store
 
-    spec = spec_from_dict({
-        "name": "bench-analysis",
-        "dataset": {"name": "imagefolder", "root": str(CIFAR10), "max_per_class": train_per_class,
-                    "eval_max_per_class": eval_per_class, "num_workers": 1},
-        "model": {"name": "cct_2_3x2_32"},
-        "train": {"epochs": 1, "batch_size": 128},
-        "analysis": {"readout_solver": solver},
-        "pruning": {"enabled": True},
-        "storage": {"root": str(tmp / f"results-{solver}")},
-        "compute": {"num_workers": 1, "cpus_per_worker": 2},
-    })
+    spec = spec_from_dict(spec_dict)
+    scaling = {}
     with tempfile.TemporaryDirectory(prefix="ray-bench-", dir="/tmp") as rt:
         ray.init(num_cpus=2, _temp_dir=rt, include_dashboard=False, log_to_driver=False)
         try:
             pipeline.run(spec, progress=lambda m: print(f"  [analysis] {m}", flush=True))
+            if actors:
+                scaling = actor_scaling(spec)
         finally:
             ray.shutdown()
     job = Store.from_spec(spec.storage).job(spec.job_id())
     epoch = float(job.read_table("train/metrics.parquet")["train_seconds"][-1])
     seconds = {s: job.stage_result(s)["seconds"] for s in ANALYSIS_STAGES}
-    return seconds, epoch, train_per_class * 10, eval_per_class * 10
+    return seconds, epoch, scaling
+
+
+def actor_scaling(spec) -> dict[int, float]:
+    """Seconds of the measure stage's sharded work on the finished job's network: {1: one actor of
+    2 CPUs (2 torch threads), 2: two actors of 1 CPU each (the points split between them)}."""
+    import time
+
+    from snp_service.actors import measure_on, workers_for
+    from snp_service.pipeline import FILES
+    from snp_service.store import Store
+
+    weights = Store.from_spec(spec.storage).job(spec.job_id()).read_torch(FILES["weights"])
+    points = spec.selected_points()
+    out = {}
+    for n, cpus in ((1, 2), (2, 1)):
+        variant = spec.model_copy(update={"compute": spec.compute.model_copy(
+            update={"snp_actors": n, "cpus_per_worker": cpus})})
+        with workers_for(variant, points, "measure", lambda m: print(f"  [actors] {m}", flush=True)) as workers:
+            t0 = time.perf_counter()
+            measure_on(workers, variant, weights, points)
+            out[n] = time.perf_counter() - t0
+    return out
 
 
 PROFILED = [("capture", "capture (frozen network over train + eval images, float16 memmaps)"),
@@ -193,51 +237,68 @@ def run_readouts_only() -> None:
     write_section(TITLE + " (readout solvers)", body)
 
 
-def run(quick: bool = False) -> None:
-    rows = [features_vs_rerun(100 if quick else 200, 10)]
-    print(rows, flush=True)
-    body = stamp("python -m bench.analysis" + (" --quick" if quick else ""))
-    body += ("\n(a) Readout training on features captured once (float16 memmaps; capture time included) vs "
-             "re-running the frozen cct_2_3x2_32 over the images every readout epoch (same optimiser and batches); "
-             "real CIFAR-10 images, 1 process, all cores.\n\n")
-    body += table(["readout", "re-run network s", "on captured features s", "ratio", "target"], rows)
+def run(quick: bool = False, whole_only: bool = False) -> None:
+    if not whole_only:
+        rows = [features_vs_rerun(100 if quick else 200, 10)]
+        print(rows, flush=True)
+        body = stamp("python -m bench.analysis" + (" --quick" if quick else ""))
+        body += ("\n(a) Readout training on features captured once (float16 memmaps; capture time included) vs "
+                 "re-running the frozen cct_2_3x2_32 over the images every readout epoch (same optimiser and "
+                 "batches); real CIFAR-10 images, 1 process, all cores.\n\n")
+        body += table(["readout", "re-run network s", "on captured features s", "ratio", "target"], rows)
+        write_section(TITLE, body)
     tr, ev = (200, 40) if quick else (500, 100)
     runs = {}
-    for solver in ("adam", "lbfgs"):  # the stepped readouts (before issue 27) and the solved ones, one run
-        with tempfile.TemporaryDirectory(prefix="bench-analysis-") as tmp:
-            runs[solver] = whole_analysis(tr, ev, Path(tmp), solver)
-    n_train, n_eval = runs["lbfgs"][2], runs["lbfgs"][3]
+    with tempfile.TemporaryDirectory(prefix="bench-analysis-") as tmp:
+        for solver in ("adam", "lbfgs"):  # the stepped readouts (before issue 27) and the solved ones, one run
+            runs[f"CIFAR-10, {solver}"] = whole_analysis(cifar10_spec(tr, ev, Path(tmp) / solver, solver),
+                                                          actors=solver == "lbfgs")
+        runs["quickstart, lbfgs"] = whole_analysis(quickstart_spec(Path(tmp) / "quickstart", "lbfgs"), actors=True)
     load = Path("/proc/loadavg").read_text().split()[:3]
-    body += (f"\n(b) The whole analysis of cct_2_3x2_32 through the pipeline (every stage after evaluate but the "
-             f"report: measure (capture, readouts at 8 points, fields, label-dependence tests, and the prune work on "
-             f"the same capture: ANDC + random + magnitude masks with 3-epoch fine-tunes and the accuracy curve), "
-             f"cluster, heads, prune (tables; its work came from the measure stage)) with readouts on {n_train} real "
-             f"CIFAR-10 training images and SNP on {n_eval} test images (the target's 5:1), in training epochs of "
-             f"the same job (its one epoch on those {n_train} images, Ray Train worker, 2 threads, `precision: "
-             f"auto`). Side by side in one run: `analysis.readout_solver: adam` (20 stepped epochs per readout, "
-             f"the solver before issue 27) and `lbfgs` (solved; METHOD.md section 7.10). Load average when "
-             f"written: {' '.join(load)} (on a shared machine the seconds carry that load; the ratios to the "
-             f"same run's epoch carry less of it).\n\n")
+    body = stamp("python -m bench.analysis --whole-only" + (" --quick" if quick else ""))
+    body += (f"\n(b) The whole analysis through the pipeline (every stage after evaluate but the report: measure "
+             f"(capture, readouts at every point, fields, label-dependence tests, and the prune work on the same "
+             f"capture: ANDC + random + magnitude masks with their fine-tunes and the accuracy curve), cluster, heads, "
+             f"prune (tables; its work came from the measure stage)), in training epochs of the same job (its one "
+             f"epoch, Ray Train worker, 2 threads, `precision: auto`). Networks: the real CIFAR-10 job's "
+             f"(cct_2_3x2_32 on the real archive, readouts on {tr * 10} training images, SNP on {ev * 10} test "
+             f"images: the target's 5:1) with `analysis.readout_solver: adam` (20 stepped epochs per readout and "
+             f"stepped fine-tunes, the default) and `lbfgs` (solved readouts and fine-tunes; METHOD.md 7.10) side "
+             f"by side, and the quickstart's (jobs/quickstart.yaml as shipped, 1 epoch) with `lbfgs`. Load "
+             f"average when written: {' '.join(load)}.\n\n")
+    names = list(runs)
     rows = []
     for s in ANALYSIS_STAGES:
-        rows.append([s] + [f"{runs[k][0][s]:.1f} s = {runs[k][0][s] / runs[k][1]:.2f}" for k in runs])
+        rows.append([s] + [f"{runs[k][0][s]:.1f} s = {runs[k][0][s] / runs[k][1]:.2f}" for k in names])
     totals = {k: sum(r[0].values()) / r[1] for k, r in runs.items()}
-    rows.append(["**whole analysis**"] + [f"{sum(r[0].values()):.1f} s = **{totals[k]:.2f}**" for k, r in runs.items()])
-    rows.append(["one training epoch"] + [f"{r[1]:.1f} s = 1.00" for r in runs.values()])
-    body += table(["stage", "adam: seconds = epochs", "lbfgs: seconds = epochs"], rows)
-    body += (f"\nTarget: whole analysis <= 2 training epochs: adam {verdict(2.0, totals['adam'])}, "
-             f"lbfgs {verdict(2.0, totals['lbfgs'])}.\n")
-    if totals["lbfgs"] > 2.0:
+    rows.append(["**whole analysis**"] + [f"{sum(runs[k][0].values()):.1f} s = **{totals[k]:.2f}**" for k in names])
+    rows.append(["one training epoch"] + [f"{runs[k][1]:.1f} s = 1.00" for k in names])
+    body += table(["stage"] + [f"{k}: seconds = epochs" for k in names], rows)
+    body += "\nTarget: whole analysis <= 2 training epochs: " + "; ".join(
+        f"{k} {verdict(2.0, totals[k])}" for k in names) + ".\n"
+    scale_rows = []
+    for k in names:
+        sc = runs[k][2]
+        if sc:
+            scale_rows.append([k, f"{sc[1]:.1f}", f"{sc[2]:.1f}", f"{sc[1] / sc[2]:.2f}x",
+                               f">= 1.6x: {verdict(sc[1] / sc[2], 1.6)}"])
+    body += ("\n(d) The measure stage's sharded work (actors.measure_on: capture, readouts, fields, tests, the "
+             "prune work on that capture) on the finished job's network, 1 SNP actor of 2 CPUs (2 torch threads) "
+             "vs 2 actors of 1 CPU each (`compute.snp_actors: 2, cpus_per_worker: 1`), same Ray session, 2 CPUs "
+             "in all.\n\n")
+    body += table(["network", "1 actor s", "2 actors s", "ratio", "target"], scale_rows)
+    if totals["CIFAR-10, lbfgs"] > 2.0:
         body += "\n" + profile_snp_stage(50 if quick else 100)
-    write_section(TITLE, body)
+    write_section(TITLE + " (whole analysis, solved and stepped)", body)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--readouts-only", action="store_true", help="only (c): the readout solvers' CPU seconds")
+    ap.add_argument("--whole-only", action="store_true", help="only (b) and (d): the whole analysis, 2 actors vs 1")
     args = ap.parse_args()
     if args.readouts_only:
         run_readouts_only()
     else:
-        run(args.quick)
+        run(args.quick, args.whole_only)

@@ -51,6 +51,9 @@ def test_images_volumes_and_the_bucket_agree_with_the_job():
     assert f"mc mb --ignore-existing local/{bucket}" in compose  # the bucket the job writes is created
     images = re.findall(r"image: (\S+)", compose)
     assert images and all(i.startswith("quay.io/minio/") and ":RELEASE." in i for i in images)  # pinned, quay.io
+    server = [i for i in images if i.startswith("quay.io/minio/minio:")]
+    # RELEASE tags sort by date as text: the server is no older than the fix for CVE-2025-62506
+    assert server and all(i.split(":RELEASE.")[1] >= "2025-10-15T17-29-55Z" for i in server)
     assert "mc admin user add" in compose and "policy attach" in compose  # a bucket-scoped user, not root
     assert "MINIO_ROOT_USER: ${AWS_ACCESS_KEY_ID" not in compose  # the service's keys are not MinIO's root
 
