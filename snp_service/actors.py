@@ -152,13 +152,18 @@ def torch_threads(n: int):
 @contextmanager
 def progress_bar(desc: str, total: int) -> Iterator:
     """A progress bar that shows in the driver's console also from a Ray actor (Ray's tqdm
-    integration), only when the CLI's output is a terminal (console.bars_enabled; --quiet: never)."""
+    integration), only when the CLI's output is a terminal (console.bars_enabled; --quiet: never).
+    Written to a file (no bars, not --quiet), each piece of work is one plain line when it ends
+    (`[snp-service] measure blocks.0.out: done in 42 s`), so a log of a long stage still shows it moving."""
     if not bars_enabled() or not ray.is_initialized():
         class _Silent:
             def update(self, _n: int) -> None:
                 pass
 
+        start = time.monotonic()
         yield _Silent()
+        if ray.is_initialized() and os.environ.get("SNP_QUIET") != "1":
+            print(f"[snp-service] {desc}: done in {time.monotonic() - start:.0f} s", flush=True)
         return
     from ray.experimental.tqdm_ray import tqdm
 

@@ -102,6 +102,7 @@ def test_a_quickstart_log_written_to_a_file_is_plain(tmp_path):
     assert rc == 0, text[-4000:]
     assert "done:" in text and "(TrainController" in text  # Ray's forwarded lines are there, plain
     assert "\x1b" not in text and "\r" not in text
+    assert re.search(r"\[snp-service\] measure \S+: done in \d+ s", text)  # a long stage still moves
     plain = without_other_instances_noise(text)
     noise = RAY_NOISE.search(plain)
     assert not noise, plain[max(0, noise.start() - 1500):noise.end() + 2500]
