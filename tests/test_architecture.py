@@ -13,10 +13,12 @@ LAYERS = {
     0: ["snp_service", "errors", "units", "optim", "provenance", "checkpoints", "clusters", "snp", "heads", "readout", "prune", "structural", "tables", "compare",
         "figures", "synthetic", "models", "models.registry", "models.cct", "models.vgg",
         "models.torchvision_models", "models.text"],  # pure core
-    1: ["spec"],  # the job spec (config)
+    1: ["spec", "spec.base", "spec.sections", "spec.identity", "spec.derived", "spec.job", "spec.loading"],  # the
+    # job spec (config): its sections, its identity (job ids, stage keys), derived jobs, loading
     2: ["measure", "store", "data", "devicedata", "text", "console"],  # per-point science on a spec; storage;
     # datasets; what Ray writes to the console
-    3: ["train", "actors", "report", "interrupts"],  # Ray Train, Ray actors, the report; the driver's threads
+    3: ["train", "actors", "report", "interrupts", "reuse"],  # Ray Train, Ray actors, the report; the driver's
+    # threads; reuse of finished stages
     4: ["pipeline"],  # the stages
     5: ["studies", "sweep"],  # several jobs as one
     6: ["submit", "localdev", "cli"],  # the commands

@@ -31,7 +31,7 @@ def test_the_quickstart_and_its_derived_jobs_keep_their_ids(monkeypatch):
 
 def test_settings_that_change_results_only_by_noise_or_placement_keep_ids_and_stage_keys(monkeypatch):
     """train.compile, compute.* (GPUs per actor, feature budget): same job id, same stage keys."""
-    from snp_service.pipeline import STAGE_INPUTS, stage_key
+    from snp_service.spec import STAGE_INPUTS, stage_key
 
     monkeypatch.chdir(REPO)
     d = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
@@ -47,7 +47,7 @@ def test_settings_that_change_results_only_by_noise_or_placement_keep_ids_and_st
 def test_the_label_blind_control_changes_the_id_and_the_keys_only_when_on(monkeypatch):
     """dataset.random_labels: false (the default, or written out) keeps every id and stage key; true
     is another job whose every stage runs afresh (its network learns other labels)."""
-    from snp_service.pipeline import STAGE_INPUTS, stage_key
+    from snp_service.spec import STAGE_INPUTS, stage_key
 
     monkeypatch.chdir(REPO)
     d = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
@@ -62,7 +62,7 @@ def test_the_label_blind_control_changes_the_id_and_the_keys_only_when_on(monkey
 
 
 def test_the_cluster_solvers_time_limit_enters_the_id_and_the_analysis_keys_only_off_its_default(monkeypatch):
-    from snp_service.pipeline import stage_key
+    from snp_service.spec import stage_key
 
     monkeypatch.chdir(REPO)
     d = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())

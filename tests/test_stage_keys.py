@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snp_service.pipeline import STAGE_INPUTS, STAGES, stage_key
+from snp_service.pipeline import STAGES
+from snp_service.spec import STAGE_INPUTS, stage_key
 from snp_service.spec import TEXT_ONLY_FIELDS, spec_from_dict
 from tests.conftest import tiny_job
 
@@ -119,7 +120,7 @@ def test_a_dataset_root_inside_the_workdir_counts_by_its_relative_path_and_old_k
     """The workdir moves the keys only as the base of the root: the same data seen from two workdirs
     (a Tune trial's, a cluster's copy of the working directory) has the same keys; a stored spec.json
     without a workdir hashes its absolute root, as before, and stage_keys accepts that key too."""
-    from snp_service.pipeline import stage_keys
+    from snp_service.spec import stage_keys
 
     a = spec_from_dict({**tiny_job(tmp_path / "a"), "workdir": str(tmp_path / "a")}).model_dump(mode="json")
     b = spec_from_dict({**tiny_job(tmp_path / "b"), "workdir": str(tmp_path / "b")}).model_dump(mode="json")
