@@ -43,24 +43,16 @@ from snp_service.actors import (
 from snp_service.checkpoints import MAX_WEIGHTS_BYTES, load_weights, sha256
 from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
+from snp_service.failures import clean_error, is_disk_full, s3_outage
 from snp_service.heads import analyse_heads
 from snp_service.measure import cluster_point
 from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS, Criterion, SNPCriterion, WeightMagnitude
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
-from snp_service.snp import interval_text, normalisation_flags, point_line
 from snp_service.reuse import NEVER_COPIED, STAGE_OUTPUTS, damaged_from, find_reusable
+from snp_service.snp import interval_text, normalisation_flags, point_line
 from snp_service.spec import CLUSTER_FIELDS, JobSpec, stage_keys
-from snp_service.store import (
-    FILES,
-    RETRY_SECONDS,
-    JobStore,
-    Store,
-    clean_error,
-    is_disk_full,
-    read_weights,
-    s3_outage,
-)
+from snp_service.store import FILES, RETRY_SECONDS, JobStore, Store, read_weights
 from snp_service.structural import plan
 from snp_service.train import STATE_FILE, checkpoint_bytes, fit, readable_checkpoint
 
