@@ -19,8 +19,17 @@ from snp_service.units import units_removed
 
 def check_sections(spec):
     """JobSpec's cross-checks (its last validator): `spec` when every rule between its sections holds,
-    else ValueError naming the fields."""
+    else ValueError naming the fields (the first rule broken, in this order)."""
     cfg = spec.model.config()
+    _model_fits_dataset(spec, cfg)
+    _point_patterns_match(spec)
+    _studies_fit_the_network(spec, cfg)
+    _one_study(spec)
+    return spec
+
+
+def _model_fits_dataset(spec, cfg) -> None:
+    """A text model on a text dataset, an image model on images, at an input size the family takes."""
     if cfg.text != (spec.dataset.name == "text"):
         raise ValueError(f"model {spec.model.name} is {'a text' if cfg.text else 'an image'} "
                          f"model and dataset {spec.dataset.name} {'is' if spec.dataset.name == 'text' else 'is not'}"
@@ -30,6 +39,10 @@ def check_sections(spec):
         raise ValueError(problem)
     if cfg.text and spec.model.weights is not None:
         raise ValueError("model.weights: loading a text model trained elsewhere is not supported yet")
+
+
+def _point_patterns_match(spec) -> None:
+    """measure.points match points of the model; heads.points and pruning.points selected ones."""
     available = spec.points()
     for pat, names in match_points(available, spec.measure.points).items():
         if not names:
@@ -50,6 +63,10 @@ def check_sections(spec):
             if not names:
                 raise ValueError(f"pruning.points: {pat!r} matches no selected measurement point "
                                  f"({', '.join(selected)})")
+
+
+def _studies_fit_the_network(spec, cfg) -> None:
+    """Head counts divide the width; structural pruning leaves units of a CCT."""
     if spec.heads_study is not None and not cfg.cct:
         raise ValueError(f"heads_study: varies the heads of a CCT; {spec.model.name} is not a CCT")
     for where, heads in (("sweep.num_heads", spec.sweep.num_heads if spec.sweep else None),
@@ -66,6 +83,10 @@ def check_sections(spec):
             if units_removed(frac, count) >= count:
                 raise ValueError(f"pruning.structural_fraction: {frac} would remove all {count} {what} of "
                                  f"every block; use a fraction below {(count - 0.5) / count:.3f}")
+
+
+def _one_study(spec) -> None:
+    """At most one study section, each within its limits; every member of a comparison a valid job."""
     if spec.sweep is not None and spec.train.eval_every != 1:
         raise ValueError("sweep: ASHA compares trials on every epoch's eval_accuracy; train.eval_every must be 1")
     studies = [k for k in ("compare", "sweep", "heads_study") if getattr(spec, k) is not None]
@@ -80,7 +101,6 @@ def check_sections(spec):
             spec.compare_jobs()  # every (model, seed) must be a valid job
         except SpecError as e:
             raise ValueError(str(e)) from None
-    return spec
 
 
 def compare_jobs(spec) -> list[tuple]:
