@@ -10,12 +10,12 @@ PACKAGE = REPO / "snp_service"
 
 # lower numbers are lower layers: a module may import its own layer and the layers below it
 LAYERS = {
-    0: ["snp_service", "errors", "failures", "localfiles", "units", "optim", "provenance", "checkpoints", "clusters", "snp", "heads", "readout", "prune", "structural", "tables", "compare",
+    0: ["snp_service", "errors", "failures", "units", "optim", "provenance", "checkpoints", "clusters", "snp", "heads", "readout", "prune", "structural", "tables", "compare",
         "figures", "synthetic", "models", "models.registry", "models.cct", "models.vgg",
         "models.torchvision_models", "models.text"],  # pure core
     1: ["spec", "spec.base", "spec.sections", "spec.identity", "spec.derived", "spec.job", "spec.loading"],  # the
     # job spec (config): its sections, its identity (job ids, stage keys), derived jobs, loading
-    2: ["measure", "leases", "store", "data", "devicedata", "text", "console"],  # per-point science on a spec; storage;
+    2: ["measure", "localfiles", "leases", "store", "data", "devicedata", "text", "console"],  # per-point science on a spec; storage;
     # datasets; what Ray writes to the console
     3: ["train", "actors", "report", "interrupts", "reuse"],  # Ray Train, Ray actors, the report; the driver's
     # threads; reuse of finished stages
