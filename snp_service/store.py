@@ -1,4 +1,5 @@
-"""The results store: the only module that writes results.
+"""The results store: the only module that writes results (JobStore's lease methods are in
+snp_service.leases, the checks of a local file read whole in snp_service.localfiles).
 
 One interface over a pyarrow FileSystem: a local directory (the embedded default) or an
 S3-compatible bucket. Each job writes under `<root>/<job-id>/`: the spec, stage outputs (JSON,
