@@ -142,7 +142,7 @@ def actor_scaling(spec) -> dict[int, float]:
     import time
 
     from snp_service.actors import measure_on, workers_for
-    from snp_service.pipeline import FILES
+    from snp_service.store import FILES
     from snp_service.store import Store
 
     weights = Store.from_spec(spec.storage).job(spec.job_id()).read_torch(FILES["weights"])

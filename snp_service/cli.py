@@ -406,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress lines or bars")
     p.add_argument("-v", "--verbose", action="store_true", help="also Ray Train's per-report and checkpoint lines")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_job_commands, _stored_commands, _study_commands, _tool_commands):  # the order of --help
+        add(sub)
+    return p
+
+
+def _job_commands(sub) -> None:
+    """One job: checked, run here, or submitted to a cluster and followed there."""
     s = sub.add_parser("validate", help="check a job file and print the normalised spec, its job id, stages and "
                        "the feature estimate")
     _job_args(s)
@@ -438,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
             s.add_argument("--attempt", type=int, help="an earlier attempt's logs (1: the first submission)")
         s.set_defaults(fn=fn)
+
+
+def _stored_commands(sub) -> None:
+    """Finished jobs in a store: their report, tables and integrity."""
     s = sub.add_parser("report", help="(re)build a job's report.html from its stored results")
     s.add_argument("job_id")
     s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
@@ -455,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job_ids", nargs="*", metavar="JOB_ID")
     s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
     s.set_defaults(fn=cmd_verify)
+
+
+def _study_commands(sub) -> None:
+    """Several jobs as one: a sweep, a head-count study, a comparison of finished jobs."""
     s = sub.add_parser("sweep", help="Ray Tune grid over the job's sweep: section (heads, threshold, lr)")
     _job_args(s)
     _fresh_arg(s)
@@ -470,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", default="results", help="results root (local path or s3://bucket/prefix)")
     s.add_argument("--name", default="jobs", help="name of the comparison (its results go to _studies/NAME-compare-*)")
     s.set_defaults(fn=cmd_compare)
+
+
+def _tool_commands(sub) -> None:
+    """The registered models and synthetic data."""
     s = sub.add_parser("models", help="list registered models (CCT, VGG, torchvision) and their measurement points")
     s.add_argument("name", nargs="?", help="one model: its measurement points (module path, kind, size)")
     s.add_argument("--points", action="store_true", help="every model's measurement points")
@@ -482,7 +501,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-per-class", type=int, default=20)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_synth)
-    return p
 
 
 class Terminated(KeyboardInterrupt):

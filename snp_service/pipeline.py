@@ -1,11 +1,12 @@
 """The pipeline: stages a job flows through, each a function from the spec (and earlier stages'
 stored outputs) to stored outputs plus a summary: data -> train -> evaluate -> measure -> cluster ->
-heads -> prune -> report. This module is the stage table, the reuse keys and `run`; the science lives in
-the pure modules (measure, heads, prune, structural), Ray in actors and train, storage in store.
+heads -> prune -> report. This module is the stage table and `run`; the science lives in the pure
+modules (measure, heads, prune, structural), Ray in actors and train, storage in store, the stage keys
+in spec.identity and the reuse of finished work in reuse.
 
 Finished stages are recorded in the store, so re-running the same job id skips them. Each stage
 also has a key: the hash of exactly the spec fields it (and the stages before it) reads
-(`STAGE_INPUTS`). When another job in the same store finished a stage with the same key, its
+(`spec.STAGE_INPUTS`). When another job in the same store finished a stage with the same key, its
 outputs are copied instead of recomputed: a job that only changes analysis.threshold (or the
 normalisation, the candidate order or the cluster solver's time limit) copies the trained network and
 the measure stage (capture, readouts, fields, per-label field sums, label-dependence tests and
@@ -42,23 +43,16 @@ from snp_service.actors import (
 from snp_service.checkpoints import MAX_WEIGHTS_BYTES, load_weights, sha256
 from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError, StoreError
+from snp_service.failures import clean_error, is_disk_full, s3_outage
 from snp_service.heads import analyse_heads
 from snp_service.measure import cluster_point
 from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS, Criterion, SNPCriterion, WeightMagnitude
 from snp_service.provenance import hardware
 from snp_service.report import build as build_report
+from snp_service.reuse import NEVER_COPIED, STAGE_OUTPUTS, damaged_from, find_reusable
 from snp_service.snp import interval_text, normalisation_flags, point_line
-from snp_service.spec import NEUTRAL_DEFAULTS, JobSpec, hashed_dataset, portable_paths, without_neutral_defaults
-from snp_service.store import (
-    FILES,
-    RETRY_SECONDS,
-    JobStore,
-    Store,
-    clean_error,
-    is_disk_full,
-    read_weights,
-    s3_outage,
-)
+from snp_service.spec import CLUSTER_FIELDS, JobSpec, stage_keys
+from snp_service.store import FILES, RETRY_SECONDS, JobStore, Store, read_weights
 from snp_service.structural import plan
 from snp_service.train import STATE_FILE, checkpoint_bytes, fit, readable_checkpoint
 
@@ -416,111 +410,6 @@ STAGES: list[tuple[str, Stage]] = [
     ("prune", stage_prune),
     ("report", stage_report),
 ]
-# Spec fields each stage reads, cumulative along the pipeline: (section, fields or None for all). The
-# measure stage reads the readout settings and those of the label-dependence statistics it computes
-# (fdr, and bootstrap / confidence / seed for their intervals); the threshold, normalisation, candidate
-# order and cluster solver's time limit (CLUSTER_FIELDS) enter at the cluster stage, and so at heads and
-# prune, which choose clusters and masks with them.
-CLUSTER_FIELDS = ("threshold", "normalise", "candidate_order", "cluster_time_limit_s")
-_TRAINED = (("dataset", None), ("model", None), ("train", None))
-_MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_solver", "readout_epochs",
-                                                          "readout_pool_epochs", "readout_lr", "bootstrap",
-                                                          "confidence", "fdr", "seed")))
-_CLUSTERED = _MEASURED + (("analysis", CLUSTER_FIELDS),)
-STAGE_INPUTS: dict[str, tuple] = {
-    "data": (("dataset", None), ("train", ("seed",))),
-    "train": _TRAINED,
-    "load": (("model", None),),
-    "evaluate": _TRAINED,
-    "measure": _MEASURED,
-    "cluster": _CLUSTERED,
-    "heads": _CLUSTERED + (("heads", None),),
-    "prune": _CLUSTERED + (("pruning", None),),
-    "report": _CLUSTERED + (("heads", None), ("pruning", None)),
-}
-# Jobs finished before issue 27 ran one `snp` stage where measure and cluster now run. It read exactly
-# the fields the cluster stage's key reads (with the solver's fields at their neutral defaults), so its
-# key, which those jobs' markers hold, is the cluster stage's: stage_key(spec, "snp") still gives it.
-LEGACY_STAGE_INPUTS: dict[str, tuple] = {"snp": STAGE_INPUTS["cluster"]}
-NEVER_COPIED = {"report"}  # names its own job and provenance: always drawn afresh
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "data": ("data/",), "train": ("model/", "train/metrics.parquet"), "load": ("model/",), "evaluate": ("eval/",),
-    "measure": ("measure/",), "cluster": ("snp/",),
-    "heads": ("heads/",), "prune": ("prune/",),
-}
-
-
-def stage_key(spec_json: dict, stage: str, weights_digest: str | None = None) -> str:
-    """Hash of the spec fields `stage` depends on (computed from a stored spec.json too). With
-    model.weights the checkpoint counts by its SHA-256, not by its path: two jobs on the same file
-    share their stages; without, the weights fields are left out (keys of older jobs stay valid).
-    A dataset root inside the job's workdir counts by its relative path, as in the job id
-    (spec.portable_paths), so a job's stages keep their keys from any directory and on a cluster."""
-    spec_json = portable_paths(spec_json)
-    model = dict(spec_json.get("model") or {})
-    if model.get("weights") is None:
-        model.pop("weights", None)
-        model.pop("weights_format", None)
-    elif weights_digest is not None:
-        model["weights"] = f"sha256:{weights_digest}"
-    train = {k: v for k, v in (spec_json.get("train") or {}).items() if k != "compile"}  # noise only
-    workers = (spec_json.get("compute") or {}).get("num_workers", 1)
-    if workers != 1:  # batch_size is per worker: N workers train another network (1: keys as before)
-        train["workers"] = workers
-    spec_json = without_neutral_defaults({**spec_json, "model": model, "train": train,
-                                          "dataset": hashed_dataset(spec_json.get("dataset") or {})})
-    picked: dict = {}
-    for section, fields in STAGE_INPUTS.get(stage) or LEGACY_STAGE_INPUTS[stage]:
-        value = spec_json.get(section) or {}
-        picked[section] = value if fields is None else {**picked.get(section, {}), **{
-            f: value.get(f) for f in fields if f in value or (section, f) not in NEUTRAL_DEFAULTS}}
-    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def damaged_from(job: JobStore, stages: list[str], progress: Progress) -> int:
-    """Index of the first stage whose stored outputs fail the job's manifest (size, SHA-256, missing),
-    or, without a manifest (an unfinished job, or a re-run interrupted after deleting it), their stage
-    marker's record; that stage and every later one run again. len(stages) when nothing is damaged."""
-    damage = job.verify()
-    if not damage:
-        return len(stages)
-    paths = [d.split(":", 1)[0] for d in damage]
-    bad = [i for i, name in enumerate(stages)
-           if any(p.startswith(prefix) for p in paths for prefix in STAGE_OUTPUTS.get(name, ()))]
-    first = min(bad) if bad else 0  # damage outside every stage's outputs (the manifest itself): all again
-    progress(f"damaged results: {'; '.join(damage[:3])}{' ...' if len(damage) > 3 else ''}; running again "
-             f"from the {stages[first]} stage")
-    return first
-
-
-def stage_keys(spec_json: dict, stage: str, weights_digest: str | None = None) -> tuple[str, ...]:
-    """The keys a finished `stage` may carry to count as this spec's: its stage key, then the key that
-    hashes the absolute paths (what stages recorded before the workdir was; they stay reusable)."""
-    key = stage_key(spec_json, stage, weights_digest)
-    legacy = stage_key({**spec_json, "workdir": None}, stage, weights_digest)
-    return (key,) if legacy == key else (key, legacy)
-
-
-def find_reusable(store: Store, job: JobStore, stage: str, key: str | tuple[str, ...]) -> JobStore | None:
-    """Another job in `store` that finished `stage` with the same key, or one of `key`'s when a tuple
-    (oldest job id first)."""
-    keys = (key,) if isinstance(key, str) else tuple(key)
-    for other_id in store.job_ids():
-        if other_id == job.job_id:
-            continue
-        other = store.job(other_id)
-        marker = other.stage_result(stage)
-        if marker is None:
-            continue
-        other_key = marker.get("key")
-        if other_key is None and other.has("spec"):  # markers written before keys were recorded
-            other_key = stage_key(other.spec_json(), stage)
-        if other_key in keys:
-            damage = [d for d in other.verify() if any(d.startswith(p) for p in STAGE_OUTPUTS[stage])]
-            if damage:  # never spread damage: recompute instead
-                continue
-            return other
-    return None
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Where a number came from: the code version and the hardware, recorded in every manifest and
-shown in every report (a rebuilt report reads them from the manifest, never from the machine that
+"""Where a number came from: the code version, the hardware and the time, recorded in every manifest
+and shown in every report (a rebuilt report reads them from the manifest, never from the machine that
 redraws it). No Ray, no storage."""
 
 from __future__ import annotations
@@ -7,9 +7,15 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 from snp_service import __version__
+
+
+def timestamp() -> str:
+    """The time now as stage records, manifests and leases write it: UTC, ISO 8601, whole seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def code_version() -> str:

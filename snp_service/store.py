@@ -1,4 +1,5 @@
-"""The results store: the only module that writes results.
+"""The results store: the only module that writes results (JobStore's lease methods are in
+snp_service.leases, the checks of a local file read whole in snp_service.localfiles).
 
 One interface over a pyarrow FileSystem: a local directory (the embedded default) or an
 S3-compatible bucket. Each job writes under `<root>/<job-id>/`: the spec, stage outputs (JSON,
@@ -8,7 +9,6 @@ every artefact with its size and SHA-256. A job folder without a manifest is inc
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
@@ -16,34 +16,23 @@ import math
 import os
 import platform
 import posixpath
-import re
 import shutil
-import stat
-import threading
-import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow.fs as pafs
 
-from snp_service.errors import DamagedError, JobBusyError, StoreError
-from snp_service.provenance import code_version
+from snp_service.errors import DamagedError, StoreError
+from snp_service.failures import clean_error
+from snp_service.leases import JobLease
+from snp_service.localfiles import nearest_existing, read_regular_file, too_large
+from snp_service.provenance import code_version, timestamp
 from snp_service.spec import StorageSpec, check_endpoint, resolve_path
 
 MANIFEST = "manifest.json"
 STAGES = "stages"
-LEASES = "_leases"  # <root>/_leases/<job-id>.json: who runs the job now (not a job: `_` names are skipped)
-# a run renews its lease every quarter of this; a crashed run's lease lapses after it
-LEASE_SECONDS = float(os.environ.get("SNP_LEASE_SECONDS", "600"))
-# S3 has no create-if-absent here (pyarrow): a run writes its lease, waits this long, and holds the job
-# only if it reads its own lease back (of two runs that start together, the later writer wins)
-LEASE_SETTLE_SECONDS = float(os.environ.get("SNP_LEASE_SETTLE_SECONDS", "2"))
 
 # Every artefact of a job, by name: the one place its path is spelled. Stages write through these
 # names; the report, the studies and the CLI read through them (`snp-service results --table`).
@@ -178,7 +167,9 @@ class Store:
 
 
 @dataclass(frozen=True)
-class JobStore:
+class JobStore(JobLease):
+    """One job's folder in a store: its artefacts, stage markers, manifest and lease (snp_service.leases)."""
+
     store: Store
     job_id: str
 
@@ -393,7 +384,7 @@ class JobStore:
         """Record a finished stage, with the size and SHA-256 of every file under its `outputs`
         prefixes: the marker vouches for them even when the job has no manifest (a re-run deletes
         it first, and may be interrupted)."""
-        self.write_json(f"{STAGES}/{stage}.json", {"stage": stage, "seconds": round(seconds, 3), "finished": _now(),
+        self.write_json(f"{STAGES}/{stage}.json", {"stage": stage, "seconds": round(seconds, 3), "finished": timestamp(),
                                                    **summary, "artefacts": self.fingerprints(outputs)})
 
     def finished_stages(self) -> list[str]:
@@ -487,7 +478,7 @@ class JobStore:
 
     def write_manifest(self, extra: dict) -> dict:
         """List every artefact with size and SHA-256; written last, so its presence means complete."""
-        manifest = {"job_id": self.job_id, "written": _now(), "code_version": code_version(),
+        manifest = {"job_id": self.job_id, "written": timestamp(), "code_version": code_version(),
                     "host": platform.node(), "artefacts": self.fingerprints(), **extra}
         self.write_json(MANIFEST, manifest)
         return manifest
@@ -502,98 +493,6 @@ class JobStore:
         kept = [e for e in m["artefacts"] if not (isinstance(e, dict) and str(e.get("path", "")).startswith(prefix))]
         self.write_json(MANIFEST, {**m, "artefacts": kept + self.fingerprints((prefix,))})
         return True
-
-    # --- the lease: one run of a job at a time -------------------------------------------------
-    @contextmanager
-    def lease(self, seconds: float = LEASE_SECONDS) -> Iterator[dict]:
-        """Hold the job's lease while the body runs: a second run of the same job id, on this host or
-        another sharing the store, is refused with one message naming the holder (JobBusyError). The
-        lease names its owner (host, pid) and an expiry, renewed by a thread while the run lives; a
-        lease past its expiry, or held by a process of this host that no longer exists, is taken over,
-        so a crashed run never blocks its job for longer than `seconds`."""
-        mine = self._take_lease(seconds)
-        stop = threading.Event()
-        renewer = threading.Thread(target=self._renew_lease, args=(mine, seconds, stop), daemon=True,
-                                   name=f"lease {self.job_id}")
-        renewer.start()
-        try:
-            yield mine
-        finally:
-            stop.set()
-            renewer.join()
-            self._drop_lease(mine)
-
-    @property
-    def _leases(self) -> JobStore:
-        return self.store.job(LEASES)
-
-    def lease_holder(self) -> dict | None:
-        """The job's lease, when a live run holds it (None when free, lapsed, its holder's process
-        gone from this host, or the record unreadable)."""
-        try:
-            held = self._leases.read_json(f"{self.job_id}.json")
-        except DamagedError:
-            return None
-        except StoreError:
-            if self._leases.exists(f"{self.job_id}.json"):
-                raise
-            return None
-        return held if isinstance(held, dict) and lease_is_live(held) else None
-
-    @contextmanager
-    def _lease_guard(self) -> Iterator[None]:
-        """Local store: read-check-write of a lease under an exclusive flock (released by the kernel
-        when its process dies, also on NFS's lock manager). S3: nothing (see LEASE_SETTLE_SECONDS)."""
-        if self.store.remote:
-            yield
-            return
-        import fcntl
-
-        folder = Path(self.store.base) / LEASES
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".guard", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def _take_lease(self, seconds: float) -> dict:
-        mine = {"job_id": self.job_id, "owner": f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-                "host": platform.node(), "pid": os.getpid(), "since": _now(), "expires": time.time() + seconds}
-        with self._lease_guard():
-            held = self.lease_holder()
-            if held is not None:
-                raise JobBusyError(busy_message(self.job_id, held))
-            self._leases.write_json(f"{self.job_id}.json", mine)
-        if self.store.remote:  # the later of two writers wins: hold the job only if ours is what is there
-            time.sleep(LEASE_SETTLE_SECONDS)
-            held = self.lease_holder()
-            if held is None or held.get("owner") != mine["owner"]:
-                raise JobBusyError(busy_message(self.job_id, held or {"owner": "another run"}))
-        return mine
-
-    def _renew_lease(self, mine: dict, seconds: float, stop: threading.Event) -> None:
-        while not stop.wait(seconds / 4):
-            try:
-                with self._lease_guard():
-                    held = self.lease_holder()
-                    if held is not None and held.get("owner") != mine["owner"]:
-                        return  # taken over (this run stalled past its expiry): never overwrite the new holder
-                    mine["expires"] = time.time() + seconds
-                    self._leases.write_json(f"{self.job_id}.json", mine)
-            except StoreError:
-                pass  # the store is down for now: the next renewal tries again
-
-    def _drop_lease(self, mine: dict) -> None:
-        try:
-            with self._lease_guard():
-                held = self.lease_holder()
-                if held is not None and held.get("owner") == mine["owner"]:
-                    self.store.call("releasing the lease", self.store.fs.delete_file,
-                                    self._leases.path(f"{self.job_id}.json"))
-        except (StoreError, FileNotFoundError):
-            pass  # it lapses after its expiry
 
     # --- Ray Train ------------------------------------------------------------------------
     def checkpoint_folders(self) -> dict[str, int]:
@@ -649,114 +548,6 @@ class RetryingS3FileSystem(pafs.S3FileSystem):
 def retrying_s3(options: dict, seconds: float | None = None) -> RetryingS3FileSystem:
     """The store's S3 filesystem retrying for about `seconds` (default SNP_STORE_RETRY_SECONDS)."""
     return RetryingS3FileSystem(options, s3_attempts(RETRY_SECONDS if seconds is None else seconds))
-
-
-_S3_OUTAGE = re.compile(r"AWS Error (NETWORK_CONNECTION|SERVICE_UNAVAILABLE|SLOW_DOWN|INTERNAL_FAILURE|REQUEST_TIMEOUT|"
-                        r"UNKNOWN \(HTTP status 5\d\d\))[^\n]*")
-
-
-def s3_outage(e: BaseException) -> str | None:
-    """The S3 error at the root of a failure (an outage: no connection, 5xx, throttling), found in its
-    text or its causes' (Ray wraps a worker's pyarrow OSError into its own errors as text), or None."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        m = _S3_OUTAGE.search(str(e))
-        if m:
-            secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-            text = m.group(0).strip()
-            return text.replace(secret, "***") if secret and len(secret) >= 6 else text
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def clean_error(e: Exception, line: int = 0) -> str:
-    """One line of an error message (the first, or e.g. -1 for the last), without secrets
-    (pyarrow/AWS messages do not carry the secret key, but be sure)."""
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    text = lines[line].strip() if lines else type(e).__name__
-    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-    return text.replace(secret, "***") if secret and len(secret) >= 6 else text
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def nearest_existing(path: Path) -> Path:
-    """`path`, or its nearest parent that exists (a store's folder is created on its first write)."""
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def is_disk_full(e: BaseException) -> bool:
-    """Whether an error (or one it was raised from; Ray passes a worker's as text) is a full disk,
-    a quota or a file-size limit."""
-    seen: BaseException | None = e
-    chain: set[int] = set()
-    while seen is not None and id(seen) not in chain:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            return True
-        chain.add(id(seen))
-        seen = seen.__cause__ or seen.__context__
-    return any(text in str(e) for text in ("No space left on device", "Disk quota exceeded", "File too large"))
-
-
-def lease_is_live(held: dict) -> bool:
-    """A lease is live until its expiry, unless its holder was a process of this host that is gone."""
-    if not isinstance(held.get("expires"), (int, float)) or held["expires"] < time.time():
-        return False
-    if held.get("host") == platform.node() and isinstance(held.get("pid"), int):
-        try:
-            os.kill(held["pid"], 0)
-        except ProcessLookupError:
-            return False  # crashed or killed: its lease is not waited for
-        except PermissionError:
-            pass  # another user's live process
-    return True
-
-
-def busy_message(job_id: str, held: dict) -> str:
-    until = (datetime.fromtimestamp(held["expires"], timezone.utc).isoformat(timespec="seconds")
-             if isinstance(held.get("expires"), (int, float)) else "?")
-    return (f"job {job_id} is being run by {held.get('owner')} (host {held.get('host', '?')}, pid "
-            f"{held.get('pid', '?')}, since {held.get('since', '?')}; its lease runs to {until} and is renewed "
-            f"while that run lives); wait for it to end, then run the job again (a crashed run's lease lapses "
-            f"within {LEASE_SECONDS:g} s, SNP_LEASE_SECONDS)")
-
-
-def too_large(what: str, size: int, limit: int) -> str:
-    return (f"{what} is {size:,} bytes, over the limit of {limit:,} for a file the service reads whole "
-            "(SNP_MAX_WEIGHTS_BYTES raises it for weights)")
-
-
-def read_regular_file(path: Path, limit: int | None, what: str) -> bytes:
-    """A local file's bytes, checked before it is read: a regular file (a FIFO would block, a device
-    such as /dev/zero never end; links are followed to what they name) of at most `limit` bytes by
-    its size (a 40 GB sparse file is refused, not read); opened without blocking and checked on the
-    open descriptor, so what is checked is what is read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise StoreError(f"{what} not found") from None
-    except OSError as e:
-        raise StoreError(f"{what}: cannot read: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
-                    else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket")
-            raise StoreError(f"{what}: not a regular file ({kind}); refused before reading")
-        if limit is not None and info.st_size > limit:
-            raise StoreError(too_large(what, info.st_size, limit))
-        try:
-            data = f.read() if limit is None else f.read(limit + 1)  # bounded even if it grows meanwhile
-        except OSError as e:
-            raise StoreError(f"{what}: cannot read: {e.strerror or e}") from None
-    if limit is not None and len(data) > limit:
-        raise StoreError(too_large(what, len(data), limit))
-    return data
 
 
 def read_weights(weights: str, endpoint: str | None, limit: int) -> tuple[bytes, str, bool]:

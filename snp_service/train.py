@@ -16,17 +16,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from snp_service import devicedata
-from snp_service.data import build_datasets
+from snp_service.data import DataBundle, build_datasets
 from snp_service.errors import SnpError
 from snp_service.interrupts import call_in_helper
 from snp_service.optim import optimiser_step
@@ -130,8 +131,70 @@ def quiet_ray_train_reports() -> None:
         report_logger.setLevel(logging.WARNING)
 
 
+class WorkerHook:
+    """Called by every training worker as it trains: fit's `worker_hooks`, handed to the workers in
+    their train_loop_config (so picklable, and importable where the workers run). A production run
+    passes none; the reliability tests inject faults through them (tests/faults.py)."""
+
+    def before_step(self, epoch: int, step: int, steps_per_epoch: int) -> None:
+        """Before the worker trains on batch `step` of `epoch` (both counted from 0)."""
+
+    def after_epoch(self, epoch: int) -> None:
+        """After the worker reported `epoch` (rank 0 with its checkpoint), when training goes on."""
+
+
+@dataclass
+class WorkerRun:
+    """What a training worker's epochs read and step, set up by `start_worker`."""
+
+    spec: JobSpec
+    data: DataBundle
+    device: torch.device
+    rank: int
+    world: int
+    gen: torch.Generator  # the training loader's shuffle, seeded per epoch
+    on_device: bool  # snp_service.devicedata: batches cut and augmented on the training device
+    train_loader: Any
+    eval_loader: Any
+    model: nn.Module
+    forward: Callable  # the model, compiled when train.compile
+    dtype: torch.dtype | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    criterion: nn.Module
+    mixer: Callable | None
+    steps_per_epoch: int
+    hooks: tuple[WorkerHook, ...] = ()
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Run by every Ray Train worker. Reports metrics and a checkpoint after every epoch."""
+    run = start_worker(config)
+    t = run.spec.train
+    start_epoch, history = restore_checkpoint(run, config)
+    for epoch in range(start_epoch, t.epochs):
+        loss_sum, correct, seen, train_s = train_one_epoch(run, epoch)
+        if (epoch + 1) % t.eval_every == 0 or epoch == t.epochs - 1:
+            ev = evaluate(run.model, run.eval_loader, run.device, run.dtype, run.data.num_classes)
+        else:  # train.eval_every: this epoch is not evaluated (the last one always is)
+            ev = {"loss": float("nan"), "accuracy": float("nan"), "confusion": None}
+        metrics = {
+            "epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+            "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "lr": run.scheduler.get_last_lr()[0],
+            "train_seconds": train_s, "train_images_per_s": seen / train_s,
+            "precision": str(run.dtype).removeprefix("torch.") if run.dtype else "float32",
+            "device": run.device.type,
+        }
+        history.append(metrics)
+        report_epoch(run, metrics, history, ev["confusion"])
+        if not math.isfinite(metrics["train_loss"]):
+            break
+        for hook in run.hooks:
+            hook.after_epoch(epoch)
+
+
+def start_worker(config: dict) -> WorkerRun:
+    """A worker's datasets, loaders, network, optimiser and schedule, from its train_loop_config."""
     import ray.train
     import ray.train.torch
 
@@ -148,8 +211,33 @@ def train_loop_per_worker(config: dict) -> None:
     data = build_datasets(spec.dataset, seed=t.seed, endpoint=spec.storage.endpoint)
     gen = torch.Generator()
     device = ray.train.torch.get_device()
-    on_device = devicedata.usable(spec.dataset, spec.compute.data_on_device, device)
-    if on_device:  # images decoded once at the job's resolution, kept on the device, augmented there in batches
+    on_device, train_loader, eval_loader = worker_loaders(spec, data, device, gen, rank, world)
+    # channels_last: the conv tokenizer / VGG convs run faster on it (cct_2_3x2_32 on CPU: 1.2x train
+    # img/s, bench/RESULTS.md section 1); the same arithmetic up to float rounding
+    model = spec.build_model(data.num_classes).to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    # the forward pass runs compiled; checkpoints keep the plain module's keys (no _orig_mod. prefix)
+    forward = torch.compile(model) if t.compile else model
+    optimizer = make_optimizer(model, t)
+    steps_per_epoch = len(train_loader)
+    total_steps = t.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, t.warmup_epochs * steps_per_epoch, t.min_lr / t.lr))
+    return WorkerRun(spec, data, device, rank, world, gen, on_device, train_loader, eval_loader, model, forward,
+                     autocast_dtype(t.precision, device), optimizer, scheduler,
+                     nn.CrossEntropyLoss(label_smoothing=t.label_smoothing), batch_mixer(spec, data.num_classes),
+                     steps_per_epoch, tuple(config.get("hooks") or ()))
+
+
+def worker_loaders(spec: JobSpec, data: DataBundle, device: torch.device, gen: torch.Generator, rank: int,
+                   world: int) -> tuple[bool, Any, Any]:
+    """(on the device?, training loader, evaluation loader) of one worker: images decoded once and kept
+    on the device (snp_service.devicedata) where usable, else DataLoaders prepared by Ray Train."""
+    import ray.train.torch
+
+    t = spec.train
+    if devicedata.usable(spec.dataset, spec.compute.data_on_device, device):
+        # images decoded once at the job's resolution, kept on the device, augmented there in batches
         plain = build_datasets(spec.dataset, seed=t.seed, augment=False, endpoint=spec.storage.endpoint)
         key = {"data": data.describe(), "dataset": spec.dataset.model_dump(mode="json", exclude={"augment"}),
                "seed": t.seed}
@@ -162,120 +250,95 @@ def train_loop_per_worker(config: dict) -> None:
             mb = sum(s[0].numel() for s in splits) / 2**20
             say(f"[snp-service] data on {device.type}: {len(splits[0][1])} training and {len(splits[1][1])} "
                 f"evaluation images as uint8 ({mb:.0f} MB), augmented in batches there")
-    else:
-        train_loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True,
-                                  drop_last=len(data.train) > t.batch_size, num_workers=spec.dataset.num_workers,
-                                  generator=gen, persistent_workers=spec.dataset.num_workers > 0,
-                                  pin_memory=torch.cuda.is_available())
-        eval_loader = DataLoader(data.eval, batch_size=max(t.batch_size, 256), shuffle=False,
-                                 num_workers=spec.dataset.num_workers, pin_memory=torch.cuda.is_available())
-        train_loader = ray.train.torch.prepare_data_loader(train_loader)
-        # every rank evaluates the whole evaluation split: the metrics are the 1-worker run's, exactly
-        # (a distributed sampler would give rank 0 a 1/N shard, padded with repeats)
-        eval_loader = ray.train.torch.prepare_data_loader(eval_loader, add_dist_sampler=False)
+        return True, train_loader, eval_loader
+    train_loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True,
+                              drop_last=len(data.train) > t.batch_size, num_workers=spec.dataset.num_workers,
+                              generator=gen, persistent_workers=spec.dataset.num_workers > 0,
+                              pin_memory=torch.cuda.is_available())
+    eval_loader = DataLoader(data.eval, batch_size=max(t.batch_size, 256), shuffle=False,
+                             num_workers=spec.dataset.num_workers, pin_memory=torch.cuda.is_available())
+    # every rank evaluates the whole evaluation split: the metrics are the 1-worker run's, exactly
+    # (a distributed sampler would give rank 0 a 1/N shard, padded with repeats)
+    return (False, ray.train.torch.prepare_data_loader(train_loader),
+            ray.train.torch.prepare_data_loader(eval_loader, add_dist_sampler=False))
 
-    # channels_last: the conv tokenizer / VGG convs run faster on it (cct_2_3x2_32 on CPU: 1.2x train
-    # img/s, bench/RESULTS.md section 1); the same arithmetic up to float rounding
-    model = spec.build_model(data.num_classes).to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
-    # the forward pass runs compiled; checkpoints keep the plain module's keys (no _orig_mod. prefix)
-    forward = torch.compile(model) if t.compile else model
-    dtype = autocast_dtype(t.precision, device)
-    optimizer = make_optimizer(model, t)
-    steps_per_epoch = len(train_loader)
-    total_steps = t.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, t.warmup_epochs * steps_per_epoch, t.min_lr / t.lr))
-    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    mixer = batch_mixer(spec, data.num_classes)
 
-    start_epoch, history = 0, []
-    # the run's own latest checkpoint (restore after a failure), else a given starting checkpoint
+def restore_checkpoint(run: WorkerRun, config: dict) -> tuple[int, list[dict]]:
+    """(first epoch to train, history so far): from the run's own latest checkpoint (restore after a
+    failure), else from a given starting checkpoint (`resume_from`), else (0, [])."""
+    import ray.train
+
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and config.get("resume_from"):
         checkpoint = ray.train.Checkpoint(config["resume_from"], filesystem=config.get("resume_filesystem"))
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        if rank == 0:
-            say(f"[snp-service] resumed from checkpoint after epoch {start_epoch}")
+    if not checkpoint:
+        return 0, []
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location=run.device, weights_only=True)
+    _unwrap(run.model).load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.rank == 0:
+        say(f"[snp-service] resumed from checkpoint after epoch {state['epoch'] + 1}")
+    return state["epoch"] + 1, state["history"]
 
-    for epoch in range(start_epoch, t.epochs):
-        # seed per epoch, so a resumed run sees the same shuffles and augmentations
-        gen.manual_seed(t.seed * 100_003 + epoch)
-        if on_device:
-            train_loader.set_epoch_seed(t.seed * 100_003 + epoch)
-        torch.manual_seed(t.seed * 100_003 + epoch + rank)
-        if world > 1 and hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
-        model.train()
-        t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-        for step, (x, y) in enumerate(train_loader):
-            _maybe_kill_mid_epoch(config.get("kill_mid_epoch"), epoch, step, steps_per_epoch)
-            x, y = to_device(x, device), y.to(device)
-            target = y
-            if mixer is not None:
-                x, target = mixer(x, y)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = forward(x)
-            loss = criterion(logits.float(), target)
-            if not torch.isfinite(loss):  # diverged: stop, report it; the driver fails the stage
-                loss_sum = float("nan")
-                break
-            optimiser_step(loss, optimizer, scheduler)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-        train_s = time.perf_counter() - t0
-        if world > 1:  # training loss and accuracy over every rank's batches, not rank 0's alone
-            totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(totals)
-            loss_sum, correct, seen = totals[0].item(), totals[1].item(), int(totals[2].item())
-        if (epoch + 1) % t.eval_every == 0 or epoch == t.epochs - 1:
-            ev = evaluate(model, eval_loader, device, dtype, data.num_classes)
-        else:  # train.eval_every: this epoch is not evaluated (the last one always is)
-            ev = {"loss": float("nan"), "accuracy": float("nan"), "confusion": None}
-        metrics = {
-            "epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-            "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "lr": scheduler.get_last_lr()[0],
-            "train_seconds": train_s, "train_images_per_s": seen / train_s,
-            "precision": str(dtype).removeprefix("torch.") if dtype else "float32", "device": device.type,
-        }
-        history.append(metrics)
-        if rank == 0:
-            say(f"[snp-service] epoch {epoch + 1}/{t.epochs}  loss {metrics['train_loss']:.3f}  "
-                f"train acc {metrics['train_accuracy']:.3f}  eval acc "
-                f"{'-' if math.isnan(metrics['eval_accuracy']) else format(metrics['eval_accuracy'], '.3f')}  "
-                f"{metrics['train_images_per_s']:.0f} img/s")
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
-                            "classes": data.classes, "data": data.describe(),
-                            "confusion": ev["confusion"]}, Path(d) / STATE_FILE)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
-        if not math.isfinite(metrics["train_loss"]):
+
+def train_one_epoch(run: WorkerRun, epoch: int) -> tuple[float, int, int, float]:
+    """One epoch's steps: (loss sum, correct, images, seconds), summed over every rank's batches (not
+    rank 0's alone); the loss sum is NaN when the loss diverged (the epoch stops there)."""
+    t, device = run.spec.train, run.device
+    # seed per epoch, so a resumed run sees the same shuffles and augmentations
+    run.gen.manual_seed(t.seed * 100_003 + epoch)
+    if run.on_device:
+        run.train_loader.set_epoch_seed(t.seed * 100_003 + epoch)
+    torch.manual_seed(t.seed * 100_003 + epoch + run.rank)
+    if run.world > 1 and hasattr(run.train_loader, "sampler") and hasattr(run.train_loader.sampler, "set_epoch"):
+        run.train_loader.sampler.set_epoch(epoch)
+    run.model.train()
+    t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+    for step, (x, y) in enumerate(run.train_loader):
+        for hook in run.hooks:
+            hook.before_step(epoch, step, run.steps_per_epoch)
+        x, y = to_device(x, device), y.to(device)
+        target = y
+        if run.mixer is not None:
+            x, target = run.mixer(x, y)
+        with torch.autocast(device.type, dtype=run.dtype or torch.float32, enabled=run.dtype is not None):
+            logits = run.forward(x)
+        loss = run.criterion(logits.float(), target)
+        if not torch.isfinite(loss):  # diverged: stop, report it; the driver fails the stage
+            loss_sum = float("nan")
             break
-        if config.get("fail_after_epoch") == epoch:  # fault injection, used by the resume tests
-            raise RuntimeError(f"injected failure after epoch {epoch}")
+        optimiser_step(loss, run.optimizer, run.scheduler)
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    train_s = time.perf_counter() - t0
+    if run.world > 1:  # training loss and accuracy over every rank's batches, not rank 0's alone
+        totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        loss_sum, correct, seen = totals[0].item(), totals[1].item(), int(totals[2].item())
+    return loss_sum, correct, seen, train_s
 
 
-def _maybe_kill_mid_epoch(kill: dict | None, epoch: int, step: int, steps: int) -> None:
-    """Fault injection for the reliability tests: SIGKILL this worker process halfway through
-    epoch `kill["epoch"]`, once (a marker file records that it happened, so the restarted worker
-    runs on)."""
-    if not kill or epoch != kill["epoch"] or step != steps // 2:
+def report_epoch(run: WorkerRun, metrics: dict, history: list[dict], confusion: torch.Tensor | None) -> None:
+    """Report an epoch's metrics to Ray Train; rank 0 prints its line and reports the checkpoint too."""
+    import ray.train
+
+    if run.rank != 0:
+        ray.train.report(metrics)
         return
-    marker = Path(kill["marker"])
-    if marker.exists():
-        return
-    marker.write_text(f"killed at epoch {epoch} step {step}\n")
-    os.kill(os.getpid(), signal.SIGKILL)
+    t = run.spec.train
+    say(f"[snp-service] epoch {metrics['epoch'] + 1}/{t.epochs}  loss {metrics['train_loss']:.3f}  "
+        f"train acc {metrics['train_accuracy']:.3f}  eval acc "
+        f"{'-' if math.isnan(metrics['eval_accuracy']) else format(metrics['eval_accuracy'], '.3f')}  "
+        f"{metrics['train_images_per_s']:.0f} img/s")
+    with tempfile.TemporaryDirectory() as d:
+        torch.save({"model": _unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
+                    "scheduler": run.scheduler.state_dict(), "epoch": metrics["epoch"], "history": history,
+                    "classes": run.data.classes, "data": run.data.describe(),
+                    "confusion": confusion}, Path(d) / STATE_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -398,10 +461,11 @@ def readable_checkpoint(state_file: bytes) -> bool:
 
 
 def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: str | None = None,
-        max_failures: int | None = None, fail_after_epoch: int | None = None, callbacks=(),
-        kill_mid_epoch: dict | None = None) -> TrainResult:
+        max_failures: int | None = None, callbacks=(), worker_hooks: Sequence[WorkerHook] = ()) -> TrainResult:
     """Run training on the connected Ray cluster. A run with the same name and storage resumes
-    from its latest checkpoint (Ray Train V2); `resume_from` starts from a given checkpoint."""
+    from its latest checkpoint (Ray Train V2); `resume_from` starts from a given checkpoint.
+    `callbacks` are Ray Train callbacks (in the driver); `worker_hooks` are called in every worker
+    (WorkerHook)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -416,7 +480,7 @@ def fit(spec: JobSpec, storage_path: str, storage_filesystem=None, resume_from: 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "torch_threads": threads,
-                           "fail_after_epoch": fail_after_epoch, "kill_mid_epoch": kill_mid_epoch,
+                           "hooks": list(worker_hooks),
                            "resume_from": resume_from, "verbose": os.environ.get("SNP_VERBOSE") == "1",
                            "resume_filesystem": storage_filesystem},
         scaling_config=ScalingConfig(num_workers=spec.compute.num_workers, use_gpu=bool(use_gpu),

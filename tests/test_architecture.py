@@ -10,13 +10,15 @@ PACKAGE = REPO / "snp_service"
 
 # lower numbers are lower layers: a module may import its own layer and the layers below it
 LAYERS = {
-    0: ["snp_service", "errors", "units", "optim", "provenance", "checkpoints", "clusters", "snp", "heads", "readout", "prune", "structural", "tables", "compare",
+    0: ["snp_service", "errors", "failures", "units", "optim", "provenance", "checkpoints", "clusters", "snp", "heads", "readout", "prune", "structural", "tables", "compare",
         "figures", "synthetic", "models", "models.registry", "models.cct", "models.vgg",
         "models.torchvision_models", "models.text"],  # pure core
-    1: ["spec"],  # the job spec (config)
-    2: ["measure", "store", "data", "devicedata", "text", "console"],  # per-point science on a spec; storage;
+    1: ["spec", "spec.base", "spec.sections", "spec.identity", "spec.derived", "spec.job", "spec.loading"],  # the
+    # job spec (config): its sections, its identity (job ids, stage keys), derived jobs, loading
+    2: ["measure", "localfiles", "leases", "store", "data", "devicedata", "text", "console"],  # per-point science on a spec; storage;
     # datasets; what Ray writes to the console
-    3: ["train", "actors", "report", "interrupts"],  # Ray Train, Ray actors, the report; the driver's threads
+    3: ["train", "actors", "report", "interrupts", "reuse"],  # Ray Train, Ray actors, the report; the driver's
+    # threads; reuse of finished stages
     4: ["pipeline"],  # the stages
     5: ["studies", "sweep"],  # several jobs as one
     6: ["submit", "localdev", "cli"],  # the commands
@@ -110,3 +112,24 @@ def test_the_spec_knows_the_pipelines_stages():
     from snp_service.spec import STAGE_ORDER
 
     assert tuple(name for name, _ in pipeline.STAGES) == STAGE_ORDER
+
+
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 70
+
+
+def test_no_module_or_function_is_too_long():
+    """Issue 28: no module of the package over 600 lines and no function over 70 (decorators not
+    counted), so each stays readable whole; a long one is split where it has seams."""
+    long_modules, long_functions = [], []
+    for name, f in sorted(modules().items()):
+        text = f.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            long_modules.append(f"{f.relative_to(REPO)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{f.relative_to(REPO)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"

@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from snp_service import leases
 from snp_service import store as store_mod
 from snp_service.errors import StoreError
 from snp_service.spec import StorageSpec
@@ -200,7 +201,7 @@ def test_the_lease_of_a_job_holds_on_s3_too(s3_server, monkeypatch):
     """One run of a job at a time on a bucket (issue 30): the lease object names its holder."""
     from snp_service.errors import JobBusyError
 
-    monkeypatch.setattr(store_mod, "LEASE_SETTLE_SECONDS", 0.5)
+    monkeypatch.setattr(leases, "LEASE_SETTLE_SECONDS", 0.5)
     st = s3_store(s3_server)
     with st.job("job-a").lease() as mine:
         with pytest.raises(JobBusyError, match=f"job job-a is being run by {mine['owner']}"):

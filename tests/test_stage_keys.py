@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snp_service.pipeline import STAGE_INPUTS, STAGES, stage_key
+from snp_service.pipeline import STAGES
+from snp_service.spec import STAGE_INPUTS, identity_content, job_digest, stage_key
 from snp_service.spec import TEXT_ONLY_FIELDS, spec_from_dict
 from tests.conftest import tiny_job
 
@@ -105,6 +106,7 @@ def test_a_field_changes_the_key_of_exactly_the_stages_that_read_it_and_every_la
     changed = _with(BASE, field, value)
     moved = {s for s in ALL_STAGES if stage_key(changed, s) != stage_key(BASE, s)}
     assert moved == _expected(field), field
+    _id_moves_with_the_keys(field, changed, moved)
 
 
 @pytest.mark.parametrize("field", FIELDS)
@@ -113,13 +115,55 @@ def test_every_field_once(field):
     changed = _with(BASE, field, ["a value no spec has", field])
     moved = {s for s in ALL_STAGES if stage_key(changed, s) != stage_key(BASE, s)}
     assert moved == _expected(field)
+    _id_moves_with_the_keys(field, changed, moved)
+
+
+# identity fields no stage reads, each with its reason: the job id alone carries them
+ID_ONLY = {
+    "name": "names the job (and its folder); the same work under another name reuses every stage",
+    "sweep": "a sweep job's own id (kept as finished sweeps have it); its trials are jobs without the section",
+}
+
+
+def _id_moves_with_the_keys(field: str, changed: dict, moved: set[str]) -> None:
+    """Issue 28: a field that changes the job id changes some stage's key, and back (but ID_ONLY's),
+    so no job runs again with every stage reused, and no stage runs again under the same id."""
+    id_moved = job_digest(changed) != job_digest(BASE)
+    if field.split(".")[0] in ID_ONLY:
+        assert id_moved and not moved, field
+    else:
+        assert id_moved == bool(moved), (field, moved)
+
+
+def _read_by_a_stage(section: str, name: str) -> bool:
+    return any(s == section and (fields is None or name in fields)
+               for inputs in STAGE_INPUTS.values() for s, fields in inputs)
+
+
+def test_every_field_of_the_identity_is_read_by_a_stage():
+    """job_id and stage_key hash one rule (spec.identity_content): every field of it, in every
+    section, is among some stage's STAGE_INPUTS (but ID_ONLY's), and every section a stage reads is in it."""
+    content = identity_content(BASE, weights_digest="0" * 64)
+    unread = [f"{section}.{name}" for section, value in content.items() if section not in ID_ONLY
+              for name in (value if isinstance(value, dict) else {None: value})
+              if not _read_by_a_stage(section, name)]
+    assert not unread, f"in the job id but in no stage key: {unread}"
+    assert {s for inputs in STAGE_INPUTS.values() for s, _ in inputs} <= set(content)
+    with_weights = _with(BASE, "model.weights", "/elsewhere/model.pth")
+    assert identity_content(with_weights, "ab" * 32)["model"]["weights"] == f"sha256:{'ab' * 32}"
+    assert identity_content(with_weights)["model"]["weights"] == "/elsewhere/model.pth"  # the id: the path
+
+
+def test_a_job_id_is_its_name_and_the_hash_of_its_identity():
+    spec = spec_from_dict(tiny_job(__import__("pathlib").Path("/nonexistent-stage-keys")))
+    assert spec.job_id() == f"tiny-{job_digest(BASE)}"
 
 
 def test_a_dataset_root_inside_the_workdir_counts_by_its_relative_path_and_old_keys_stay_accepted(tmp_path):
     """The workdir moves the keys only as the base of the root: the same data seen from two workdirs
     (a Tune trial's, a cluster's copy of the working directory) has the same keys; a stored spec.json
     without a workdir hashes its absolute root, as before, and stage_keys accepts that key too."""
-    from snp_service.pipeline import stage_keys
+    from snp_service.spec import stage_keys
 
     a = spec_from_dict({**tiny_job(tmp_path / "a"), "workdir": str(tmp_path / "a")}).model_dump(mode="json")
     b = spec_from_dict({**tiny_job(tmp_path / "b"), "workdir": str(tmp_path / "b")}).model_dump(mode="json")

@@ -7,7 +7,7 @@ which spec fields each stage's key reads."""
 import pytest
 
 from snp_service import pipeline
-from snp_service.pipeline import stage_key
+from snp_service.spec import STAGE_INPUTS, stage_key
 from snp_service.spec import spec_from_dict
 from snp_service.store import Store
 from tests.conftest import tiny_job
@@ -21,7 +21,7 @@ MEASURE_FILES = ("field_sums", "label_counts", "node_label_accuracy", "dependenc
 
 def _keys(job: dict) -> dict[str, str]:
     spec = spec_from_dict(job)
-    return {s: stage_key(spec.model_dump(mode="json"), s) for s in pipeline.STAGE_INPUTS}
+    return {s: stage_key(spec.model_dump(mode="json"), s) for s in STAGE_INPUTS}
 
 
 @pytest.mark.parametrize("change", [{"analysis.threshold": 0.5}, {"analysis.normalise": "centred"},

@@ -8,6 +8,7 @@ from snp_service.spec import spec_from_dict
 from snp_service.store import Store
 from snp_service.train import fit
 from tests.conftest import tiny_job
+from tests.faults import FailAfterEpoch, KillMidEpoch
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, ray_cluster)
     spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 4}))
     storage = str(tmp_path / "train")
     with pytest.raises(ray.train.TrainingFailedError) as err:
-        fit(spec, storage, fail_after_epoch=1, max_failures=0)
+        fit(spec, storage, worker_hooks=[FailAfterEpoch(1)], max_failures=0)
     assert "injected failure after epoch 1" in str(err.value)
     resumed = fit(spec, storage)  # same run name and storage: Ray Train V2 restores the run
     epochs = [h["epoch"] for h in resumed.state["history"]]
@@ -185,7 +186,7 @@ def test_worker_killed_mid_epoch_is_recovered_by_failure_config(tmp_path, ray_cl
     spec = spec_from_dict(tiny_job(tmp_path, **{"train.epochs": 3}))
     assert spec.compute.max_failures >= 1
     marker = tmp_path / "killed"
-    recovered = fit(spec, str(tmp_path / "train"), kill_mid_epoch={"epoch": 1, "marker": str(marker)})
+    recovered = fit(spec, str(tmp_path / "train"), worker_hooks=[KillMidEpoch(1, str(marker))])
     assert marker.read_text().startswith("killed at epoch 1 step")  # the worker really died mid-epoch
     assert [h["epoch"] for h in recovered.state["history"]] == [0, 1, 2]  # no epoch lost or repeated
     clean = fit(spec, str(tmp_path / "clean"))

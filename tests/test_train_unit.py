@@ -47,3 +47,28 @@ def test_bf16_autocast_forward_is_finite():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 3, 32, 32))
     assert torch.isfinite(out.float()).all()
+
+
+def test_the_injected_faults_fire_only_where_told(tmp_path):
+    """tests/faults.py's hooks (the production loop calls hooks, knows no fault): a failure after its
+    epoch alone; a kill halfway through its epoch, never once its marker exists; both survive the
+    pickling that carries them to Ray Train's workers."""
+    from ray import cloudpickle
+
+    from snp_service.train import WorkerHook
+    from tests.faults import FailAfterEpoch, KillMidEpoch
+
+    fail = cloudpickle.loads(cloudpickle.dumps(FailAfterEpoch(1)))
+    assert isinstance(fail, WorkerHook) and fail == FailAfterEpoch(1)
+    fail.after_epoch(0)
+    fail.before_step(1, 5, 10)
+    with pytest.raises(RuntimeError, match="injected failure after epoch 1"):
+        fail.after_epoch(1)
+    marker = tmp_path / "killed"
+    kill = cloudpickle.loads(cloudpickle.dumps(KillMidEpoch(1, str(marker))))
+    for epoch, step in ((0, 5), (1, 4), (1, 6), (2, 5)):
+        kill.before_step(epoch, step, 10)  # not halfway through epoch 1: the process lives on
+    kill.after_epoch(1)
+    marker.write_text("killed before\n")
+    kill.before_step(1, 5, 10)  # halfway through epoch 1, but it already happened once
+    assert marker.read_text() == "killed before\n"
