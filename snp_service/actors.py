@@ -258,20 +258,20 @@ def captured_groups(spec: JobSpec, weights: dict, points: list[str],
                 # on a GPU a group that fits in half its free memory stays there; else float16 files
                 in_memory = device.type == "cuda" and \
                     sum(feature_bytes(spec.points()[p], images) for p in group) < torch.cuda.mem_get_info()[0] / 2
-                with tempfile.TemporaryDirectory(prefix=f"snp-features-{os.getpid()}-", dir=features_dir) as tmp, \
-                        progress_bar(f"capture {group[0]}{' +' if len(group) > 1 else ''}", images) as bar:
-                    seen = [0]
+                with tempfile.TemporaryDirectory(prefix=f"snp-features-{os.getpid()}-", dir=features_dir) as tmp:
+                    with progress_bar(f"capture {group[0]}{' +' if len(group) > 1 else ''}", images) as bar:
+                        seen = [0]
 
-                    def advance(done: int, _total: int, offset: int = 0) -> None:
-                        bar.update(offset + done - seen[0])
-                        seen[0] = offset + done
+                        def advance(done: int, _total: int, offset: int = 0) -> None:
+                            bar.update(offset + done - seen[0])
+                            seen[0] = offset + done
 
-                    train = capture(model, data.train, group, Path(tmp) / "train", device=device,
-                                    in_memory=in_memory, progress=advance)
-                    evaluation = capture(model, data.eval, group, Path(tmp) / "eval", device=device,
-                                         in_memory=in_memory,
-                                         progress=lambda d, t: advance(d, t, offset=len(data.train)))
-                    yield group, train, evaluation, data.num_classes
+                        train = capture(model, data.train, group, Path(tmp) / "train", device=device,
+                                        in_memory=in_memory, progress=advance)
+                        evaluation = capture(model, data.eval, group, Path(tmp) / "eval", device=device,
+                                             in_memory=in_memory,
+                                             progress=lambda d, t: advance(d, t, offset=len(data.train)))
+                    yield group, train, evaluation, data.num_classes  # the bar (or its line) ends with the capture
 
         yield groups()
 
