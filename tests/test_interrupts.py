@@ -143,8 +143,8 @@ def test_an_interrupted_heads_study_stops_every_member_cleans_up_and_resumes(tmp
     command = [sys.executable, "-m", "snp_service.cli", "heads-study", str(path), "--heads", "1", "2"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    seen = _wait_for(proc, "] snp: ")  # a member's point workers have started
-    tag = seen.splitlines()[-1].split("] snp: ")[0].rsplit("[", 1)[-1]  # h1 or h2
+    seen = _wait_for(proc, "] measure: ")  # a member's point workers have started
+    tag = seen.splitlines()[-1].split("] measure: ")[0].rsplit("[", 1)[-1]  # h1 or h2
     assert _until(proc, lambda: list(features.glob("snp-features-*"))), "no feature folder ever appeared"
     assert proc.poll() is None, "the study ended before it could be interrupted"
     proc.send_signal(sig)
