@@ -409,7 +409,13 @@ def start_workers(spec: JobSpec, n_workers: int, threads: int, cpus: float, gpus
 
 def _scatter(spec: JobSpec, points: list[str], workers: list, call: Callable, what: str, progress: Progress) -> dict:
     """Give each worker its group of points (`call(worker, group)` starts the task); results keyed
-    by point, in `points` order."""
+    by point, in `points` order.
+
+    Not ray.util.ActorPool: a pool queues values for whichever actor is idle, but here each worker
+    gets exactly one group, chosen in advance (assign: balanced by size, one capture set-up per
+    worker), so there is no queue to run; what is left is waiting in slices with a stop point, which
+    ActorPool.get_next_unordered(timeout=) would signal with the builtin TimeoutError, the same
+    class a task's own TimeoutError reaches the driver as."""
     groups = assign(spec, points, len(workers))
     pending = {call(w, g): g for w, g in zip(workers, groups)}
     results: dict = {}
