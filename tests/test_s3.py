@@ -67,7 +67,7 @@ def test_outage_during_upload_is_retried(s3_server):
     s3_server.stop()
 
     def restart():
-        time.sleep(10)  # the server is down for 10 s; the store retries for up to 60
+        time.sleep(10)  # the server is down for 10 s; each request is retried for at least 60
         s3_server.start()
 
     t = threading.Thread(target=restart)
