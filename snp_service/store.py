@@ -9,6 +9,7 @@ every artefact with its size and SHA-256. A job folder without a manifest is inc
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -280,16 +281,27 @@ class JobStore:
         return torch.load(io.BytesIO(self.read_bytes(rel)), map_location="cpu", weights_only=True)
 
     def copy_from(self, other: JobStore, prefixes: tuple[str, ...]) -> int:
-        """Copy every file of `other` under `prefixes` (e.g. `model/`) to the same place here."""
+        """Copy `other`'s files under `prefixes` (folders such as `model/`, or single files) to the
+        same place here by pyarrow.fs.copy_files: a folder's whole tree at once, in parallel, by S3's
+        server-side copy when both jobs are in the same bucket. Returns how many files were copied.
+        (A `.tmp-` file a killed writer left behind comes along; no manifest or marker lists it.)"""
         n = 0
-        for info in other.files():
-            rel = posixpath.relpath(info.path, other.base)
-            if ".tmp-" in rel or not rel.startswith(prefixes):
+        for prefix in prefixes:
+            src, dest = other.path(prefix.rstrip("/")), self.path(prefix.rstrip("/"))
+            info = other.store.call(f"checking {prefix}", other.store.fs.get_file_info, src)
+            if info.type == pafs.FileType.Directory:
+                listed = other.store.call(f"listing {prefix}", other.store.fs.get_file_info,
+                                          pafs.FileSelector(src, recursive=True))
+                n += sum(i.type == pafs.FileType.File for i in listed)
+            elif info.type == pafs.FileType.File:
+                n += 1
+            else:
                 continue
-            if not self.store.remote:
-                self.store.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
-            self.store.call(f"copying {rel}", self.store.fs.copy_file, info.path, self.path(rel))
-            n += 1
+            if not self.store.remote:  # copy_files creates the folders below `dest`, not `dest`'s own
+                self.store.fs.create_dir(dest if info.type == pafs.FileType.Directory else posixpath.dirname(dest),
+                                         recursive=True)
+            self.store.call(f"copying {prefix}", functools.partial(
+                pafs.copy_files, source_filesystem=other.store.fs, destination_filesystem=self.store.fs), src, dest)
         return n
 
     def read_array(self, rel: str) -> Any:
