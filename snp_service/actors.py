@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import ray
 import torch
+from ray._common.network_utils import parse_address  # ray.init's own host:port split
 
 from snp_service.console import bars_enabled, token_auth_quietly
 from snp_service.data import build_datasets
@@ -55,22 +55,32 @@ def ray_address(spec: JobSpec) -> str | None:
         raise SnpError(f"Ray address {address!r} (compute.address or RAY_ADDRESS) is a dashboard's job API: "
                        "`snp-service submit` uses it; a driver running here needs the cluster's address (host:6379, "
                        "`auto` on a cluster node, or ray://host:10001), or no address for a local Ray")
-    if address and address not in ("auto", "local") and not re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}",
-                                                                          address):
-        raise SnpError(f"Ray address {address!r} (compute.address or RAY_ADDRESS) is not an address: expected "
-                       "host:port (the cluster's GCS, e.g. head:6379), ray://host:10001, or auto")
     if address and address not in ("auto", "local"):
+        if host_port(address) is None:
+            raise SnpError(f"Ray address {address!r} (compute.address or RAY_ADDRESS) is not an address: expected "
+                           "host:port (the cluster's GCS, e.g. head:6379), ray://host:10001, or auto")
         check_reachable(address)
     return address
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a host:port or ray://host:port address, split by Ray's own parser (the one
+    ray.init's canonicalize_bootstrap_address uses: at the last colon, an IPv6 host in brackets), or
+    None. The port must be a number from 1 to 65535 as well: Ray's parser takes whatever follows
+    the colon, so `head:notaport` would fail only when ray.init connects, after the data stage."""
+    parts = parse_address(address.removeprefix("ray://"))
+    if parts is None or not parts[0] or not (parts[1].isascii() and parts[1].isdigit()) \
+            or not 0 < int(parts[1]) < 65536:
+        return None
+    return parts[0], int(parts[1])
 
 
 def check_reachable(address: str) -> None:
     """A host:port (or ray://host:port) Ray address must accept a TCP connection within
     CONNECT_SECONDS; else one message now, before anything is written (ray.init would retry for
     minutes, and only at the train stage, after the data stage was recorded)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+        socket.create_connection(host_port(address), timeout=CONNECT_SECONDS).close()
     except OSError as e:
         why = e.strerror or str(e) or type(e).__name__
         raise SnpError(f"Ray address {address!r} (compute.address or RAY_ADDRESS): nothing answers there ({why}, "
@@ -404,7 +414,13 @@ def start_workers(spec: JobSpec, n_workers: int, threads: int, cpus: float, gpus
 
 def _scatter(spec: JobSpec, points: list[str], workers: list, call: Callable, what: str, progress: Progress) -> dict:
     """Give each worker its group of points (`call(worker, group)` starts the task); results keyed
-    by point, in `points` order."""
+    by point, in `points` order.
+
+    Not ray.util.ActorPool: a pool queues values for whichever actor is idle, but here each worker
+    gets exactly one group, chosen in advance (assign: balanced by size, one capture set-up per
+    worker), so there is no queue to run; what is left is waiting in slices with a stop point, which
+    ActorPool.get_next_unordered(timeout=) would signal with the builtin TimeoutError, the same
+    class a task's own TimeoutError reaches the driver as."""
     groups = assign(spec, points, len(workers))
     pending = {call(w, g): g for w, g in zip(workers, groups)}
     results: dict = {}

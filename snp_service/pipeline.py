@@ -438,7 +438,7 @@ def run_stage(fn, spec: JobSpec, job, progress, name: str) -> dict:
         if outage:  # the store answers again, but an outage longer than the retries is what failed the stage
             where = f" at endpoint {job.store.endpoint}" if job.store.endpoint else ""
             raise StoreError(f"stage {name} failed because the results store {job.store.uri}{where} could not be "
-                             f"reached for longer than its retries (about {RETRY_SECONDS:g} s, "
+                             f"reached for longer than its retries (at least {RETRY_SECONDS:g} s, "
                              f"SNP_STORE_RETRY_SECONDS): {outage[:300]}; it answers again now: run the job again to "
                              "resume from its finished stages and last checkpoint") from None
         raise

@@ -9,10 +9,10 @@ every artefact with its size and SHA-256. A job folder without a manifest is inc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
-import math
 import os
 import platform
 import posixpath
@@ -60,23 +60,17 @@ POINT_FILES = {  # per measurement point: name -> (stage folder, file name)
 }
 
 
-_AUTH_ERRORS = ("ACCESS_DENIED", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "Forbidden",
-                "NO_SUCH_BUCKET", "NoSuchBucket")
 RETRY_SECONDS = float(os.environ.get("SNP_STORE_RETRY_SECONDS", "60"))
-
-
-def _is_auth(e: Exception) -> bool:
-    return any(k in str(e) for k in _AUTH_ERRORS)
 
 
 @dataclass(frozen=True)
 class Store:
     """A results root: `fs` plus a base path in it (a directory, or bucket/prefix).
 
-    On S3, every call is retried with exponential backoff for up to SNP_STORE_RETRY_SECONDS
-    (default 60) on transient errors (connection refused or reset, timeouts, 5xx); errors of
-    credentials or a missing bucket fail at once. Failures raise StoreError naming the endpoint
-    and bucket, never a credential.
+    On S3, every request is retried by pyarrow itself on the errors the AWS SDK deems transient
+    (no connection, timeouts, 5xx, throttling), with backoff for at least SNP_STORE_RETRY_SECONDS
+    (default 60; the filesystem is retrying_s3's); errors of credentials or a missing bucket are
+    not retried. Failures raise StoreError naming the endpoint and bucket, never a credential.
     """
 
     fs: pafs.FileSystem
@@ -90,21 +84,16 @@ class Store:
         return not isinstance(self.fs, pafs.LocalFileSystem)
 
     def call(self, what: str, fn, *args):
-        """Run a filesystem call, retrying transient S3 errors; StoreError with context on failure."""
-        import time
-
-        delay, deadline = 0.5, time.monotonic() + RETRY_SECONDS
-        while True:
-            try:
-                return fn(*args)
-            except FileNotFoundError:
-                raise
-            except OSError as e:
-                if not self.remote or _is_auth(e) or time.monotonic() + delay > deadline:
-                    where = f" at endpoint {self.endpoint}" if self.endpoint else ""
-                    raise StoreError(f"{what} failed on results store {self.uri}{where}: {clean_error(e)}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 8.0)
+        """Run a filesystem call; StoreError with context on failure. No retry loop here: on S3 each
+        request inside the call is retried by the filesystem (retrying_s3), and a second layer over it
+        would multiply the waits."""
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            where = f" at endpoint {self.endpoint}" if self.endpoint else ""
+            raise StoreError(f"{what} failed on results store {self.uri}{where}: {clean_error(e)}") from None
 
     def check(self) -> None:
         """Fail early, before any compute, when the store cannot be reached or written."""
@@ -147,8 +136,7 @@ class Store:
             # never passed in: a pickled filesystem (Ray Train's storage_filesystem, Tune's tuner.pkl in
             # the bucket) then holds no secret. Ray workers get them from their environment (runtime_env).
             kwargs.update(connect_timeout=5, request_timeout=60)
-            fs = pafs.S3FileSystem(**kwargs, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
-            return cls(fs, storage.root[5:].rstrip("/"), storage.root.rstrip("/"), storage.endpoint,
+            return cls(retrying_s3(kwargs), storage.root[5:].rstrip("/"), storage.root.rstrip("/"), storage.endpoint,
                        tuple(sorted(kwargs.items())))
         try:
             path = resolve_path(storage.root)  # created on the first write, not before
@@ -284,16 +272,27 @@ class JobStore(JobLease):
         return torch.load(io.BytesIO(self.read_bytes(rel)), map_location="cpu", weights_only=True)
 
     def copy_from(self, other: JobStore, prefixes: tuple[str, ...]) -> int:
-        """Copy every file of `other` under `prefixes` (e.g. `model/`) to the same place here."""
+        """Copy `other`'s files under `prefixes` (folders such as `model/`, or single files) to the
+        same place here by pyarrow.fs.copy_files: a folder's whole tree at once, in parallel, by S3's
+        server-side copy when both jobs are in the same bucket. Returns how many files were copied.
+        (A `.tmp-` file a killed writer left behind comes along; no manifest or marker lists it.)"""
         n = 0
-        for info in other.files():
-            rel = posixpath.relpath(info.path, other.base)
-            if ".tmp-" in rel or not rel.startswith(prefixes):
+        for prefix in prefixes:
+            src, dest = other.path(prefix.rstrip("/")), self.path(prefix.rstrip("/"))
+            info = other.store.call(f"checking {prefix}", other.store.fs.get_file_info, src)
+            if info.type == pafs.FileType.Directory:
+                listed = other.store.call(f"listing {prefix}", other.store.fs.get_file_info,
+                                          pafs.FileSelector(src, recursive=True))
+                n += sum(i.type == pafs.FileType.File for i in listed)
+            elif info.type == pafs.FileType.File:
+                n += 1
+            else:
                 continue
-            if not self.store.remote:
-                self.store.fs.create_dir(posixpath.dirname(self.path(rel)), recursive=True)
-            self.store.call(f"copying {rel}", self.store.fs.copy_file, info.path, self.path(rel))
-            n += 1
+            if not self.store.remote:  # copy_files creates the folders below `dest`, not `dest`'s own
+                self.store.fs.create_dir(dest if info.type == pafs.FileType.Directory else posixpath.dirname(dest),
+                                         recursive=True)
+            self.store.call(f"copying {prefix}", functools.partial(
+                pafs.copy_files, source_filesystem=other.store.fs, destination_filesystem=self.store.fs), src, dest)
         return n
 
     def read_array(self, rel: str) -> Any:
@@ -512,41 +511,46 @@ class JobStore(JobLease):
 
     def ray_storage(self) -> tuple[str, pafs.FileSystem | None]:
         """(storage_path, storage_filesystem) for ray.train.RunConfig: checkpoints land in the job.
-        On S3 the filesystem retries for about SNP_STORE_RETRY_SECONDS (RetryingS3), as the store's
-        own calls do: Ray Train's checkpoint uploads and reads do not go through Store.call."""
+        On S3 the filesystem is the store's kind (retrying_s3), retrying for at least
+        SNP_STORE_RETRY_SECONDS also in Ray Train's workers, which get it pickled."""
         if isinstance(self.store.fs, pafs.LocalFileSystem):
             return self.path("train"), None
         return self.path("train"), retrying_s3(dict(self.store.s3_options))
 
 
 def s3_attempts(seconds: float) -> int:
-    """Attempts of the AWS SDK's standard retry strategy (exponential backoff with jitter, each
-    wait at most 20 s) whose backoff spans at least about `seconds`. The spans are the shortest
-    measured against a closed port (pyarrow 26): 3 attempts 2 s, 6 attempts 8-22 s, 8 attempts
-    28-39 s, 10 attempts 85-99 s; beyond, about 15 s an attempt."""
-    spans = {1: 0.0, 2: 0.5, 3: 2.0, 4: 3.0, 5: 5.0, 6: 8.0, 7: 15.0, 8: 28.0, 9: 50.0, 10: 85.0}
-    n = next((k for k, t in spans.items() if t >= seconds), None)
-    return n if n is not None else 10 + math.ceil((seconds - spans[10]) / 15.0)
+    """The `max_attempts` of pyarrow's AwsDefaultS3RetryStrategy whose waits add up to at least
+    `seconds`. That strategy is the AWS SDK's DefaultRetryStrategy: up to max_attempts retries
+    (max_attempts + 1 requests), the n-th after 25 ms x 2^(n-1) (the first at once), no jitter, no
+    cap, so m retries wait 25 ms x (2^m - 2) in all: 6 retries 1.55 s, 8 6.35 s, 12 102 s; at most
+    about twice `seconds`. Not the SDK's standard strategy: its retry quota (500 tokens, 5 a retry)
+    is refilled by successes the SDK reports to it, which pyarrow's wrapper never passes on, so a
+    filesystem that had retried about 100 times stopped retrying for good."""
+    m = 1
+    while 0.025 * (2**m - 2) < seconds:
+        m += 1
+    return m
 
 
 class RetryingS3FileSystem(pafs.S3FileSystem):
-    """An S3FileSystem whose retry strategy survives pickling. pyarrow 26's S3FileSystem drops
-    `retry_strategy` when pickled, so Ray Train's workers (which get the storage filesystem pickled)
-    retried 3 times, about 2 s, and an S3 outage of a minute failed the job. This one pickles its
-    arguments (never credentials: each process reads those from its environment) and is built again
-    with AwsStandardS3RetryStrategy(attempts); still an S3FileSystem, so Ray Train treats it as one
-    (single-threaded uploads)."""
+    """The store's S3 filesystem: AwsDefaultS3RetryStrategy(attempts), and a retry strategy that
+    survives pickling. pyarrow 26's S3FileSystem drops `retry_strategy` when pickled, so Ray Train's
+    workers (which get the storage filesystem pickled) retried 3 times, about 2 s, and an S3 outage
+    of a minute failed the job. This one pickles its arguments (never credentials: each process
+    reads those from its environment) and is built again with its strategy; still an
+    S3FileSystem, so Ray Train treats it as one (single-threaded uploads)."""
 
     def __init__(self, options: dict, attempts: int):
         self.options, self.attempts = dict(options), attempts
-        super().__init__(**self.options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
+        super().__init__(**self.options, retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=attempts))
 
     def __reduce__(self):
         return (type(self), (self.options, self.attempts))
 
 
 def retrying_s3(options: dict, seconds: float | None = None) -> RetryingS3FileSystem:
-    """The store's S3 filesystem retrying for about `seconds` (default SNP_STORE_RETRY_SECONDS)."""
+    """The store's S3 filesystem, retrying each request for at least `seconds` (default
+    SNP_STORE_RETRY_SECONDS) on the errors the AWS SDK deems transient; the store's only retries."""
     return RetryingS3FileSystem(options, s3_attempts(RETRY_SECONDS if seconds is None else seconds))
 
 

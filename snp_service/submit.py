@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from snp_service.console import token_auth_quietly
@@ -31,7 +32,13 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 def job_api_address(address: str | None) -> str:
     """The cluster's job API, the one way every command finds it: --address, else
     RAY_API_SERVER_ADDRESS, else RAY_ADDRESS when it is an http(s) address (Ray's own convention for
-    the job CLI), else the local default http://127.0.0.1:8265. A bare host:port is taken as http."""
+    the job CLI), else the local default http://127.0.0.1:8265. A bare host:port is taken as http.
+
+    Kept beside JobSubmissionClient's own lookup (ray.dashboard.utils.get_address_for_submission_client)
+    because that one lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address it is given (so a
+    --address would be ignored), takes a bare host:port or a GCS RAY_ADDRESS as the cluster's GCS and
+    asks it for the dashboard, and opens a Ray Client session from the CLI for a ray:// address; this
+    service's job API is always the dashboard's http(s) address, named or the local default."""
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS")
     if not address:
         env = os.environ.get("RAY_ADDRESS", "")
@@ -54,10 +61,22 @@ def _client(address: str | None):
     # does, but without the warning that helper prints on every command.
     token_auth_quietly(new_cluster=False)
     try:
-        return JobSubmissionClient(address)
+        with _address_variables_unset():
+            return JobSubmissionClient(address)
     except Exception as e:  # ConnectionError, ValueError from the SDK
         raise SnpError(f"cannot reach the Ray job API at {address}: {str(e).splitlines()[0]} "
                        "(start one with `deploy/local.sh up` or pass --address http://HEAD:8265)") from None
+
+
+@contextmanager
+def _address_variables_unset() -> Iterator[None]:
+    """RAY_API_SERVER_ADDRESS and RAY_ADDRESS unset while the job client is built: JobSubmissionClient
+    would take either over the address it is given (job_api_address has read them already)."""
+    saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def attempts(client, job_id: str) -> list[str]:

@@ -2,6 +2,8 @@
 then an http(s) RAY_ADDRESS; a driver address that is a dashboard URL is one message, exit 2,
 before anything is written."""
 
+import os
+
 import pytest
 import yaml
 
@@ -24,6 +26,37 @@ def test_the_job_api_address_comes_from_the_flag_then_the_environment(monkeypatc
     assert job_api_address("head:8265") == "http://head:8265"
     with pytest.raises(SnpError, match="job API is an http"):
         job_api_address("ray://head:10001")
+
+
+@pytest.mark.parametrize("variables", ["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS", "both", "a GCS RAY_ADDRESS"])
+def test_the_job_client_connects_where_the_service_chose(monkeypatch, variables):
+    """Ray's JobSubmissionClient takes RAY_API_SERVER_ADDRESS or RAY_ADDRESS over the address it is
+    given (and asks a GCS RAY_ADDRESS for the dashboard); the one job_api_address chose, the flag
+    first, is the one it connects to in each case, and the variables are left as they were."""
+    from snp_service import submit
+    from snp_service.localdev import free_ports
+
+    flag, api, http_ray, gcs = free_ports(4)  # closed ports: nothing answers there
+    env = {"RAY_API_SERVER_ADDRESS": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{api}"},
+           "RAY_ADDRESS": {"RAY_ADDRESS": f"http://127.0.0.1:{http_ray}"},
+           "both": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{api}", "RAY_ADDRESS": f"127.0.0.1:{gcs}"},
+           "a GCS RAY_ADDRESS": {"RAY_ADDRESS": f"127.0.0.1:{gcs}"}}[variables]
+    monkeypatch.setattr(submit, "token_auth_quietly", lambda new_cluster: None)
+    for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cases = [f"http://127.0.0.1:{flag}"]
+    if variables != "a GCS RAY_ADDRESS":  # (then the local default, where a dashboard may well answer)
+        cases.append(None)
+    for given in cases:
+        target = job_api_address(given)
+        assert target == given or target == env.get("RAY_API_SERVER_ADDRESS", env.get("RAY_ADDRESS"))
+        with pytest.raises(SnpError) as e:
+            submit._client(given)
+        assert str(e.value).startswith(f"cannot reach the Ray job API at {target}: "
+                                       f"Failed to connect to Ray at address: {target}.")  # Ray's own words
+        assert {k: os.environ.get(k) for k in env} == env
 
 
 def test_running_here_with_a_dashboard_address_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
@@ -79,7 +112,19 @@ def test_training_that_no_node_can_hold_is_refused_with_what_is_missing(tmp_path
     check_fits_cluster(spec(cpus_per_worker=256, autoscaling=True), False, nodes)  # the autoscaler may add one
 
 
-@pytest.mark.parametrize("address", ["garbage", "head:notaport", "http//x", "ray:/head"])
+def test_a_ray_address_is_split_as_ray_init_splits_it_and_needs_a_port():
+    """actors.host_port: Ray's own parser (ray.init's) splits the address; the service adds that the
+    port is a number from 1 to 65535, which Ray checks only when it connects."""
+    from snp_service.actors import host_port
+
+    assert host_port("head:6379") == ("head", 6379) and host_port("ray://10.0.0.5:10001") == ("10.0.0.5", 10001)
+    assert host_port("[::1]:6379") == ("::1", 6379)
+    for bad in ("garbage", "head:notaport", "http//x", "ray:/head", "::1:6379", ":6379", "head:", "head:0",
+                "head:65536", "head:+80", "head:\uff16\uff13\uff17\uff19"):
+        assert host_port(bad) is None, bad
+
+
+@pytest.mark.parametrize("address", ["garbage", "head:notaport", "http//x", "ray:/head", "head:70000"])
 def test_a_garbage_ray_address_is_refused_before_anything_is_written(tmp_path, capsys, address):
     job = tiny_job(tmp_path)
     job["compute"] = {**job["compute"], "address": address}

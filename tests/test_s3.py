@@ -43,6 +43,12 @@ def test_round_trip_manifest_and_listing(s3_server):
         job.read_bytes("nope.json")
 
 
+def test_a_finished_stage_is_copied_whole_within_the_bucket(s3_server):
+    from tests.test_store import copies_a_finished_stage
+
+    copies_a_finished_stage(s3_store(s3_server))
+
+
 def test_wrong_credentials_fail_fast_naming_endpoint_and_bucket(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
     st = s3_store(s3_server)
@@ -68,7 +74,7 @@ def test_outage_during_upload_is_retried(s3_server):
     s3_server.stop()
 
     def restart():
-        time.sleep(10)  # the server is down for 10 s; the store retries for up to 60
+        time.sleep(10)  # the server is down for 10 s; each request is retried for at least 60
         s3_server.start()
 
     t = threading.Thread(target=restart)

@@ -77,6 +77,35 @@ def test_stages_are_recorded(tmp_path):
     assert store.job_ids() == ["j-2"]
 
 
+COPIED = {"model/weights.pt": b"w" * 7, "measure/a.npy": b"a" * 10, "measure/deep/er/b.json": b"{}",
+          "train/metrics.parquet": b"table"}
+
+
+def copies_a_finished_stage(store: Store) -> None:
+    """A finished stage copied to another job (JobStore.copy_from, pyarrow.fs.copy_files): a flat
+    folder, a nested tree and a single file into a job that has none of their folders yet; a prefix
+    the source lacks is skipped, files beside the prefixes stay behind; the copy's own marker lists
+    the same bytes and its manifest verifies. On the local disk here, on S3 in test_s3.py."""
+    source, copy = store.job("source"), store.job("copy")
+    for rel, data in COPIED.items():
+        source.write_bytes(rel, data)
+    source.write_bytes("train/checkpoint_000001/state.pt", b"not a stage output")
+    prefixes = ("model/", "measure/", "train/metrics.parquet", "heads/")
+    source.finish_stage("measure", {}, 0.1, prefixes)
+    assert copy.copy_from(source, prefixes) == len(COPIED)
+    assert {rel: copy.read_bytes(rel) for rel in COPIED} == COPIED
+    assert not copy.exists("train/checkpoint_000001/state.pt") and not copy.exists("heads")
+    copy.finish_stage("measure", {}, 0.1, prefixes)
+    assert copy.stage_result("measure")["artefacts"] == source.stage_result("measure")["artefacts"]
+    copy.write_manifest({"status": "complete"})
+    assert copy.verify() == [] and {e["path"] for e in copy.manifest()["artefacts"]} == {*COPIED, "stages/measure.json"}
+    assert copy.copy_from(source, prefixes) == len(COPIED) and copy.verify() == []  # again: overwritten, same bytes
+
+
+def test_a_finished_stage_is_copied_whole(tmp_path):
+    copies_a_finished_stage(Store.from_spec(StorageSpec(root=str(tmp_path / "res"))))
+
+
 # --- one run of a job at a time (issue 30, class 5): a lease per job id in the store
 
 LEASE_HOLDER = """

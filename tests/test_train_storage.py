@@ -25,12 +25,22 @@ def test_ray_trains_filesystem_keeps_its_retries_through_pickling():
     again = pickle.loads(pickle.dumps(fs))
     assert isinstance(again, pafs.S3FileSystem)  # Ray Train's S3 handling (single-threaded uploads) applies
     assert isinstance(again, RetryingS3FileSystem) and again.attempts == fs.attempts == s3_attempts(RETRY_SECONDS)
-    assert s3_attempts(RETRY_SECONDS) >= 10  # 60 s: about 85 s or more of backoff
+    assert s3_attempts(RETRY_SECONDS) == 12  # 60 s: 12 retries, 102 s of waits
+    store_fs = Store.from_spec(StorageSpec(root="s3://bucket/prefix", endpoint="http://127.0.0.1:1")).fs
+    assert isinstance(store_fs, RetryingS3FileSystem) and store_fs.attempts == fs.attempts  # the store's own too
     assert "secret" not in str(again.__reduce__()).lower()  # credentials come from each process's environment
 
 
+def waits(retries: int) -> float:
+    """Seconds the AWS SDK's default retry strategy waits in all over `retries` retries."""
+    return 0.025 * (2**retries - 2)
+
+
 def test_the_attempts_grow_with_the_retry_time():
-    assert s3_attempts(1) == 3 and s3_attempts(60) == 10 and s3_attempts(85) == 10 and s3_attempts(120) == 13
+    assert [s3_attempts(t) for t in (0, 1, 5, 60, 102, 120)] == [1, 6, 8, 12, 12, 13]
+    for t in (0.01, 0.5, 2, 8, 30, 59.9, 200, 600):
+        m = s3_attempts(t)
+        assert waits(m) >= t > waits(m - 1)  # the fewest retries whose waits span t: at most about 2 t
 
 
 @pytest.mark.slow
@@ -40,7 +50,21 @@ def test_a_pickled_filesystem_still_waits_out_an_outage():
     t0 = time.monotonic()
     with pytest.raises(OSError, match="NETWORK_CONNECTION"):
         fs.get_file_info("bucket/key")
-    assert time.monotonic() - t0 >= 5
+    assert waits(s3_attempts(8)) <= time.monotonic() - t0 < waits(s3_attempts(8)) + 3  # 12.75 s: no jitter
+
+
+def test_a_filesystem_retries_as_long_after_many_retries_as_at_first():
+    """The strategy has no retry quota: the AWS SDK's standard one spends 5 of 500 tokens a retry,
+    and pyarrow never passes on the successes that refill them, so its filesystems stopped retrying
+    after about 100 retries, for the rest of the process (a long job's later outages failed at once)."""
+    fs = retrying_s3({**CLOSED, "access_key": "a", "secret_key": "b"}, seconds=0.05)  # 2 retries: 0 + 50 ms
+    spans = []
+    for _ in range(120):
+        t0 = time.monotonic()
+        with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+            fs.get_file_info("bucket/key")
+        spans.append(time.monotonic() - t0)
+    assert min(spans[100:]) >= 0.045, spans[95:]
 
 
 def test_a_stage_failed_by_an_s3_outage_is_the_stores_message(tmp_path):
