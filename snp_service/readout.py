@@ -121,6 +121,9 @@ def capture(model: nn.Module, dataset: Dataset, points: list[str], directory: Pa
     return Features(store, labels)
 
 
+READOUT_KINDS = ("flatten", "seqpool")  # analysis.readout's choices, and `flatten` for conv points
+
+
 class Readout(nn.Module):
     """A new readout from a point to L labels (bias-free Linear over the point's nodes x positions).
 
@@ -131,6 +134,8 @@ class Readout(nn.Module):
 
     def __init__(self, nodes: int, positions: int, labels: int, kind: str):
         super().__init__()
+        if kind not in READOUT_KINDS:  # a new kind is added here, never silently read as another
+            raise ValueError(f"readout kind {kind!r}: expected one of {READOUT_KINDS}")
         self.kind = kind
         p = 1 if kind == "seqpool" else positions
         self.weight = nn.Parameter(torch.empty(labels, nodes, p))

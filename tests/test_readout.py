@@ -382,3 +382,9 @@ def test_solved_masked_finetune_agrees_with_long_stepped_training_under_the_mask
     acc_solved, acc_stepped = readout_accuracy(solved, ev, yev), readout_accuracy(stepped, ev, yev)
     assert acc_solved > 1.5 / L
     assert abs(acc_solved - acc_stepped) <= SOLVED_ACCURACY_TOL
+
+
+def test_an_unknown_readout_kind_is_refused_not_read_as_flatten():
+    with pytest.raises(ValueError, match="readout kind 'attention'"):
+        Readout(4, 3, 2, "attention")
+    assert Readout(4, 3, 2, "flatten").weight.shape == (2, 4, 3) and Readout(4, 3, 2, "seqpool").weight.shape == (2, 4, 1)
