@@ -29,7 +29,7 @@ def _start(tmp_path, features):
                                   start_new_session=True)
 
 
-def _wait_for(proc, text, timeout=300):
+def _wait_for(proc, text, timeout=600):  # a deadline only against a hang; a loaded machine needs minutes
     seen = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
