@@ -476,17 +476,15 @@ def workers_for(spec: JobSpec, points: list[str], what: str, progress: Progress)
     progress(f"{what}: {len(points)} points on {len(workers)} Ray worker(s)" + (f", {gpus:g} GPU each" if gpus else ""))
     try:  # placed within compute.start_timeout_s, or one message (an actor waits for its CPUs without limit)
         pids = set(wait_get([w.pid.remote() for w in workers], timeout=c.start_timeout_s))
-    except ray.exceptions.GetTimeoutError:
+    except BaseException as e:  # not placed, or interrupted while waiting: the workers go
         for w in workers:
             ray.kill(w)
-        raise SnpError(f"{what}: {len(workers)} worker(s) of {c.cpus_per_worker:g} CPU(s)"
-                       f"{f' and {gpus:g} GPU' if gpus else ''} could not be placed within compute.start_timeout_s "
-                       f"({c.start_timeout_s:g} s); the cluster has {free_resources_text()} free (other jobs or "
-                       "trials hold the rest). Free them, lower compute.snp_actors or cpus_per_worker, or raise "
-                       "start_timeout_s (null: wait without limit)") from None
-    except BaseException:
-        for w in workers:
-            ray.kill(w)
+        if isinstance(e, ray.exceptions.GetTimeoutError):
+            raise SnpError(f"{what}: {len(workers)} worker(s) of {c.cpus_per_worker:g} CPU(s)"
+                           f"{f' and {gpus:g} GPU' if gpus else ''} could not be placed within compute.start_timeout_s "
+                           f"({c.start_timeout_s:g} s); the cluster has {free_resources_text()} free (other jobs or "
+                           "trials hold the rest). Free them, lower compute.snp_actors or cpus_per_worker, or raise "
+                           "start_timeout_s (null: wait without limit)") from None
         raise
     try:
         yield workers

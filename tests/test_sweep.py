@@ -84,6 +84,22 @@ def blocker(ray_cluster):
 
 
 @pytest.mark.slow
+def test_snp_workers_that_cannot_be_placed_fail_at_the_deadline_with_one_message(tmp_path, blocker):
+    """The measure stage's actors (1 CPU each) on a cluster with 0.5 CPU free: one message at
+    compute.start_timeout_s, naming what did not fit and what is free (actors.workers_for)."""
+    from snp_service.actors import workers_for
+
+    spec = spec_from_dict(tiny_job(tmp_path, **{"compute.start_timeout_s": 2.0, "compute.cpus_per_worker": 1}))
+    t0 = time.monotonic()
+    with pytest.raises(SnpError) as e, workers_for(spec, ["blocks.0.out"], "measure", lambda m: None):
+        pass
+    assert 2.0 <= time.monotonic() - t0 < 60
+    msg = str(e.value)
+    assert msg.startswith("measure: 1 worker(s) of 1 CPU(s) could not be placed within compute.start_timeout_s (2 s)")
+    assert "0.5 of 2 CPUs" in msg and "\n" not in msg, msg
+
+
+@pytest.mark.slow
 def test_training_workers_that_cannot_be_placed_fail_at_the_deadline_with_one_message(tmp_path, blocker):
     from snp_service import pipeline
 
