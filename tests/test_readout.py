@@ -378,6 +378,11 @@ def test_solved_masked_finetune_agrees_with_long_stepped_training_under_the_mask
     fit_on_features(stepped, [stepped.weight], tr, ytr, LONG_EPOCHS, 1e-2, READOUT_WEIGHT_DECAY, 0, after_step=remask)
     assert (solved.weight.detach()[~mask] == 0).all() and (stepped.weight.detach()[~mask] == 0).all()
     assert not torch.allclose(solved.weight, start.weight)
+    # optimal for the readouts' own objective (with its weight decay) over the surviving weights
+    w = solved.weight.detach().double().clone().requires_grad_(True)
+    logits = torch.from_numpy(np.asarray(tr)).double().flatten(1) @ w.flatten(1).T
+    (torch.nn.functional.cross_entropy(logits, torch.as_tensor(ytr)) + 0.5 * READOUT_WEIGHT_DECAY * w.pow(2).sum()).backward()
+    assert float((w.grad * mask[:, :, None]).abs().max()) <= 1e-5
     assert _objective(solved, tr, ytr) <= _objective(stepped, tr, ytr) + SOLVED_OBJECTIVE_TOL
     acc_solved, acc_stepped = readout_accuracy(solved, ev, yev), readout_accuracy(stepped, ev, yev)
     assert acc_solved > 1.5 / L
