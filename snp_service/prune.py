@@ -34,7 +34,8 @@ import math
 import numpy as np
 import torch
 
-from snp_service.readout import READOUT_WEIGHT_DECAY, Readout, fit_on_features, linear_part, readout_accuracy, solve_linear
+from snp_service.readout import (READOUT_WEIGHT_DECAY, Readout, fit_on_features, linear_part, masked_accuracies,
+                                 readout_accuracy, solve_linear)
 from snp_service.clusters import CLUSTER_TIME_LIMIT_S, membership
 from snp_service.clusters import clusters as node_clusters
 from snp_service.structural import ff_magnitude, head_magnitude
@@ -210,21 +211,21 @@ def prune_point(point: str, readout: Readout, m_normalised: torch.Tensor, train:
         linear, train = linear_part(readout, train)
         _, evaluation = linear_part(readout, evaluation)
         readout = linear
-    full = readout_accuracy(readout, evaluation, eval_labels)
     andc = andc_mask_at(m_normalised, threshold, order, time_limit_s)
+    masks = baseline_masks(andc, readout.weight, methods, seed)
+    curve_masks = [andc_mask_at(m_normalised, th, order, time_limit_s) for th in curve_thresholds]
+    # the unpruned readout, each method's mask and each curve threshold's: one pass over the features
+    scored = masked_accuracies(readout, [None, *masks.values(), *curve_masks], evaluation, eval_labels)
+    full, before, on_curve = scored[0], scored[1:1 + len(masks)], scored[1 + len(masks):]
     rows = []
-    for method, mask in baseline_masks(andc, readout.weight, methods, seed).items():
-        before = readout_accuracy(masked(readout, mask), evaluation, eval_labels)
+    for (method, mask), acc_before in zip(masks.items(), before):
         tuned = finetune(readout, mask, train, train_labels, finetune_epochs, finetune_lr, seed, solver=solver)
         after = readout_accuracy(tuned, evaluation, eval_labels) if finetune_epochs else float("nan")
         rows.append({"point": point, "method": method, "selection": selection, "threshold": threshold,
                      "kept_fraction": float(mask.float().mean()),
                      "nodes_without_connection": int((mask.sum(0) == 0).sum()), "accuracy_full": full,
-                     "accuracy_pruned": before, "accuracy_finetuned": after, "finetune_epochs": finetune_epochs})
-    curve = []
-    for th in curve_thresholds:
-        mask = andc_mask_at(m_normalised, th, order, time_limit_s)
-        curve.append({"point": point, "threshold": th, "selection": selection, "kept_fraction": float(mask.float().mean()),
-                      "accuracy_pruned": readout_accuracy(masked(readout, mask), evaluation, eval_labels),
-                      "accuracy_full": full, "labels": L})
+                     "accuracy_pruned": acc_before, "accuracy_finetuned": after, "finetune_epochs": finetune_epochs})
+    curve = [{"point": point, "threshold": th, "selection": selection, "kept_fraction": float(mask.float().mean()),
+              "accuracy_pruned": acc, "accuracy_full": full, "labels": L}
+             for th, mask, acc in zip(curve_thresholds, curve_masks, on_curve)]
     return rows, curve

@@ -192,3 +192,22 @@ def test_heldout_selection_reads_the_training_subset_never_the_evaluation_matric
     evaluated = prune_point_work(spec.model_copy(update={"pruning": spec.pruning.model_copy(
         update={"selection_split": "eval"})}), "p", ro, raw_eval, feats, feats, 3, andc=True)
     assert evaluated["rows"][0]["kept_fraction"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("kind", ["seqpool", "flatten"])
+def test_masked_accuracies_in_one_pass_equal_each_masked_readout(kind):
+    """The one-pass scoring (fields summed over each mask's kept nodes) gives, for every mask and for
+    the unmasked readout, the accuracy of that masked readout run on the features; features with a
+    per-node offset (as real activations have) and masks that remove most connections, where the
+    scored accuracies differ from each other."""
+    from snp_service.readout import masked_accuracies, train_readout
+
+    x, y = _separable(n=500, nodes=8, labels=4, seed=2)
+    x = (x.astype(np.float32) + np.linspace(-1.0, 3.0, 8, dtype=np.float32)[None, :, None]).astype(np.float16)
+    ro = train_readout(x, y, 4, kind, epochs=5, lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    masks = [torch.rand(4, 8, generator=g) < p for p in (0.9, 0.5, 0.2, 0.05)]
+    got = masked_accuracies(ro, [None, *masks], x, y, batch_size=96)
+    want = [readout_accuracy(ro, x, y)] + [readout_accuracy(masked(ro, m), x, y) for m in masks]
+    assert got == want
+    assert len(set(want)) >= 3  # the fixture separates the masks: a scorer ignoring them would fail
