@@ -26,6 +26,9 @@ pathlib.Path("pyproject.toml").write_text(text.rstrip() + "\n\n" + block)
 PY
 fi
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # only tests start Ray
+# mutmut runs one test process per core: one torch thread each, or the processes oversubscribe the
+# cores and slow tests of a failing mutant run past mutmut's timeout (a timeout is not a verdict)
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 nice -n 10 mutmut run || true
 mutmut results --all true 2>/dev/null || mutmut results
 echo "scratch copy (mutmut show <name> there): $work"

@@ -222,6 +222,49 @@ def test_the_integer_program_reaches_the_brute_force_best_partition_on_random_co
         assert _signal(cs) == _brute_best_signal(b) == _signal(best_partition(comp, b))
 
 
+def test_the_integer_program_partitions_a_component_inside_a_larger_label_set():
+    """A component is a subset of the labels, in no particular order (as clusters_of passes them):
+    the program reads the links among the component's labels only and returns those labels."""
+    from snp_service.clusters import milp_partition
+
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        L, c = int(rng.integers(9, 14)), int(rng.integers(4, 8))
+        upper = np.triu(rng.random((L, L)) < 0.6, 1)
+        b = upper | upper.T | np.eye(L, dtype=bool)
+        comp = [int(j) for j in rng.permutation(L)[:c]]
+        cs = milp_partition(comp, b, 10.0)
+        assert cs is not None and sorted(j for s in cs for j in s) == sorted(comp)
+        assert all(b[a, d] for s in cs for a in s for d in s)
+        sub = b[np.ix_(comp, comp)]
+        assert _signal(cs) == _brute_best_signal(sub)
+
+
+def test_the_integer_program_asks_the_solver_for_a_proved_optimum_within_the_time_left(monkeypatch):
+    """Each solve is bounded by the time left of `time_limit_s` and demands a zero optimality gap (a
+    solution HiGHS has not proved optimal is not an exact partition); binary variables, bounds 0-1."""
+    import scipy.optimize
+
+    from snp_service.clusters import milp_partition
+
+    calls = []
+    real = scipy.optimize.milp
+
+    def spy(c, **kwargs):
+        calls.append(kwargs)
+        return real(c, **kwargs)
+
+    monkeypatch.setattr(scipy.optimize, "milp", spy)
+    b = (_bridged_cliques(2) > 0.3).numpy()
+    cs = milp_partition(list(range(8)), b, 30.0)
+    assert _signal(cs) == _brute_best_signal(b)
+    assert calls
+    for kw in calls:
+        assert set(kw["options"]) == {"time_limit", "mip_rel_gap"} and kw["options"]["mip_rel_gap"] == 0.0
+        assert 0.0 < kw["options"]["time_limit"] <= 30.0
+        assert (kw["bounds"].lb, kw["bounds"].ub) == (0, 1) and np.all(kw["integrality"] == 1)
+
+
 def _bridged_cliques(blocks: int) -> torch.Tensor:
     """One linked component of 4 * blocks labels on which the greedy rule fails: per block a link
     4k-(4k+1) into the clique {4k+1, 4k+2, 4k+3}, and a link (4k+3)-(4k+4) to the next block."""
@@ -256,6 +299,37 @@ def test_the_greedy_fallback_runs_only_when_the_solver_runs_out_of_time():
     assert greedy and cs == sorted(sorted(s) for s in greedy_clusters(list(range(16)), b & b.T))
     assert node_statistics(m[None], 0.3, "label", time_limit_s=1e-9).greedy.tolist() == [True]
     assert node_statistics(m[None], 0.3, "label").greedy.tolist() == [False]
+
+
+def test_the_exact_partition_maximises_the_sum_of_squared_sizes_not_another_power():
+    """A 9-label component (found by search) where the partition with the largest sum of cubed
+    sizes has a smaller sum of squares (25) than the best (27): the dynamic programme must score
+    squares."""
+    from snp_service.clusters import best_partition
+
+    pairs = [(0, 1), (0, 2), (0, 4), (0, 7), (1, 2), (1, 3), (1, 5), (1, 6), (1, 8), (2, 3), (2, 4), (2, 6), (2, 7),
+             (3, 6), (3, 7), (3, 8), (4, 5), (4, 8), (5, 6), (5, 7), (6, 7), (7, 8)]
+    b = np.eye(9, dtype=bool)
+    for a, c in pairs:
+        b[a, c] = b[c, a] = True
+    cs = best_partition(list(range(9)), b)
+    assert _signal(cs) == _brute_best_signal(b) == 27
+
+
+def test_clusters_passes_its_time_limit_on_and_refuses_an_unknown_order():
+    """clusters() hands its solver time limit to clusters_of (a limit it dropped would let the solver
+    run to the default); an unknown candidate order is refused by name; `greedy` is a bool."""
+    from snp_service.clusters import CANDIDATE_ORDERS, clusters_of, greedy_clusters
+
+    m = _bridged_cliques(4)
+    b = (m > 0.3).numpy()
+    assert clusters(m, 0.3, "label", time_limit_s=1e-9) == sorted(sorted(s) for s in greedy_clusters(list(range(16)), b & b.T))
+    assert _signal(clusters(m, 0.3, "label")) == 40
+    with pytest.raises(ValueError, match=r"candidate order 'sideways': expected one of") as err:
+        clusters_of(m, 0.3, order="sideways")
+    assert str(CANDIDATE_ORDERS) in str(err.value)
+    assert clusters_of(m, 0.3, order="label")[1] is False  # a solved component
+    assert clusters_of(_linked(4, [(0, 1), (1, 2)]), 0.3)[1] is False  # exact by the dynamic programme only
 
 
 def test_bca_interval_agrees_with_scipy_on_a_skewed_mean():
