@@ -99,9 +99,12 @@ def label_profiles(raw: torch.Tensor) -> np.ndarray:
     flat profile), so that profile @ profile.T / L is the matrix of Pearson correlations."""
     m = raw.to(torch.float64)
     d = (torch.diagonal(m, dim1=1, dim2=2) - m.mean(dim=1)).numpy()
+    # flat: its spread is at the float rounding of the profile's own size (measured before centring,
+    # which would remove the size and leave the rounding to be standardised into a profile)
+    scale = np.abs(d).max(axis=1, keepdims=True)
     d = d - d.mean(axis=1, keepdims=True)
     sd = d.std(axis=1, keepdims=True)
-    return np.where(sd > 1e-12 * max(float(np.abs(d).max(initial=0.0)), 1e-300), d / np.where(sd > 0, sd, 1), 0.0)
+    return np.where(sd > 1e-12 * np.maximum(scale, 1e-300), d / np.where(sd > 0, sd, 1), 0.0)
 
 
 def coherence(corr: np.ndarray, assignment: np.ndarray, num_heads: int) -> np.ndarray:
