@@ -325,8 +325,11 @@ def test_the_heads_analysis_passes_normalisation_order_and_time_limit_to_the_clu
 
 
 def test_the_undefined_and_uninformative_reasons_say_what_happened():
-    s = analyse_heads("p", _block_raw([[0, 1], []], 4, 2), 2, 0.3, draws=100).summary
+    s = analyse_heads("p", _block_raw([[0], []], 4, 2), 2, 0.3, draws=100).summary
     assert s["reason"] == "1 head(s) with a non-empty label set; overlap needs at least two"
+    ok = analyse_heads("p", _block_raw([[0, 1], [2]], 4, 2), 2, 0.3, draws=100).summary
+    assert set(s) == set(ok)  # the same columns whatever the status, NaN where undefined
+    assert all(np.isnan(s[k]) for k in ("null_mean", "null_sd", "overlap_deficit", "p_value", "p_min"))
     s = analyse_heads("p", _block_raw([list(range(10)), list(range(9))], 10, 2), 2, 0.3, draws=100).summary
     assert s["reason"] == ("the null model takes a single value (0.900): label-set sizes [10, 9] of 10 labels admit "
                            "one overlap; use more labels, more heads or a higher threshold")
@@ -389,19 +392,26 @@ def test_label_profiles_are_scale_free_and_a_profile_flat_up_to_rounding_is_zero
     flat[0, [0, 1, 2], [0, 1, 2]] = torch.tensor([1e6, 1e6 + 1e-9, 1e6 + 2e-9], dtype=torch.float64)
     assert np.array_equal(label_profiles(flat)[0], np.zeros(3))  # differences at the float rounding of 1e6
     np.testing.assert_allclose(label_profiles(raw.float()), label_profiles(raw.float().double()), rtol=0, atol=0)
+    # flatness is judged per node, against that node's own size: a varying node far smaller than the others
+    # keeps its profile
+    mixed = torch.cat([raw[:2] * 1e6, raw[2:] * 1e-9])
+    np.testing.assert_allclose(label_profiles(mixed), label_profiles(raw), rtol=1e-6, atol=1e-6)
 
 
 def test_the_heads_analysis_is_seeded_computes_in_float64_and_names_its_point():
     raw = _block_raw([[0, 1, 2], [2, 3, 4, 5], [5, 6]], 9, 2) + 0.01 * torch.randn(
         6, 9, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    raw[:2] = -raw[:2].abs()  # head 0 with a negative maximum: the AFCC normalisation (off by default) differs
     a = analyse_heads("p", raw, 3, 0.3, draws=200)
     b = analyse_heads("p", raw, 3, 0.3, draws=200, seed=0, afcc=False)
+    assert not torch.equal(a.head_matrices, analyse_heads("p", raw, 3, 0.3, draws=200, afcc=True).head_matrices)
     assert np.array_equal(a.null, b.null) and np.array_equal(a.specialisation_null, b.specialisation_null)
     assert a.summary == b.summary and (a.point, a.num_heads) == ("p", 3)
     c = analyse_heads("p", raw, 3, 0.3, draws=200, seed=1)
     assert not np.array_equal(a.specialisation_null, c.specialisation_null)
     f = analyse_heads("p", raw.float(), 3, 0.3, draws=200)
     assert f.head_matrices.dtype == torch.float64
+    assert analyse_heads("p", raw, 3, 0.3).summary["null_draws"] == 10_000  # the documented default
     torch.testing.assert_close(f.head_matrices, normalise_heads(raw.float().double(), 3), rtol=0, atol=0)
 
 
