@@ -316,3 +316,107 @@ def test_measure_point_tests_each_node_on_the_true_evaluation_labels(tmp_path):
     assert r.row["label_specific_fraction"] == reject.mean()
     assert r.row["effect_size"] == pytest.approx(eta2.mean(), rel=1e-3)
     assert r.row["eval_images"] == len(eval_y)
+
+
+# --- issue 33: every output of the label-dependence test against a reference computed from the samples
+
+
+def _manova_reference(f: np.ndarray, y: np.ndarray, rel_tol: float = 1e-10):
+    """Pillai's trace test of one node from its X samples f (X, L) and labels y, textbook formulas:
+    H between-label, T total SSCP about the grand mean, V = tr(H T^+) on T's span (rank r),
+    s = min(r, g - 1), m = (|r - (g - 1)| - 1) / 2, n = (X - g - r - 1) / 2, df1 = s (2m + s + 1),
+    df2 = s (2n + s + 1), F = (2n + s + 1) / (2m + s + 1) * V / (s - V)."""
+    from scipy.stats import f as f_dist
+
+    X = len(y)
+    grand = f.mean(0)
+    T = (f - grand).T @ (f - grand)
+    groups = np.unique(y)
+    H = sum((y == k).sum() * np.outer(f[y == k].mean(0) - grand, f[y == k].mean(0) - grand) for k in groups)
+    w, v = np.linalg.eigh(T)
+    keep = w > rel_tol * w.max()
+    r = int(keep.sum())
+    T_plus = (v[:, keep] / w[keep]) @ v[:, keep].T
+    V = float(np.trace(H @ T_plus))
+    g = len(groups)
+    s = min(r, g - 1)
+    m, n = (abs(r - (g - 1)) - 1) / 2, (X - g - r - 1) / 2
+    df1, df2 = s * (2 * m + s + 1), s * (2 * n + s + 1)
+    F = (2 * n + s + 1) / (2 * m + s + 1) * V / (s - V)
+    return {"pillai": V, "eta2": V / s, "rank": r, "df1": df1, "df2": df2, "f_stat": F, "p_value": f_dist.sf(F, df1, df2)}
+
+
+def test_the_streamed_test_equals_the_textbook_manova_of_the_samples():
+    """Nodes with label effects of several sizes, a large label-independent mean field (which must
+    cancel), a rank-deficient field (one output a combination of two others) and a label absent from
+    the evaluation images; streamed in batches of unequal size: pillai, eta2, rank, df1, df2, F and p
+    of each node equal the reference computed from the samples."""
+    rng = np.random.default_rng(4)
+    X, N, L = 300, 4, 5
+    y = rng.integers(0, 4, X)  # label 4 never occurs: g = 4 of L = 5
+    effects = rng.normal(size=(N, L, L))
+    f = rng.normal(size=(X, N, L)) + np.array([0.0, 0.2, 0.5, 1.5])[None, :, None] * effects[:, y].transpose(1, 0, 2)
+    f += 1e4 * rng.normal(size=(1, N, L))  # a label-independent mean field per node and output
+    f[:, 3, 4] = f[:, 3, 0] + 2 * f[:, 3, 1]  # node 3's field spans 4 of its 5 outputs
+    acc = SNPAccumulator(N, L)
+    for idx in np.split(np.arange(X), [7, 100, 180]):
+        acc.update(torch.from_numpy(f[idx]), torch.from_numpy(y[idx]))
+    dep = acc.label_dependence()
+    for n in range(N):
+        ref = _manova_reference(f[:, n], y)
+        got = {"pillai": dep.pillai[n], "eta2": dep.eta2[n], "rank": dep.rank[n], "df1": dep.df1[n],
+               "df2": dep.df2[n], "f_stat": dep.f_stat[n], "p_value": dep.p_value[n]}
+        for k, want in ref.items():
+            assert got[k] == pytest.approx(want, rel=1e-6, abs=1e-300), (n, k, got[k], want)
+    assert dep.rank.tolist() == [5, 5, 5, 4]
+    assert dep.p_value[0] > 1e-3 and dep.p_value[3] < 1e-30  # no effect vs a large one
+    # the function itself from plain sums (no shift: second moments about zero), a node at a scale
+    # of 1e-3 beside nodes at 1e4 (its rank is its own), and a label seen exactly once (it counts in g)
+    from snp_service.snp import label_dependence
+
+    y2 = y.copy()
+    y2[0] = 4
+    f2 = f.copy()
+    f2[:, 1] *= 1e-7  # node 1: fields of size ~1e-3 (variance far below 1)
+    sums = torch.zeros(N, L, L, dtype=torch.float64)
+    sums.index_add_(1, torch.from_numpy(y2), torch.from_numpy(f2).permute(1, 0, 2))
+    counts = torch.bincount(torch.from_numpy(y2), minlength=L).double()
+    d = torch.from_numpy(f2).permute(1, 0, 2)
+    plain = label_dependence(sums, d.transpose(1, 2) @ d, counts)
+    for n in (0, 1, 2):  # node 3's 1e4 offsets swamp a second moment about zero: compared above, with a shift
+        ref = _manova_reference(f2[:, n], y2)
+        assert plain.rank[n] == ref["rank"] and plain.df1[n] == ref["df1"] and plain.df2[n] == ref["df2"]
+        assert plain.pillai[n] == pytest.approx(ref["pillai"], rel=1e-4), n
+
+
+def test_the_edges_of_the_label_dependence_test():
+    """A field that the label determines exactly (pillai = s: p = 0, not a float-rounded F); one
+    label present (s = 0: eta2 0 and p 1); fewer error degrees of freedom than dimensions (p nan);
+    Benjamini-Hochberg at exactly the adjusted p (rejected: <=), on no tests, and with nan kept."""
+    from snp_service.snp import benjamini_hochberg
+
+    y = np.arange(40) % 4
+    f = np.eye(4)[y][:, None, :] * 3.0 + 10.0  # (40, 1, 4): the label itself, one-hot, plus a shift
+    acc = SNPAccumulator(1, 4)
+    acc.update(torch.from_numpy(f), torch.from_numpy(y))
+    dep = acc.label_dependence()
+    assert dep.rank[0] == 3 and dep.pillai[0] == pytest.approx(3.0) and dep.eta2[0] == pytest.approx(1.0)
+    assert dep.p_value[0] == 0.0
+    one = SNPAccumulator(1, 3)
+    one.update(torch.randn(20, 1, 3, dtype=torch.float64), torch.zeros(20, dtype=torch.long))
+    d1 = one.label_dependence()
+    assert (d1.eta2[0], d1.p_value[0]) == (0.0, 1.0)
+    few = SNPAccumulator(1, 6)
+    yy = torch.arange(9) % 3
+    few.update(torch.randn(9, 1, 6, dtype=torch.float64), yy)  # X - g - r = 9 - 3 - 6 = 0
+    assert np.isnan(few.label_dependence().p_value[0])
+    just = SNPAccumulator(1, 6)
+    just.update(torch.randn(10, 1, 6, dtype=torch.float64), torch.arange(10) % 3)  # 10 - 3 - 6 = 1: a test
+    assert 0.0 < just.label_dependence().p_value[0] <= 1.0
+    p = np.array([0.01, 0.02, 0.03, 0.5])  # BH-adjusted: 0.04, 0.04, 0.04, 0.5
+    assert benjamini_hochberg(p, 0.04).tolist() == [True, True, True, False]
+    assert benjamini_hochberg(p, 0.039).tolist() == [False] * 4
+    assert benjamini_hochberg(np.array([]), 0.05).tolist() == []
+    assert benjamini_hochberg(np.array([0.001, np.nan]), 0.05).tolist() == [True, False]
+    assert benjamini_hochberg([0.001], 0.05).dtype == bool and benjamini_hochberg([0.001], 0.05).tolist() == [True]
+    assert benjamini_hochberg([0.01, 0.5], 0.02).tolist() == [True, False]  # adjusted 0.02 (exact) <= 0.02

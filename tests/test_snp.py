@@ -440,3 +440,182 @@ def test_centring_with_unbalanced_labels_subtracts_the_mean_over_inputs():
     acc.update(f, y)
     expected = torch.stack([f[y == i].mean(dim=0) - f.mean(dim=0) for i in range(3)], dim=1)  # (N, L, L)
     torch.testing.assert_close(acc.snp_matrices(centred=True), expected)
+
+
+# --- issue 33: the survivors of snp.py under mutmut (normalisation, BCa, intervals over nodes, the
+# accumulator's merge and updates, the console line)
+
+
+def test_normalise_divides_by_a_positive_maximum_and_afcc_by_any_non_zero_one():
+    from snp_service.snp import normalise
+
+    small = torch.tensor([[[0.5, -1.0], [0.25, 0.0]]], dtype=torch.float64)  # maximum 0.5 (below 1)
+    negative = torch.tensor([[[-2.0, -1.0], [-4.0, -3.0]]], dtype=torch.float64)  # maximum -1
+    zero = torch.zeros(1, 2, 2, dtype=torch.float64)
+    two = small * 4  # maximum 2
+    assert torch.equal(normalise(small), small / 0.5) and torch.equal(normalise(two), two / 2)
+    assert torch.equal(normalise(negative), negative) and torch.equal(normalise(zero), zero)
+    assert torch.equal(normalise(two, afcc=True), two / 2)
+    assert torch.equal(normalise(negative, afcc=True), negative / -1.0)  # the AFCC code flips the signs
+    assert torch.equal(normalise(zero, afcc=True), zero)
+
+
+def _bca_by_formula(theta, boot, jack, confidence):
+    from statistics import NormalDist
+
+    nd, b = NormalDist(), len(boot)
+    prop = ((boot < theta).sum() + 0.5 * (boot == theta).sum()) / b
+    z0 = nd.inv_cdf(min(max(prop, 0.5 / b), 1 - 0.5 / b))
+    a = 0.0
+    if len(jack) > 2 and np.isfinite(jack).all():
+        d = jack.mean() - jack
+        a = (d ** 3).sum() / (6 * (d ** 2).sum() ** 1.5) if (d ** 2).sum() > 0 else 0.0
+    alpha = (1 - confidence) / 2
+    q = [nd.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))) for z in (nd.inv_cdf(alpha), nd.inv_cdf(1 - alpha))]
+    return tuple(float(v) for v in np.quantile(boot, q, method="inverted_cdf"))
+
+
+def test_bca_interval_is_efrons_formula_at_its_edges():
+    """Exact values (Efron 1987) where the bias correction is clipped (theta below or above every
+    replicate), with a skewed jackknife (acceleration), two or three jackknife values, a constant or
+    infinite jackknife (no acceleration), ties at theta; nan where theta or a replicate is not a number,
+    and for no replicates; one replicate is an interval."""
+    from snp_service.snp import bca_interval
+
+    boot = np.arange(1, 201) / 10.0
+    skewed = np.array([1.0, 2.0, 3.0, 10.0, 0.5])
+    cases = [(0.05, skewed), (25.0, skewed), (10.0, skewed), (10.0, np.array([1.0, 4.0])),
+             (10.0, np.array([1.0, 2.0, 9.0])), (10.0, np.full(6, 3.0)), (10.0, np.array([1.0, np.inf, 2.0])),
+             (5.0, skewed)]
+    for theta, jack in cases:
+        got = bca_interval(theta, boot, jack, 0.9)
+        assert got == _bca_by_formula(theta, boot, jack, 0.9), (theta, jack)
+    few = np.arange(1, 21) / 10.0  # 20 replicates: the clip at 0.5 / 20 moves the interval's ends
+    for theta in (0.05, 3.0):
+        assert bca_interval(theta, few, skewed, 0.9) == _bca_by_formula(theta, few, skewed, 0.9)
+    tied = np.array([1.0, 2.0, 2.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert bca_interval(2.0, tied, skewed, 0.8) == _bca_by_formula(2.0, tied, skewed, 0.8)
+    for theta, b in ((np.inf, boot), (np.nan, boot), (1.0, np.array([1.0, np.nan, 2.0])), (1.0, np.array([]))):
+        assert all(np.isnan(bca_interval(theta, b, skewed, 0.95)))
+    assert bca_interval(1.0, np.array([1.5]), skewed, 0.95) == (1.5, 1.5)
+
+
+def test_intervals_over_nodes_are_bca_of_seeded_node_resamples_and_the_leave_one_outs():
+    """A node statistic's interval, by hand: the point value on all nodes, `bootstrap` multinomial node
+    resamples from the seed, the n leave-one-out values (n = 600: more than one chunk of 512), BCa of
+    those; no interval for one node or no resamples; an interval from two nodes or one resample."""
+    from snp_service.snp import bca_interval, node_mean_statistics
+
+    v = np.random.default_rng(0).exponential(size=600)  # skewed: the acceleration matters
+    got = node_mean_statistics({"x": v}, bootstrap=300, confidence=0.9, seed=5)
+    w = np.random.default_rng(5).multinomial(600, np.full(600, 1 / 600), size=300)
+    boot = w @ v / 600
+    jack = (v.sum() - v) / 599
+    assert got["x"] == pytest.approx(v.mean(), rel=1e-12)
+    lo, hi = bca_interval(v.mean(), boot, jack, 0.9)
+    assert (got["x_lo"], got["x_hi"]) == (pytest.approx(lo, rel=1e-12), pytest.approx(hi, rel=1e-12))
+    assert (got["x_lo"], got["x_hi"]) != bca_interval(v.mean(), boot, np.full(600, v.mean()), 0.9)
+    one = node_mean_statistics({"x": v[:1]}, bootstrap=300)
+    assert one["x"] == v[0] and np.isnan(one["x_lo"]) and np.isnan(one["x_hi"])
+    assert all(np.isnan(node_mean_statistics({"x": v}, bootstrap=0)[k]) for k in ("x_lo", "x_hi"))
+    assert np.isfinite(node_mean_statistics({"x": v[:2] + [0, 1]}, bootstrap=50)["x_lo"])
+    assert np.isfinite(node_mean_statistics({"x": v}, bootstrap=1)["x_hi"])
+    assert node_mean_statistics({"x": v}, bootstrap=50) == node_mean_statistics({"x": v}, bootstrap=50, seed=0)
+
+
+def test_merging_accumulators_with_different_shifts_equals_one_stream():
+    """Sharded accumulation (actors): each shard's second moments are about its own shift (its first
+    batch's mean field); merged, the sums, counts, second moments, hits and the test equal one
+    accumulator over the whole stream; merging into an empty accumulator takes the other's shift."""
+    rng = np.random.default_rng(3)
+    X, N, L = 120, 3, 4
+    f = torch.from_numpy(rng.normal(size=(X, N, L)) + 50.0 * rng.normal(size=(1, N, L)))
+    f[:60] += 7.0  # the shards' first batches have very different means
+    y = torch.from_numpy(rng.integers(0, L, X))
+    whole = SNPAccumulator(N, L)
+    whole.update(f, y)
+    a, b = SNPAccumulator(N, L), SNPAccumulator(N, L)
+    a.update(f[:60], y[:60])
+    b.update(f[60:75], y[60:75])  # b's shift is its first batch's mean, not the mean of all it saw
+    b.update(f[75:], y[75:])
+    merged = SNPAccumulator(N, L).merge(a).merge(b)
+    assert torch.equal(merged.shift, a.shift)
+    d = (f - merged.shift).permute(1, 0, 2)
+    torch.testing.assert_close(merged.second, d.transpose(1, 2) @ d, rtol=1e-10, atol=1e-6)
+    for name in ("sums", "counts", "correct"):
+        torch.testing.assert_close(getattr(merged, name), getattr(whole, name), rtol=1e-12, atol=1e-9)
+    # second moments about different shifts: compare them about the same point (the total SSCP)
+    dm, dw = merged.label_dependence(), whole.label_dependence()
+    np.testing.assert_allclose(dm.pillai, dw.pillai, rtol=1e-9)
+    np.testing.assert_allclose(dm.p_value, dw.p_value, rtol=1e-7)
+    assert merged.correct.sum() > 0
+
+
+def test_a_batch_of_one_is_counted_and_a_dead_node_predicts_nothing():
+    acc = SNPAccumulator(2, 3)
+    f = torch.tensor([[[-5.0, -6.0, -7.0], [0.0, 0.0, 0.0]]], dtype=torch.float64)  # node 1 dead (all zero)
+    acc.update(f, torch.tensor([0]))
+    assert acc.counts.tolist() == [1.0, 0.0, 0.0]
+    assert acc.correct[:, 0].tolist() == [1.0, 0.0]  # node 0 predicts label 0; the dead node predicts nothing
+    assert acc.node_accuracy().tolist() == [1.0, 0.0]
+
+
+def test_the_console_line_shows_intervals_at_their_digits_and_greedy_only_when_used():
+    from snp_service.snp import point_line
+
+    row = {"readout_accuracy": 0.91234, "label_specific_fraction": 0.5, "label_specific_fraction_lo": 0.25,
+           "label_specific_fraction_hi": 0.75, "fdr": 0.05, "effect_size": 0.12345, "effect_size_lo": 0.1,
+           "effect_size_hi": 0.15, "mean_cluster_size": 3.456, "mean_noise": 2.0, "snr": 1.5, "snr_lo": 1.0,
+           "snr_hi": 2.0, "frac_no_cluster": 0.125}
+    base = point_line(row)
+    assert "label-specific 0.50 [0.25, 0.75] (FDR 0.05)  eta2 0.123 [0.100, 0.150]" in base
+    assert "greedy" not in base and base.endswith("no-cluster 0.12")
+    assert point_line({**row, "greedy_fraction": 0.0}) == base
+    assert point_line({**row, "greedy_fraction": 0.25}) == base + "  greedy 0.25"
+    assert point_line({**row, "greedy_fraction": 1.0}) == base + "  greedy 1.00"
+
+
+def test_point_statistics_name_every_mean_and_take_snr_as_a_ratio_of_means():
+    """Two nodes with clusters (noise 1 and 0: mean noise 0.5, below 1) and one without: every
+    statistic by hand; no node with a cluster: the means and SNR are nan, not inf."""
+    from snp_service.snp import NodeStatistics, point_statistics
+
+    ns = NodeStatistics(cluster_size=np.array([3, 2, 0]), n_clusters=np.array([1, 2, 0]),
+                        signal=np.array([9, 2, 0]), noise=np.array([1, 0, 2]),
+                        clusters=[[[0, 1, 2]], [[0], [1]], []], greedy=np.zeros(3, dtype=bool))
+    st = point_statistics(ns, bootstrap=0)
+    want = {"mean_cluster_size": 2.5, "mean_n_clusters": 1.5, "mean_signal": 5.5, "mean_noise": 0.5,
+            "noise_per_label": (1 / 3 + 0) / 2, "snr": 11.0, "frac_no_cluster": 1 / 3}
+    for k, v in want.items():
+        assert st[k] == pytest.approx(v, rel=1e-12), k
+    none = NodeStatistics(cluster_size=np.zeros(2, dtype=int), n_clusters=np.zeros(2, dtype=int),
+                          signal=np.zeros(2, dtype=int), noise=np.array([2, 0]), clusters=[[], []],
+                          greedy=np.zeros(2, dtype=bool))
+    st0 = point_statistics(none, bootstrap=0)
+    assert np.isnan(st0["snr"]) and np.isnan(st0["mean_signal"]) and st0["frac_no_cluster"] == 1.0
+
+
+def test_the_documented_defaults_of_the_statistics_functions(monkeypatch):
+    """interval_text prints two digits, the bootstrap takes 1,000 resamples at 95% from seed 0, and SNP
+    matrices are uncentred unless asked: callers that rely on the defaults get what the docs say."""
+    from snp_service.snp import NodeStatistics, interval_text, node_mean_statistics, point_statistics, snp_matrices_from
+
+    assert interval_text(0.12345, 0.5) == " [0.12, 0.50]"
+    v = np.random.default_rng(1).exponential(size=40)
+    import snp_service.snp as snp_module
+
+    asked = []
+    real = snp_module._with_intervals
+    monkeypatch.setattr(snp_module, "_with_intervals",
+                        lambda stats, n, b, c, seed: asked.append((b, c, seed)) or real(stats, n, b, c, seed))
+    ns = NodeStatistics(cluster_size=np.arange(1, 41), n_clusters=np.ones(40, dtype=int), signal=np.arange(1, 41) ** 2,
+                        noise=np.arange(40) % 7, clusters=[[[0]]] * 40, greedy=np.zeros(40, dtype=bool))
+    node_mean_statistics({"x": v})
+    point_statistics(ns)
+    assert asked == [(1000, 0.95, 0), (1000, 0.95, 0)]
+    sums = torch.rand(2, 3, 3, dtype=torch.float64)
+    counts = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    assert torch.equal(snp_matrices_from(sums, counts), sums / counts[None, :, None])
+    acc = SNPAccumulator(1, 2)
+    acc.update(torch.tensor([[[2.0, 1.0]]], dtype=torch.float64), torch.tensor([0]))  # label 0 seen once, predicted
+    assert acc.node_label_accuracy().tolist() == [[1.0, 0.0]]
