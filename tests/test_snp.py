@@ -619,3 +619,16 @@ def test_the_documented_defaults_of_the_statistics_functions(monkeypatch):
     acc = SNPAccumulator(1, 2)
     acc.update(torch.tensor([[[2.0, 1.0]]], dtype=torch.float64), torch.tensor([0]))  # label 0 seen once, predicted
     assert acc.node_label_accuracy().tolist() == [[1.0, 0.0]]
+
+
+def test_a_component_of_exactly_the_exact_limit_breaks_ties_by_the_candidate_order():
+    """Up to and including EXACT_MAX_LABELS labels the dynamic programme partitions a component, and
+    its deterministic tie-break decides between equally good partitions: a 10-label cycle has two
+    perfect matchings, and the programme's enumeration (larger subsets first, then the subset holding
+    the later labels) takes {0, 9}; the integer program, one label above the limit, takes the other."""
+    from snp_service.clusters import EXACT_MAX_LABELS, clusters_of
+
+    assert EXACT_MAX_LABELS == 10
+    m = _linked(10, [(i, (i + 1) % 10) for i in range(10)])
+    cs, greedy = clusters_of(m, 0.3, order="label")
+    assert cs == [[0, 9], [1, 2], [3, 4], [5, 6], [7, 8]] and greedy is False
