@@ -251,9 +251,13 @@ def pruning_key(spec: JobSpec) -> str:
     """What the prune stage's work depends on beyond the measure stage's inputs: the pruning section
     and the analysis fields that choose its masks (CLUSTER_FIELDS). The measure stage tags the prune
     work it does on its capture with this; the prune stage takes it over only when its own is the same
-    (a job that copied another's measure stage at another threshold prunes again)."""
-    picked = {"pruning": spec.pruning.model_dump(mode="json"),
-              "analysis": {k: getattr(spec.analysis, k) for k in CLUSTER_FIELDS}}
+    (a job that copied another's measure stage at another threshold prunes again). The threshold is the
+    one the masks are chosen at: pruning.threshold when set (then analysis.threshold is not read, and a
+    job that changes only it takes the work over), else analysis.threshold (the same key as before)."""
+    analysis = {k: getattr(spec.analysis, k) for k in CLUSTER_FIELDS}
+    if spec.pruning.threshold is not None:
+        analysis["threshold"] = spec.pruning.threshold
+    picked = {"pruning": spec.pruning.model_dump(mode="json"), "analysis": analysis}
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 

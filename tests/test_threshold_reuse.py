@@ -115,3 +115,26 @@ def test_every_point_file_lies_in_one_stage_s_outputs():
     measured = {n for n, o in owners.items() if o == ["measure"]}
     assert set(MEASURE_FILES) | {"staged_prune"} <= measured
     assert not measured & {"snp_matrices", "snp_raw", "nodes"}
+
+
+def test_the_pruning_work_s_key_reads_the_threshold_its_masks_are_chosen_at(tmp_path):
+    """With pruning.threshold set, analysis.threshold does not choose the ANDC masks: a job changing only
+    it takes over the prune work done on the measure stage's capture. With pruning.threshold unset the
+    masks follow analysis.threshold, and the key is the one jobs recorded before (pinned by its formula)."""
+    import hashlib
+    import json
+
+    from snp_service.spec import CLUSTER_FIELDS
+
+    def key(**change):
+        return pipeline.pruning_key(spec_from_dict(tiny_job(tmp_path, **change)))
+
+    fixed = {"pruning.threshold": 0.3}
+    assert key(**fixed) == key(**fixed, **{"analysis.threshold": 0.5})
+    assert key(**fixed) != key(**{"pruning.threshold": 0.4})
+    assert key() != key(**{"analysis.threshold": 0.5})
+    spec = spec_from_dict(tiny_job(tmp_path))
+    before = {"pruning": spec.pruning.model_dump(mode="json"),
+              "analysis": {k: getattr(spec.analysis, k) for k in CLUSTER_FIELDS}}
+    assert key() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert key(**fixed) != key(**fixed, **{"analysis.normalise": "centred"})  # still read by the masks
