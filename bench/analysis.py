@@ -104,6 +104,7 @@ def quickstart_spec(root: Path, solver: str) -> dict:
     spec = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
     spec["dataset"]["root"] = str(REPO / spec["dataset"]["root"])
     spec["train"]["epochs"] = 1
+    spec["train"]["warmup_epochs"] = 0  # the shipped 1 warm-up epoch must be fewer than the epochs
     spec["analysis"] = {"readout_solver": solver}
     spec["storage"] = {"root": str(root)}
     return spec
@@ -164,12 +165,14 @@ PROFILED = [("capture", "capture (frozen network over train + eval images, float
             ("load_rows", "  of which: reading feature rows"),
             ("snp_accumulate", "SNP fields + matrices"),
             ("readout_accuracy", "readout accuracy"),
+            ("masked_accuracies", "masked readouts scored in one pass (unpruned, each mask, the curve)"),
+            ("finetune", "masked fine-tunes"),
             ("point_statistics", "node statistics + bootstrap")]
 
 
-def profile_snp_stage(per_class: int) -> str:
-    """cProfile of the measure stage's per-point work (snp_service.actors.measure_points) with solved
-    readouts (lbfgs) on real CIFAR-10, summarised by the service's own functions (cumulative seconds)."""
+def profile_snp_stage(per_class: int, solver: str = "lbfgs") -> str:
+    """cProfile of the measure stage's per-point work (snp_service.actors.measure_points) with the
+    readout `solver` on real CIFAR-10, summarised by the service's own functions (cumulative seconds)."""
     import cProfile
     import pstats
     from snp_service.actors import measure_points
@@ -178,7 +181,7 @@ def profile_snp_stage(per_class: int) -> str:
     spec = spec_from_dict({"name": "bench-profile", "model": {"name": "cct_2_3x2_32"}, "train": {"epochs": 1},
                            "dataset": {"name": "imagefolder", "root": str(CIFAR10), "max_per_class": per_class,
                                        "eval_max_per_class": max(10, per_class // 5), "num_workers": 0},
-                           "analysis": {"readout_solver": "lbfgs"}})
+                           "analysis": {"readout_solver": solver}, "pruning": {"enabled": True}})
     torch.manual_seed(0)
     weights = spec.model.build(10, 32).state_dict()
     prof = cProfile.Profile()
@@ -192,7 +195,7 @@ def profile_snp_stage(per_class: int) -> str:
         cum = sum(v[3] for (file, _line, name), v in stats.items() if name == fn and "snp_service" in file)
         rows.append([label, f"{cum:.1f}", f"{100 * cum / total:.0f}%"])
     return (f"Profile of the measure stage's per-point work (cProfile of `measure_points`, {per_class * 10} "
-            f"training / {max(10, per_class // 5) * 10} test images, 8 points, lbfgs readouts, total {total:.1f} s):\n\n"
+            f"training / {max(10, per_class // 5) * 10} test images, 8 points, {solver} readouts, total {total:.1f} s):\n\n"
             + table(["part", "cumulative s", "share"], rows))
 
 
@@ -237,7 +240,7 @@ def run_readouts_only() -> None:
     write_section(TITLE + " (readout solvers)", body)
 
 
-def run(quick: bool = False, whole_only: bool = False) -> None:
+def run(quick: bool = False, whole_only: bool = False, solvers: tuple[str, ...] = ("adam", "lbfgs")) -> None:
     if not whole_only:
         rows = [features_vs_rerun(100 if quick else 200, 10)]
         print(rows, flush=True)
@@ -250,12 +253,14 @@ def run(quick: bool = False, whole_only: bool = False) -> None:
     tr, ev = (200, 40) if quick else (500, 100)
     runs = {}
     with tempfile.TemporaryDirectory(prefix="bench-analysis-") as tmp:
-        for solver in ("adam", "lbfgs"):  # the stepped readouts (before issue 27) and the solved ones, one run
+        for solver in solvers:  # the stepped readouts (before issue 27) and the solved ones, one run
             runs[f"CIFAR-10, {solver}"] = whole_analysis(cifar10_spec(tr, ev, Path(tmp) / solver, solver),
-                                                          actors=solver == "lbfgs")
-        runs["quickstart, lbfgs"] = whole_analysis(quickstart_spec(Path(tmp) / "quickstart", "lbfgs"), actors=True)
+                                                          actors=solver == solvers[-1])
+        runs[f"quickstart, {solvers[-1]}"] = whole_analysis(quickstart_spec(Path(tmp) / "quickstart", solvers[-1]),
+                                                            actors=True)
     load = Path("/proc/loadavg").read_text().split()[:3]
-    body = stamp("python -m bench.analysis --whole-only" + (" --quick" if quick else ""))
+    body = stamp("python -m bench.analysis --whole-only" + (" --quick" if quick else "")
+                 + ("" if tuple(solvers) == ("adam", "lbfgs") else f" --solvers {' '.join(solvers)}"))
     body += (f"\n(b) The whole analysis through the pipeline (every stage after evaluate but the report: measure "
              f"(capture, readouts at every point, fields, label-dependence tests, and the prune work on the same "
              f"capture: ANDC + random + magnitude masks with their fine-tunes and the accuracy curve), cluster, heads, "
@@ -264,7 +269,8 @@ def run(quick: bool = False, whole_only: bool = False) -> None:
              f"(cct_2_3x2_32 on the real archive, readouts on {tr * 10} training images, SNP on {ev * 10} test "
              f"images: the target's 5:1) with `analysis.readout_solver: adam` (20 stepped epochs per readout and "
              f"stepped fine-tunes, the default) and `lbfgs` (solved readouts and fine-tunes; METHOD.md 7.10) side "
-             f"by side, and the quickstart's (jobs/quickstart.yaml as shipped, 1 epoch) with `lbfgs`. Load "
+             f"by side (those named by --solvers), and the quickstart's (jobs/quickstart.yaml as shipped, 1 epoch) "
+             f"with the last of them. Load "
              f"average when written: {' '.join(load)}.\n\n")
     names = list(runs)
     rows = []
@@ -287,8 +293,8 @@ def run(quick: bool = False, whole_only: bool = False) -> None:
              "vs 2 actors of 1 CPU each (`compute.snp_actors: 2, cpus_per_worker: 1`), same Ray session, 2 CPUs "
              "in all.\n\n")
     body += table(["network", "1 actor s", "2 actors s", "ratio", "target"], scale_rows)
-    if totals["CIFAR-10, lbfgs"] > 2.0:
-        body += "\n" + profile_snp_stage(50 if quick else 100)
+    if totals[f"CIFAR-10, {solvers[-1]}"] > 2.0:
+        body += "\n" + profile_snp_stage(50 if quick else 100, solvers[-1])
     write_section(TITLE + " (whole analysis, solved and stepped)", body)
 
 
@@ -297,8 +303,10 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--readouts-only", action="store_true", help="only (c): the readout solvers' CPU seconds")
     ap.add_argument("--whole-only", action="store_true", help="only (b) and (d): the whole analysis, 2 actors vs 1")
+    ap.add_argument("--solvers", nargs="+", default=["adam", "lbfgs"], choices=["adam", "lbfgs"],
+                    help="readout solvers of the whole-analysis runs (the last also runs the quickstart and 2 actors vs 1)")
     args = ap.parse_args()
     if args.readouts_only:
         run_readouts_only()
     else:
-        run(args.quick, args.whole_only)
+        run(args.quick, args.whole_only, tuple(args.solvers))
