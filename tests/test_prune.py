@@ -211,3 +211,157 @@ def test_masked_accuracies_in_one_pass_equal_each_masked_readout(kind):
     want = [readout_accuracy(ro, x, y)] + [readout_accuracy(masked(ro, m), x, y) for m in masks]
     assert got == want
     assert len(set(want)) >= 3  # the fixture separates the masks: a scorer ignoring them would fail
+
+
+# --- issue 33: survivors of prune.py under mutmut
+
+
+def _pruning_fixture():
+    """A seqpool readout on separable features (8 nodes, 4 labels) and matrices whose ANDC mask at 0.3
+    leaves some nodes without any connection."""
+    from snp_service.measure import snp_accumulate
+    from snp_service.readout import train_readout
+    from snp_service.snp import normalise
+
+    x, y = _separable(n=400, nodes=8, labels=4, seed=6)
+    ro = train_readout(x, y, 4, "seqpool", epochs=6, lr=1e-2)
+    m = normalise(snp_accumulate(ro, x, y, 4).snp_matrices())
+    m[4:] = -m[4:].abs()  # nodes 4-7: no positive maximum, no cluster, no connection
+    return ro, m, x, y
+
+
+def test_every_andc_row_and_curve_row_holds_what_its_column_says():
+    from snp_service.prune import ANDC_COLUMNS, CURVE_COLUMNS
+
+    ro, m, x, y = _pruning_fixture()
+    rows, curve = prune_point("blocks.1.out", ro, m, x, y, x, y, 0.3, [0.2, 0.6], ["random", "magnitude"], 2, 5e-3,
+                              seed=4, selection="heldout: test")
+    masks = baseline_masks(andc_mask_at(m, 0.3), ro.weight, ["random", "magnitude"], 4)
+    full = readout_accuracy(ro, x, y)
+    assert len({r["accuracy_pruned"] for r in rows} | {full}) > 2  # the fixture separates the numbers
+    for r, (method, mask) in zip(rows, masks.items()):
+        assert set(r) == set(ANDC_COLUMNS)
+        assert r == {"point": "blocks.1.out", "method": method, "selection": "heldout: test", "threshold": 0.3,
+                     "kept_fraction": float(mask.float().mean()),
+                     "nodes_without_connection": int((mask.sum(0) == 0).sum()), "accuracy_full": full,
+                     "accuracy_pruned": readout_accuracy(masked(ro, mask), x, y),
+                     "accuracy_finetuned": readout_accuracy(finetune(ro, mask, x, y, 2, 5e-3, 4), x, y),
+                     "finetune_epochs": 2}
+    assert rows[0]["nodes_without_connection"] == 5  # nodes 4-7 and node 0 (3 nodes keep one label each)
+    for c, th in zip(curve, [0.2, 0.6]):
+        assert set(c) == set(CURVE_COLUMNS)
+        assert c == {"point": "blocks.1.out", "threshold": th, "selection": "heldout: test",
+                     "kept_fraction": float(andc_mask_at(m, th).float().mean()),
+                     "accuracy_pruned": readout_accuracy(masked(ro, andc_mask_at(m, th)), x, y),
+                     "accuracy_full": full, "labels": 4}
+
+
+def test_the_solved_path_scores_and_fine_tunes_the_linear_part():
+    """solver lbfgs: the seqpool readout's pooling applied once (readout.linear_part), the masks scored
+    on W alone and the fine-tunes solved: the same accuracies as the readout itself gives (pooling in
+    other batches changes no prediction here), and the solved fine-tunes, not stepped ones."""
+    ro, m, x, y = _pruning_fixture()
+    rows, curve = prune_point("p", ro, m, x, y, x, y, 0.3, [0.2], ["random"], 2, 5e-3, seed=4, solver="lbfgs")
+    masks = baseline_masks(andc_mask_at(m, 0.3), ro.weight, ["random"], 4)
+    for r, mask in zip(rows, masks.values()):
+        assert r["accuracy_full"] == readout_accuracy(ro, x, y)
+        assert r["accuracy_pruned"] == readout_accuracy(masked(ro, mask), x, y)
+        assert r["accuracy_finetuned"] == readout_accuracy(finetune(ro, mask, x, y, 2, 5e-3, 4, solver="lbfgs"), x, y)
+    stepped, _ = prune_point("p", ro, m, x, y, x, y, 0.3, [0.2], ["random"], 2, 5e-3, seed=4)
+    assert [r["accuracy_finetuned"] for r in rows] != [r["accuracy_finetuned"] for r in stepped]
+    assert curve[0]["accuracy_pruned"] == readout_accuracy(masked(ro, andc_mask_at(m, 0.2)), x, y)
+
+
+def test_the_cluster_solver_s_time_limit_reaches_every_mask(monkeypatch):
+    import snp_service.prune as prune_module
+
+    seen = []
+    real = prune_module.node_clusters
+
+    def spy(m, threshold, order, time_limit_s):
+        seen.append((order, time_limit_s))
+        return real(m, threshold, order, time_limit_s)
+
+    monkeypatch.setattr(prune_module, "node_clusters", spy)
+    ro, m, x, y = _pruning_fixture()
+    prune_point("p", ro, m, x, y, x, y, 0.3, [0.2, 0.6], [], 0, 1e-3, order="label", time_limit_s=7.5)
+    assert seen and set(seen) == {("label", 7.5)}
+    seen.clear()
+    andc_mask_at(m, 0.3, "diagonal", 2.5)
+    assert set(seen) == {("diagonal", 2.5)} and len(seen) == len(m)
+    tuned = []  # the fine-tunes get the job's seed and solver
+    real_finetune = prune_module.finetune
+    monkeypatch.setattr(prune_module, "finetune", lambda *a, **k: tuned.append((a[6], k)) or real_finetune(*a, **k))
+    prune_point("p", ro, m, x, y, x, y, 0.3, [], ["random"], 1, 1e-3, seed=9)
+    assert tuned == [(9, {"solver": "adam"})] * 2
+    tuned.clear()
+    rows, _ = prune_point("p", ro, m, x, y, x, y, 0.3, [], [], 1, 1e-3)  # the defaults: seed 0, selection "eval"
+    assert tuned == [(0, {"solver": "adam"})] and rows[0]["selection"] == "eval"
+
+
+def test_the_stepped_fine_tune_is_adam_on_the_surviving_weights_without_weight_decay():
+    """finetune (adam) = fit_on_features on the masked readout's weight alone: no weight decay, the
+    given seed and batch (defaults 0 and 256), the mask re-applied after every step; one epoch is a
+    fine-tune too; afterwards every parameter trains again (requires_grad restored)."""
+    from snp_service.readout import fit_on_features
+
+    ro, m, x, y = _pruning_fixture()
+    mask = andc_mask_at(m, 0.3)
+    for epochs, seed, batch in ((1, 0, 256), (2, 3, 64)):
+        want = masked(ro, mask)
+        keep = mask[:, :, None].to(want.weight)
+        for p in want.parameters():
+            p.requires_grad_(p is want.weight)
+        want.train()
+
+        def remask():
+            with torch.no_grad():
+                want.weight.mul_(keep)
+
+        torch.manual_seed(seed)
+        fit_on_features(want, [want.weight], x, y, epochs, 5e-2, 0.0, seed, batch, remask)
+        got = finetune(ro, mask, x, y, epochs, 5e-2, seed, batch_size=batch)
+        assert torch.equal(got.weight, want.weight), (epochs, seed, batch)
+        assert not torch.equal(got.weight, masked(ro, mask).weight)
+        assert all(p.requires_grad for p in got.parameters())
+    assert torch.equal(finetune(ro, mask, x, y, 1, 5e-2).weight,
+                       finetune(ro, mask, x, y, 1, 5e-2, 0, batch_size=256, solver="adam").weight)
+
+
+def test_magnitude_ties_keep_the_lower_labels_among_many():
+    """40 labels of equal |W| at a node (numpy's default sort is not stable above 16 elements)."""
+    w = torch.ones(40, 3, 2)
+    w[:, 1] *= torch.linspace(1, 2, 40)[:, None]  # node 1: no ties, the largest last
+    got = magnitude_mask(w, torch.tensor([5, 5, 17]))
+    assert got[:, 0].nonzero().flatten().tolist() == list(range(5))
+    assert got[:, 1].nonzero().flatten().tolist() == list(range(35, 40))
+    assert got[:, 2].nonzero().flatten().tolist() == list(range(17))
+    norms = torch.from_numpy(np.random.default_rng(0).integers(1, 4, size=(40, 3)).astype(np.float32))
+    counts = torch.tensor([10, 20, 5])
+    got = magnitude_mask(norms[:, :, None], counts)  # three distinct sizes: many ties at every node
+    for n in range(3):
+        want = sorted(range(40), key=lambda k: (-float(norms[k, n]), k))[:int(counts[n])]
+        assert got[:, n].nonzero().flatten().tolist() == sorted(want), n
+
+
+def test_selection_rows_are_distinct_and_at_least_one():
+    from snp_service.prune import selection_rows
+
+    assert len(selection_rows(100, 0.001, 0)) == 1
+    rows = selection_rows(100, 0.9, 1)
+    assert len(rows) == 90 and len(set(rows.tolist())) == 90
+
+
+def test_unit_scores_of_the_criteria():
+    from snp_service.models import create_model
+    from snp_service.prune import RandomLabels, SNPCriterion, WeightMagnitude
+    from snp_service.structural import ff_magnitude, head_magnitude
+
+    block = create_model("cct_2_3x2_32", num_classes=4, img_size=32).blocks[0]
+    ff, heads = WeightMagnitude().unit_scores(block, None, None, 2)
+    assert np.array_equal(ff, ff_magnitude(block)) and np.array_equal(heads, head_magnitude(block))
+    eta = np.arange(128, dtype=np.float64)
+    ff, heads = SNPCriterion().unit_scores(block, eta, eta, 2)
+    assert np.array_equal(ff, eta) and heads.tolist() == [eta[:64].mean(), eta[64:].mean()]
+    assert SNPCriterion().unit_scores(block, None, None, 2) == (None, None)
+    assert RandomLabels().seed == 0
