@@ -137,3 +137,20 @@ def test_the_snp_unit_score_of_a_head_is_the_mean_eta2_of_its_dimensions():
     ff, heads = SNPCriterion().unit_scores(None, eta2[:4], eta2, 4)
     np.testing.assert_array_equal(heads, [0.5, 0.0, 0.3, 0.325])
     np.testing.assert_array_equal(ff, eta2[:4])
+
+
+def test_cost_counts_one_input_and_a_text_model_gets_its_own_input():
+    """MACs are per input (a batch of one, not two); a text model is costed on its own word ids of
+    the requested batch (its example_input), an image model on random images."""
+    from snp_service.models import create_model
+    from snp_service.structural import cost, count_macs, example_input
+
+    img = create_model("cct_2_3x2_32", num_classes=4, img_size=32).eval()
+    one = count_macs(img, torch.randn(1, 3, 32, 32))
+    assert count_macs(img, torch.randn(2, 3, 32, 32)) == 2 * one
+    assert cost(img, 32, batches=(2,), repeats=1)["macs_per_image"] == one
+    text = create_model("text_cct_2_k2", 5, 24, vocab_size=60).eval()
+    ids = example_input(text, 3, 32)
+    assert ids.dtype == torch.long and ids.shape == (3, text.seq_len) and torch.equal(ids, text.example_input(3))
+    assert example_input(img, 3, 32).shape == (3, 3, 32, 32)
+    assert cost(text, 32, batches=(2,), repeats=1)["macs_per_image"] == count_macs(text, text.example_input(1))
