@@ -56,7 +56,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4)
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     rows = []
     for path in args.jobs:
         on, spec, dtype = make_step(path, 0.1)
@@ -67,7 +66,7 @@ def main() -> None:
             rates["on"].append(images_per_s(on, batch, args.steps))
             rates["off"].append(images_per_s(off, batch, args.steps))
         r_on, r_off = median(rates["on"]), median(rates["off"])
-        rows.append([path, f"{spec.model.name}, {spec.dataset.image_size} px, batch {batch}",
+        rows.append([path, f"{spec.model.name}, {spec.dataset.input_size()} px, batch {batch}",
                      str(dtype).removeprefix("torch.") if dtype else "float32",
                      f"{r_on:.1f}", f"{r_off:.1f}", f"{r_off / r_on:.2f}x", top_op(on), top_op(off)])
         print(rows[-1], flush=True)

@@ -305,11 +305,10 @@ def prune_point_work(spec: JobSpec, p: str, readout: Readout, raw_eval: torch.Te
     out = {"rows": [], "curve": [], "selection_raw": raw.numpy().astype("float32"), "selection_eta2": eta2,
            "selection": selection}
     if andc:
-        threshold = an.threshold if pr.threshold is None else pr.threshold
         out["rows"], out["curve"] = prune_point(
             p, readout, normalise(raw, afcc=normalisation_flags(an.normalise)[1]), train.points[p], train.labels,
-            evaluation.points[p], evaluation.labels, threshold, pr.curve_thresholds, pr.baselines, pr.finetune_epochs,
-            pr.finetune_lr, pr.seed, selection, an.candidate_order, an.cluster_time_limit_s,
+            evaluation.points[p], evaluation.labels, spec.andc_threshold(), pr.curve_thresholds, pr.baselines,
+            pr.finetune_epochs, pr.finetune_lr, pr.seed, selection, an.candidate_order, an.cluster_time_limit_s,
             solver=an.readout_solver)
     return out
 

@@ -255,8 +255,7 @@ def pruning_key(spec: JobSpec) -> str:
     one the masks are chosen at: pruning.threshold when set (then analysis.threshold is not read, and a
     job that changes only it takes the work over), else analysis.threshold (the same key as before)."""
     analysis = {k: getattr(spec.analysis, k) for k in CLUSTER_FIELDS}
-    if spec.pruning.threshold is not None:
-        analysis["threshold"] = spec.pruning.threshold
+    analysis["threshold"] = spec.andc_threshold()
     picked = {"pruning": spec.pruning.model_dump(mode="json"), "analysis": analysis}
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -389,7 +388,7 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
     job.put_table("andc", pl.DataFrame(rows).select(ANDC_COLUMNS) if rows else rows)
     job.put_table("curve", pl.DataFrame(curve).select(CURVE_COLUMNS) if curve else curve)
     summary = {"points": len(points), "selection": spec.pruning.selection_split,
-               "threshold": spec.analysis.threshold if spec.pruning.threshold is None else spec.pruning.threshold}
+               "threshold": spec.andc_threshold()}
     if spec.pruning.structural_fraction > 0:
         structural = structural_pruning(spec, job, progress)
         job.put_table("structural", structural)

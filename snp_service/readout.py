@@ -339,7 +339,7 @@ def masked_accuracies(readout: Readout, masks: list[torch.Tensor | None], feats:
     device = readout.weight.device
     w = readout.weight.double()
     keep = torch.stack([torch.ones(w.shape[:2], dtype=torch.bool, device=device) if m is None else m.to(device)
-                        for m in masks]).double() if masks else None  # (M, L, N)
+                        for m in masks]).double()  # (M, L, N)
     correct = torch.zeros(len(masks), dtype=torch.int64)
     y_all = torch.as_tensor(labels)
     for idx in batches(len(labels), batch_size, None):

@@ -372,8 +372,6 @@ def test_the_streamed_test_equals_the_textbook_manova_of_the_samples():
     assert dep.p_value[0] > 1e-3 and dep.p_value[3] < 1e-30  # no effect vs a large one
     # the function itself from plain sums (no shift: second moments about zero), a node at a scale
     # of 1e-3 beside nodes at 1e4 (its rank is its own), and a label seen exactly once (it counts in g)
-    from snp_service.snp import label_dependence
-
     y2 = y.copy()
     y2[0] = 4
     f2 = f.copy()
@@ -393,8 +391,6 @@ def test_the_edges_of_the_label_dependence_test():
     """A field that the label determines exactly (pillai = s: p = 0, not a float-rounded F); one
     label present (s = 0: eta2 0 and p 1); fewer error degrees of freedom than dimensions (p nan);
     Benjamini-Hochberg at exactly the adjusted p (rejected: <=), on no tests, and with nan kept."""
-    from snp_service.snp import benjamini_hochberg
-
     y = np.arange(40) % 4
     f = np.eye(4)[y][:, None, :] * 3.0 + 10.0  # (40, 1, 4): the label itself, one-hot, plus a shift
     acc = SNPAccumulator(1, 4)

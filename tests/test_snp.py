@@ -447,8 +447,6 @@ def test_centring_with_unbalanced_labels_subtracts_the_mean_over_inputs():
 
 
 def test_normalise_divides_by_a_positive_maximum_and_afcc_by_any_non_zero_one():
-    from snp_service.snp import normalise
-
     small = torch.tensor([[[0.5, -1.0], [0.25, 0.0]]], dtype=torch.float64)  # maximum 0.5 (below 1)
     negative = torch.tensor([[[-2.0, -1.0], [-4.0, -3.0]]], dtype=torch.float64)  # maximum -1
     zero = torch.zeros(1, 2, 2, dtype=torch.float64)
@@ -578,7 +576,7 @@ def test_the_console_line_shows_intervals_at_their_digits_and_greedy_only_when_u
 def test_point_statistics_name_every_mean_and_take_snr_as_a_ratio_of_means():
     """Two nodes with clusters (noise 1 and 0: mean noise 0.5, below 1) and one without: every
     statistic by hand; no node with a cluster: the means and SNR are nan, not inf."""
-    from snp_service.snp import NodeStatistics, point_statistics
+    from snp_service.snp import NodeStatistics
 
     ns = NodeStatistics(cluster_size=np.array([3, 2, 0]), n_clusters=np.array([1, 2, 0]),
                         signal=np.array([9, 2, 0]), noise=np.array([1, 0, 2]),
@@ -598,7 +596,7 @@ def test_point_statistics_name_every_mean_and_take_snr_as_a_ratio_of_means():
 def test_the_documented_defaults_of_the_statistics_functions(monkeypatch):
     """interval_text prints two digits, the bootstrap takes 1,000 resamples at 95% from seed 0, and SNP
     matrices are uncentred unless asked: callers that rely on the defaults get what the docs say."""
-    from snp_service.snp import NodeStatistics, interval_text, node_mean_statistics, point_statistics, snp_matrices_from
+    from snp_service.snp import NodeStatistics, interval_text, node_mean_statistics, snp_matrices_from
 
     assert interval_text(0.12345, 0.5) == " [0.12, 0.50]"
     v = np.random.default_rng(1).exponential(size=40)

@@ -155,6 +155,10 @@ class JobSpec(Strict):
         chosen = {n for names in match_points(avail, self.pruning.points).values() for n in names}
         return [n for n in selected if n in chosen]
 
+    def andc_threshold(self) -> float:
+        """The threshold the ANDC masks are chosen at: pruning.threshold, or analysis.threshold when unset."""
+        return self.analysis.threshold if self.pruning.threshold is None else self.pruning.threshold
+
     def points(self):
         return measurement_points(self.model.config(), self.dataset.input_size())
 
