@@ -252,54 +252,50 @@ def linear_part(readout: Readout, feats: np.ndarray | torch.Tensor,
 
 def solve_linear(readout: Readout, feats: np.ndarray | torch.Tensor, labels: np.ndarray, weight_decay: float,
                  tolerance: float = LBFGS_TOLERANCE, max_iter: int = LBFGS_MAX_ITER, chunk: int = 2048,
-                 mask: torch.Tensor | None = None, weight_only: bool = True) -> dict:
-    """Minimise mean cross-entropy + weight_decay/2 |theta|^2 over the readout's weight W (all its
-    parameters when not `weight_only`: a seqpool readout's pooling too, the non-convex part) by
-    full-batch L-BFGS (torch.optim.LBFGS, strong-Wolfe line search) in float64, from the current
-    values, until max |gradient| <= tolerance or max_iter iterations. For W alone (bias-free) the
-    problem is convex. `mask` (L, N): only those connections of W are free, the rest held at zero (a
-    masked fine-tune). Rows are read in chunks, so the features may be a memory-mapped file larger than
-    memory. Returns the iterations taken and the final max |gradient| (reported with every readout)."""
+                 mask: torch.Tensor | None = None) -> dict:
+    """Minimise mean cross-entropy + weight_decay/2 |W|^2 over the readout's weight W (bias-free: the
+    problem is convex) by full-batch L-BFGS (torch.optim.LBFGS, strong-Wolfe line search) in float64,
+    from the current values, until max |gradient| <= tolerance or max_iter iterations. `mask` (L, N):
+    only those connections of W are free, the rest held at zero (a masked fine-tune). Rows are read in
+    chunks, so the features may be a memory-mapped file larger than memory. Returns the record reported
+    with every solved readout: iterations, the solver's objective evaluations, the objective and max |gradient|,
+    and whether it converged."""
     work = copy.deepcopy(readout).double()
-    params = [work.weight] if weight_only else list(work.parameters())
     for p in work.parameters():
-        p.requires_grad_(any(p is q for q in params))
-    keep = None if mask is None else mask[:, :, None].to(work.weight)
+        p.requires_grad_(False)
+    w = work.weight.requires_grad_(True)
+    keep = None if mask is None else mask[:, :, None].to(w)
     if keep is not None:
         with torch.no_grad():
-            work.weight.mul_(keep)
-    y = torch.as_tensor(labels, device=work.weight.device)
+            w.mul_(keep)
+    y = torch.as_tensor(labels, device=w.device)
     n = len(labels)
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=tolerance, tolerance_change=0.0,
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance, tolerance_change=0.0,
                             history_size=LBFGS_HISTORY, line_search_fn="strong_wolfe")
-    last = {"evaluations": 0}
+    last = {}
 
+    @torch.enable_grad()
     def closure() -> torch.Tensor:
-        opt.zero_grad(set_to_none=False)
-        value = 0.0
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            value += 0.5 * weight_decay * float(p.detach().pow(2).sum())
-            p.grad.add_(p.detach(), alpha=weight_decay)
+        w.grad = w.detach() * weight_decay
+        value = 0.5 * weight_decay * float(w.detach().pow(2).sum())
         for idx in batches(n, chunk, None):
             loss = nn.functional.cross_entropy(work(load_rows(feats, idx).double()),
                                                y[torch.as_tensor(idx, device=y.device)], reduction="sum") / n
             loss.backward()
             value += float(loss.detach())
         if keep is not None:
-            work.weight.grad.mul_(keep)
-        last["evaluations"] += 1
-        last["grad_max"] = max(float(p.grad.abs().max()) for p in params)
+            w.grad.mul_(keep)
+        last.update(objective=value, grad_max=float(w.grad.abs().max()))
         return torch.tensor(value, dtype=torch.float64)
 
     opt.step(closure)
+    state = opt.state[w]
+    closure()  # the record at the solution: the line search's last evaluation may be at a rejected step
     with torch.no_grad():
-        for mine, solved in zip(readout.parameters(), work.parameters()):
-            mine.copy_(solved.to(mine.dtype))
-    iterations = opt.state[params[0]].get("n_iter", 0)
-    return {"iterations": int(iterations), "evaluations": last["evaluations"], "grad_max": last.get("grad_max"),
-            "converged": last.get("grad_max", float("inf")) <= tolerance}
+        readout.weight.copy_(w)
+    return {"iterations": int(state["n_iter"]), "evaluations": int(state["func_evals"]),
+            "objective": last["objective"], "grad_max": last["grad_max"],
+            "converged": last["grad_max"] <= tolerance}
 
 
 def fit_on_features(module: nn.Module, params: list, train: np.memmap, labels: np.ndarray, epochs: int, lr: float,

@@ -1,6 +1,8 @@
 """Capture and readouts: hooks leave the model's output unchanged, features have the point's
 shape, a readout trained on captured features learns, and its fields add up to its logits."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -328,6 +330,56 @@ def test_masked_solve_keeps_pruned_connections_at_zero():
     info = solve_linear(r, tr, ytr, 0.0, mask=mask, max_iter=200)
     assert info["iterations"] > 0
     assert (r.weight.detach()[~mask] == 0).all() and (r.weight.detach()[mask] != 0).any()
+
+
+def _objective_and_grad_max(readout, feats, labels, wd, mask=None):
+    """The solvers' objective and its largest free gradient component at the readout's W, by autograd
+    on the whole batch (no chunks, no optimiser): the reference for solve_linear's record."""
+    w = readout.weight.detach().double().clone().requires_grad_(True)
+    logits = torch.from_numpy(np.asarray(feats)).double().flatten(1) @ w.flatten(1).T
+    value = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)) + 0.5 * wd * w.pow(2).sum()
+    value.backward()
+    grad = w.grad if mask is None else w.grad * mask[:, :, None]
+    return float(value), float(grad.abs().max())
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_solve_s_record_is_the_objective_and_gradient_at_the_returned_weight(masked):
+    """What every solved readout reports (iterations, evaluations, objective, max |gradient|,
+    converged) is true of the weight it returns, checked by autograd outside the solver; features read
+    in chunks that do not divide the rows."""
+    L, N, P = 3, 5, 2
+    tr, ytr = _noisy(301, N, P, L, seed=4)
+    torch.manual_seed(0)
+    r = Readout(N, P, L, "flatten")
+    mask = (torch.rand(L, N) > 0.4) if masked else None
+    info = solve_linear(r, tr, ytr, READOUT_WEIGHT_DECAY, chunk=64, mask=mask)
+    objective, grad_max = _objective_and_grad_max(r, tr, ytr, READOUT_WEIGHT_DECAY, mask)
+    assert info["converged"] and grad_max <= LBFGS_TOLERANCE
+    assert info["objective"] == pytest.approx(objective, rel=1e-9)
+    assert info["grad_max"] == pytest.approx(grad_max, abs=1e-8)  # W is returned in float32
+    assert 1 <= info["iterations"] <= info["evaluations"]
+    # the objective at the solution is below that at the start (a zero weight: ln L, nothing decayed)
+    assert info["objective"] < math.log(L) - 1e-3
+
+
+def test_a_solve_stopped_early_says_it_did_not_converge_and_a_looser_tolerance_stops_sooner():
+    L, N, P = 3, 5, 2
+    tr, ytr = _noisy(300, N, P, L, seed=5)
+
+    def solve(**kw):
+        torch.manual_seed(0)
+        r = Readout(N, P, L, "flatten")
+        return r, solve_linear(r, tr, ytr, READOUT_WEIGHT_DECAY, **kw)
+
+    r, info = solve(max_iter=3)  # torch's LBFGS also stops at 1.25 x max_iter objective evaluations
+    assert 1 <= info["iterations"] <= 3 and not info["converged"]
+    assert info["grad_max"] > LBFGS_TOLERANCE
+    assert info["grad_max"] == pytest.approx(_objective_and_grad_max(r, tr, ytr, READOUT_WEIGHT_DECAY)[1], rel=1e-4)
+    _, tight = solve()
+    _, loose = solve(tolerance=1e-2)
+    assert tight["converged"] and loose["converged"] and loose["grad_max"] <= 1e-2
+    assert loose["iterations"] < tight["iterations"]
 
 
 def test_unknown_solver_is_refused():
