@@ -19,7 +19,11 @@ import json, re, sys, pathlib
 module, tests = sys.argv[1], sys.argv[2:]
 block = ("[tool.mutmut]\nsource_paths = [\"snp_service/\"]\n"
          f"only_mutate = {json.dumps([module])}\n"
-         f"pytest_add_cli_args_test_selection = {json.dumps(tests + ['-m', 'not slow', '-p', 'no:cacheprovider'])}\n")
+         f"pytest_add_cli_args_test_selection = {json.dumps(tests + ['-m', 'not slow', '-p', 'no:cacheprovider'])}\n
+         # each mutant's tests in a process forked from a server that ran none: forked from the process
+         # that ran the clean tests, a child inherits polars' thread pool without its threads and hangs
+         # in its first parquet write (a timeout, not a verdict)
+         "process_isolation = \"forkserver\"\n")
 text = pathlib.Path("pyproject.toml").read_text()
 text = re.sub(r"\[tool\.mutmut\].*?(?=\n\[|\Z)", "", text, flags=re.S)
 pathlib.Path("pyproject.toml").write_text(text.rstrip() + "\n\n" + block)
