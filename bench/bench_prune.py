@@ -62,7 +62,7 @@ def main() -> None:
     lat = {b: interleaved_latency(models, torch.randn(b, 3, size, size), args.repeats if b > 1 else 5 * args.repeats)
            for b in (1, 128)}
     andc = job.read_table("prune/andc.parquet")
-    structural = job.read_table("prune/structural.parquet")
+    structural = job.table("structural")
     acc = {r["method"]: r for r in structural.iter_rows(named=True)}
     hw = hardware()
     lines = [f"\n## Pruning on the real CIFAR-10 model ({date.today().isoformat()})\n",

@@ -1,6 +1,6 @@
 """The pipeline: stages a job flows through, each a function from the spec (and earlier stages'
 stored outputs) to stored outputs plus a summary: data -> train -> evaluate -> measure -> cluster ->
-heads -> prune -> report. This module is the stage table and `run`; the science lives in the pure
+heads -> prune -> structure -> report. This module is the stage table and `run`; the science lives in the pure
 modules (measure, heads, prune, structural), Ray in actors and train, storage in store, the stage keys
 in spec.identity and the reuse of finished work in reuse.
 
@@ -10,8 +10,9 @@ also has a key: the hash of exactly the spec fields it (and the stages before it
 outputs are copied instead of recomputed: a job that only changes analysis.threshold (or the
 normalisation, the candidate order or the cluster solver's time limit) copies the trained network and
 the measure stage (capture, readouts, fields, per-label field sums, label-dependence tests and
-statistics) of an earlier job and runs only the cluster stage and those after it; one that only
-changes the pruning settings copies the cluster and heads stages too.
+statistics) and the structure stage (structural pruning reads no threshold) of an earlier job and runs
+only the cluster, heads, prune and report stages; one that only changes the pruning settings copies
+the cluster and heads stages too.
 """
 
 from __future__ import annotations
@@ -337,7 +338,7 @@ def structural_pruning(spec: JobSpec, job: JobStore, progress: Progress) -> list
                      structural_plans(spec, job, model))
     base = rows[0]
     for row in rows[1:]:
-        progress(f"prune: structural {row['method']}: {row['ff_units_removed']} FF units, {row['heads_removed']} "
+        progress(f"structure: {row['method']}: {row['ff_units_removed']} FF units, {row['heads_removed']} "
                  f"heads removed; params {row['params'] / base['params']:.2f}x, MACs "
                  f"{row['macs_per_image'] / base['macs_per_image']:.2f}x, latency b128 on {row['latency_device']} "
                  f"{row['latency_ms_b128'] / base['latency_ms_b128']:.2f}x; accuracy {base['accuracy']:.4f} -> "
@@ -387,14 +388,22 @@ def stage_prune(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
                  + " (pruned/fine-tuned)")
     job.put_table("andc", pl.DataFrame(rows).select(ANDC_COLUMNS) if rows else rows)
     job.put_table("curve", pl.DataFrame(curve).select(CURVE_COLUMNS) if curve else curve)
-    summary = {"points": len(points), "selection": spec.pruning.selection_split,
-               "threshold": spec.andc_threshold()}
-    if spec.pruning.structural_fraction > 0:
-        structural = structural_pruning(spec, job, progress)
-        job.put_table("structural", structural)
-        summary["structural"] = {r["method"]: {k: r[k] for k in ("params", "macs_per_image", "latency_ms_b128",
-                                                                 "accuracy")} for r in structural}
-    return summary
+    return {"points": len(points), "selection": spec.pruning.selection_split, "threshold": spec.andc_threshold()}
+
+
+def stage_structure(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
+    """Structural pruning of the network itself (pruning.structural_fraction of every block's FF units
+    and heads), by the nodes' eta2 and by weight magnitude. A stage of its own because it reads no
+    threshold: a job changing only the threshold copies it (its network fine-tune and latency timing
+    are not repeated)."""
+    if not spec.pruning.enabled or spec.pruning.structural_fraction == 0:
+        reason = "pruning.enabled is false" if not spec.pruning.enabled else "pruning.structural_fraction is 0"
+        progress(f"structure: skipped ({reason})")
+        return {"skipped": reason}
+    structural = structural_pruning(spec, job, progress)
+    job.put_table("structural", structural)
+    return {"structural": {r["method"]: {k: r[k] for k in ("params", "macs_per_image", "latency_ms_b128", "accuracy")}
+                           for r in structural}}
 
 
 def stage_report(spec: JobSpec, job: JobStore, progress: Progress) -> dict:
@@ -411,6 +420,7 @@ STAGES: list[tuple[str, Stage]] = [
     ("cluster", stage_cluster),
     ("heads", stage_heads),
     ("prune", stage_prune),
+    ("structure", stage_structure),
     ("report", stage_report),
 ]
 

@@ -214,7 +214,7 @@ def _pruning_sections(job: JobStore) -> list[Section]:
 def _provenance(job: JobStore, spec: dict, running_hardware: dict | None) -> dict:
     """Where the results come from: job, code, model, data, seed, hardware and each stage's seconds."""
     stages = {s: job.stage_result(s) for s in ("data", "train", "load", "evaluate", "snp", "measure", "cluster", "heads",
-                                             "prune")}
+                                             "prune", "structure")}
     if stages["measure"] or stages["cluster"]:  # snp: the one stage of jobs before issue 27, stale once re-run
         stages["snp"] = None
     data = stages["data"] or {}

@@ -14,7 +14,7 @@ NEVER_COPIED = {"report"}  # names its own job and provenance: always drawn afre
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "data": ("data/",), "train": ("model/", "train/metrics.parquet"), "load": ("model/",), "evaluate": ("eval/",),
     "measure": ("measure/",), "cluster": ("snp/",),
-    "heads": ("heads/",), "prune": ("prune/",),
+    "heads": ("heads/",), "prune": ("prune/",), "structure": ("structure/",),
 }
 
 

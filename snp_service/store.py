@@ -37,8 +37,10 @@ STAGES = "stages"
 # Every artefact of a job, by name: the one place its path is spelled. Stages write through these
 # names; the report, the studies and the CLI read through them (`snp-service results --table`).
 TABLES = {"layers": "snp/layers.parquet", "heads": "heads/summary.parquet", "andc": "prune/andc.parquet",
-          "curve": "prune/curve.parquet", "structural": "prune/structural.parquet", "train": "train/metrics.parquet",
+          "curve": "prune/curve.parquet", "structural": "structure/structural.parquet", "train": "train/metrics.parquet",
           "classes": "eval/per_class.parquet", "confusion": "eval/confusion.parquet"}
+# tables jobs finished before a stage of their own took them over keep where they were written
+LEGACY_TABLES = {"structural": "prune/structural.parquet"}  # the prune stage's, before the structure stage
 FILES = {"spec": "spec.json", "spec_yaml": "spec.yaml", "class_names": "data/classes.json",
          "tokenizer": "data/tokenizer.json",
          "weights": "model/weights.pt", "report": "report/report.html", "summary": "report/summary.md"}
@@ -307,12 +309,18 @@ class JobStore(JobLease):
         return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
     # --- named artefacts (TABLES, FILES, POINT_FILES) -------------------------------------
+    def table_path(self, name: str) -> str:
+        """Where the named table is: TABLES, or where jobs finished before it moved keep it."""
+        path = TABLES[name]
+        legacy = LEGACY_TABLES.get(name)
+        return legacy if legacy is not None and not self.exists(path) and self.exists(legacy) else path
+
     def has(self, name: str) -> bool:
         """Whether the named table or file exists."""
-        return self.exists(TABLES.get(name) or FILES[name])
+        return self.exists(self.table_path(name) if name in TABLES else FILES[name])
 
     def table(self, name: str) -> pl.DataFrame:
-        return self.read_table(TABLES[name])
+        return self.read_table(self.table_path(name))
 
     def put_table(self, name: str, rows: pl.DataFrame | list | dict) -> str:
         return self.write_table(TABLES[name], rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows))

@@ -176,3 +176,41 @@ def test_the_manifest_never_lists_half_written_temporary_files(tmp_path):
     listed = {e["path"] for e in m["artefacts"]}
     assert listed == {"spec.json", "snp/layers.parquet", "model/weights.pt", "stages/snp.json"}
     assert job.verify() == []
+
+
+def test_read_intact_hands_over_only_bytes_a_complete_manifest_vouches_for(tmp_path):
+    """A finished job's artefact taken as another job's input (its weights): each refusal names why,
+    and the bytes come back only when the complete manifest lists them with this size and SHA-256."""
+    from snp_service.errors import DamagedError, StoreError
+
+    store = Store.from_spec(StorageSpec(root=str(tmp_path / "results")))
+    job = store.job("w-0123456789ab")
+    job.write_bytes("model/weights.pt", b"weights v1")
+    job.write_bytes("model/other.pt", b"not listed")
+    with pytest.raises(StoreError, match="has not finished .no manifest.json.; run it first") as unfinished:
+        job.read_intact("model/weights.pt")
+    assert type(unfinished.value) is StoreError  # not reported as damage: the job is only unfinished
+    job.write_manifest({"status": "running"})
+    with pytest.raises(DamagedError, match=r"is not intact \(status 'running'\); run it again first"):
+        job.read_intact("model/weights.pt")
+    job.write_manifest({"status": "damaged", "damage": ["a: missing", "b: missing", "c: missing"]})
+    with pytest.raises(DamagedError, match=r"is not intact \(a: missing; b: missing\); run it again"):
+        job.read_intact("model/weights.pt")
+    job.write_manifest({"status": "complete"})
+    (tmp_path / "results" / job.job_id / "model" / "other.pt").unlink()
+    assert job.read_intact("model/weights.pt") == b"weights v1"
+    assert job.read_intact("model/weights.pt", limit=10) == b"weights v1"
+    with pytest.raises(StoreError, match="weights.pt"):  # the caller's size limit reaches the read
+        job.read_intact("model/weights.pt", limit=9)
+    with pytest.raises(DamagedError, match="model/never.pt: not in job w-0123456789ab's manifest"):
+        job.read_intact("model/never.pt")
+    m = job.manifest()
+    job.write_json("manifest.json", {**m, "artefacts": ["model/weights.pt", *m["artefacts"]]})  # a stray entry
+    assert job.read_intact("model/weights.pt") == b"weights v1"
+    weights = tmp_path / "results" / job.job_id / "model" / "weights.pt"
+    weights.write_bytes(b"weights v2")  # same size, other bytes
+    with pytest.raises(DamagedError, match=r"is damaged \(10 bytes, the manifest says 10; or another SHA-256\)"):
+        job.read_intact("model/weights.pt")
+    weights.write_bytes(b"weights v1 longer")
+    with pytest.raises(DamagedError, match=r"is damaged \(17 bytes, the manifest says 10;"):
+        job.read_intact("model/weights.pt")

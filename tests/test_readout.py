@@ -340,7 +340,7 @@ def _objective_and_grad_max(readout, feats, labels, wd, mask=None):
     value = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)) + 0.5 * wd * w.pow(2).sum()
     value.backward()
     grad = w.grad if mask is None else w.grad * mask[:, :, None]
-    return float(value), float(grad.abs().max())
+    return float(value.detach()), float(grad.abs().max())
 
 
 @pytest.mark.parametrize("masked", [False, True])

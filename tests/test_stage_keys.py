@@ -14,10 +14,13 @@ from snp_service.spec import STAGE_INPUTS, identity_content, job_digest, stage_k
 from snp_service.spec import TEXT_ONLY_FIELDS, spec_from_dict
 from tests.conftest import tiny_job
 
-# data -> train -> evaluate -> measure -> cluster -> {heads, prune} -> report; load (given weights
-# instead of training) reads the model section alone
-DOWNSTREAM = {"data": {"train"}, "train": {"evaluate"}, "evaluate": {"measure"}, "measure": {"cluster"},
-              "cluster": {"heads", "prune"}, "heads": {"report"}, "prune": {"report"}, "load": set(), "report": set()}
+# data -> train -> evaluate -> measure -> cluster -> {heads, prune} -> report, and measure -> structure
+# -> report (structural pruning ranks units by the measured eta2, never by clusters: the eta2 on the
+# selection images it reads from the prune stage's folder is a measurement too, the same at every
+# threshold); load (given weights instead of training) reads the model section alone
+DOWNSTREAM = {"data": {"train"}, "train": {"evaluate"}, "evaluate": {"measure"}, "measure": {"cluster", "structure"},
+              "cluster": {"heads", "prune"}, "heads": {"report"}, "prune": {"report"}, "structure": {"report"},
+              "load": set(), "report": set()}
 # the stage each spec section feeds first; None: read by no stage (naming, placement, storage)
 FIRST_READER = {"dataset": "data", "model": "train", "train": "train", "measure": "measure", "analysis": "measure",
                 "heads": "heads", "pruning": "prune", "name": None, "description": None, "storage": None,
@@ -37,13 +40,17 @@ EXCEPTIONS = {
     "analysis.normalise": "cluster",
     "analysis.candidate_order": "cluster",
     "analysis.cluster_time_limit_s": "cluster",
+    # what structural pruning reads of the pruning section (the rest, the ANDC masks' threshold, curve,
+    # baselines and fine-tune, only the prune stage reads)
+    **{f"pruning.{f}": ("prune", "structure") for f in ("enabled", "points", "selection_split", "selection_fraction",
+                                                        "seed", "structural_fraction", "structural_finetune_epochs")},
 }
 
 
-def _closure(stage: str | None) -> set[str]:
+def _closure(stage: str | tuple | None) -> set[str]:
     if stage is None:
         return set()
-    out, todo = set(), [stage]
+    out, todo = set(), [stage] if isinstance(stage, str) else list(stage)
     while todo:
         s = todo.pop()
         if s not in out:

@@ -199,3 +199,82 @@ def test_a_long_run_renews_its_lease(tmp_path):
         with pytest.raises(JobBusyError):
             with store.job("j-1").lease():
                 pass
+
+
+def test_a_refresh_lists_each_file_once_and_leaves_a_damaged_manifest_alone(tmp_path):
+    job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
+    job.write_json("snp/layers.json", {"x": 1})
+    job.write_bytes("report/report.html", b"<p>old</p>")
+    job.write_manifest({"status": "complete"})
+    job.write_bytes("report/report.html", b"<p>rebuilt</p>")
+    assert job.refresh_manifest("report/")
+    assert sorted(e["path"] for e in job.manifest()["artefacts"]) == ["report/report.html", "snp/layers.json"]
+    assert job.verify() == []
+    manifest = tmp_path / "res" / "j-1" / "manifest.json"
+    for damaged in (manifest.read_bytes()[:-10],  # truncated: reads as damaged
+                    json.dumps({"status": "damaged", "damage": ["x: missing"], "artefacts": []}).encode()):
+        manifest.write_bytes(damaged)
+        assert not job.refresh_manifest("report/")
+        assert manifest.read_bytes() == damaged  # nothing written over the evidence
+
+
+def test_finished_stages_are_the_markers_only(tmp_path):
+    job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
+    job.write_json("spec.json", {"name": "x"})
+    job.write_json("snp/layers.json", {"x": 1})
+    job.write_bytes("stages/notes.txt", b"not a marker")
+    job.finish_stage("train", {"key": "k"}, 1.0)
+    job.finish_stage("cluster", {"key": "k"}, 1.0)
+    assert sorted(job.finished_stages()) == ["cluster", "train"]
+
+
+def test_a_table_written_where_an_earlier_version_kept_it_is_still_read(tmp_path):
+    """Jobs finished before the structure stage keep their structural table in the prune stage's folder:
+    reports and `results --table structural` still find it there; a table where it now goes wins."""
+    job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
+    assert not job.has("structural")
+    job.write_table("prune/structural.parquet", pl.DataFrame({"method": ["none"]}))
+    assert job.has("structural") and job.table("structural")["method"].to_list() == ["none"]
+    job.put_table("structural", pl.DataFrame({"method": ["none", "snp"]}))
+    assert job.table("structural")["method"].to_list() == ["none", "snp"]
+    assert (tmp_path / "res" / "j-1" / "structure" / "structural.parquet").exists()
+
+
+def test_entries_a_manifest_cannot_vouch_for_are_damage_and_a_size_mismatch_names_both_sizes(tmp_path):
+    job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
+    job.write_bytes("a.bin", b"12345")
+    job.write_json("manifest.json", {"status": "complete", "artefacts": [
+        "a.bin", {"size": 5}, {"path": "a.bin", "size": 7, "sha256": "0" * 64}]})
+    assert job.verify() == [": missing", ": missing", "a.bin: 5 bytes, the manifest says 7"]
+
+
+def test_a_manifest_that_is_not_one_reads_as_damaged(tmp_path):
+    job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
+    damaged = {"status": "damaged", "damage": ["manifest.json: not a manifest"], "artefacts": []}
+    for content in ({"status": "complete"}, {"status": "complete", "artefacts": "a.bin"}, ["artefacts"]):
+        job.write_json("manifest.json", content)
+        assert job.manifest() == damaged
+        assert job.verify() == ["manifest.json: not a manifest"]
+
+
+def test_a_stage_marker_records_the_stage_and_its_seconds_and_only_finished_markers_count(tmp_path):
+    job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
+    job.write_bytes("snp/x.bin", b"x")
+    job.finish_stage("cluster", {"key": "k1"}, 12.34567, ("snp/",))
+    marker = job.stage_result("cluster")
+    assert (marker["stage"], marker["seconds"], marker["key"]) == ("cluster", 12.346, "k1")
+    assert [e["path"] for e in marker["artefacts"]] == ["snp/x.bin"] and marker["finished"]
+    job.write_json("stages/heads.json", {"stage": "heads", "key": "k"})  # never finished
+    job.write_json("stages/prune.json", ["finished"])  # not a marker
+    assert job.stage_result("heads") is None and job.stage_result("prune") is None
+
+
+def test_without_a_manifest_an_unreadable_marker_does_not_stop_the_others_being_checked(tmp_path):
+    job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
+    job.write_bytes("snp/x.bin", b"x")
+    job.finish_stage("cluster", {"key": "k"}, 1.0, ("snp/",))
+    job.finish_stage("heads", {"key": "k"}, 1.0)
+    (tmp_path / "res" / "j-1" / "stages" / "heads.json").write_bytes(b'{"stage": "hea')  # truncated
+    (tmp_path / "res" / "j-1" / "snp" / "x.bin").write_bytes(b"y")
+    assert job.manifest() is None and job.stage_result("heads") is None
+    assert job.verify() == ["snp/x.bin: content differs from stage cluster's marker's SHA-256"]

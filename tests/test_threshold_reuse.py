@@ -28,7 +28,7 @@ def _keys(job: dict) -> dict[str, str]:
                                     {"analysis.candidate_order": "label"}, {"analysis.cluster_time_limit_s": 10.0}])
 def test_mask_fields_leave_the_measure_key_and_change_the_later_ones(tmp_path, change):
     base, other = _keys(tiny_job(tmp_path)), _keys(tiny_job(tmp_path, **change))
-    assert [s for s in base if base[s] == other[s]] == ["data", "train", "load", "evaluate", "measure"]
+    assert [s for s in base if base[s] == other[s]] == ["data", "train", "load", "evaluate", "measure", "structure"]
 
 
 def test_readout_settings_change_the_measure_key_not_the_train_key(tmp_path):
@@ -74,15 +74,17 @@ def test_the_single_snp_stage_s_key_is_the_cluster_stage_s_and_later_keys_are_un
 
 @pytest.mark.slow
 def test_a_threshold_change_reuses_the_measure_stage_and_equals_a_fresh_run(tmp_path, ray_cluster):
-    settings = {"train.epochs": 1, "analysis.bootstrap": 50, "heads.null_draws": 200}
+    settings = {"train.epochs": 1, "analysis.bootstrap": 50, "heads.null_draws": 200, "pruning.enabled": True,
+                "pruning.finetune_epochs": 1, "pruning.curve_thresholds": [0.5], "pruning.structural_fraction": 0.5}
     first = spec_from_dict(tiny_job(tmp_path, **settings))
     pipeline.run(first, progress=lambda m: None)
     second = spec_from_dict(tiny_job(tmp_path, **settings, **{"analysis.threshold": 0.5}))
     messages = []
     pipeline.run(second, progress=messages.append)
     text = "\n".join(messages)
-    for stage in ("train", "evaluate", "measure"):
+    for stage in ("train", "evaluate", "measure", "structure"):  # structural pruning reads no threshold
         assert f"{stage}: same inputs as job {first.job_id()}" in text, stage
+    assert "prune: same inputs" not in text  # the ANDC masks follow analysis.threshold: pruned again
     assert "cluster: same inputs" not in text and any(m.startswith("cluster: ") for m in messages)
     assert not any(m.startswith("measure: ") and "readout acc" in m for m in messages)  # nothing measured again
     store = Store.from_spec(second.storage)
@@ -102,6 +104,9 @@ def test_a_threshold_change_reuses_the_measure_stage_and_equals_a_fresh_run(tmp_
             assert reused.read_point(p, what).equals(fresh.read_point(p, what)), (p, what)
         assert (reused.read_point(p, "snp_matrices") == fresh.read_point(p, "snp_matrices")).all()
     assert reused.table("heads").drop("seconds", strict=False).equals(fresh.table("heads").drop("seconds", strict=False))
+    assert reused.table("structural").equals(store.job(first.job_id()).table("structural"))  # copied
+    timing = [c for c in fresh.table("structural").columns if c.startswith("latency")]
+    assert reused.table("structural").drop(timing).equals(fresh.table("structural").drop(timing))
 
 
 def test_every_point_file_lies_in_one_stage_s_outputs():

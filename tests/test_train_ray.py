@@ -124,7 +124,7 @@ def test_heads_and_prune_stages_and_reuse_across_jobs(full_job):
         assert andc.filter(andc["point"] == p)["kept_fraction"].n_unique() == 1
     curve = job.read_table("prune/curve.parquet")
     assert len(curve) == 3 * len(spec.selected_points())
-    structural = job.read_table("prune/structural.parquet")
+    structural = job.table("structural")
     assert structural["method"].to_list() == ["none", "snp", "magnitude"]
     base, snp, mag = structural.rows(named=True)
     assert snp["params"] == mag["params"] < base["params"] and snp["macs_per_image"] < base["macs_per_image"]

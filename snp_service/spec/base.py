@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # snp_service.pipeline.STAGES; jobs finished before issue 27 recorded one `snp` stage in place of measure + cluster
-STAGE_ORDER = ("data", "train", "evaluate", "measure", "cluster", "heads", "prune", "report")
+STAGE_ORDER = ("data", "train", "evaluate", "measure", "cluster", "heads", "prune", "structure", "report")
 # documented limits, checked in bounded time before anything runs (README, "Job spec in brief")
 MAX_GRID_VALUES = 100  # values of one sweep dimension
 MAX_TRIALS = 500  # sweep trials

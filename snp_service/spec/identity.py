@@ -41,6 +41,11 @@ OUTSIDE_IDENTITY = ("storage", "compute", "description", "compare", "heads_study
 # the threshold, normalisation, candidate order and cluster solver's time limit (CLUSTER_FIELDS) enter at
 # the cluster stage, and so at heads and prune, which choose clusters and masks with them.
 CLUSTER_FIELDS = ("threshold", "normalise", "candidate_order", "cluster_time_limit_s")
+# PruningSpec fields the structure stage reads: whether pruning runs, the selection images (their
+# split, fraction and seed) and the pruning points (where the prune stage measures their eta2), the
+# fraction removed and the fine-tune after it
+STRUCTURE_FIELDS = ("enabled", "points", "selection_split", "selection_fraction", "seed", "structural_fraction",
+                    "structural_finetune_epochs")
 _TRAINED = (("dataset", None), ("model", None), ("train", None))
 _MEASURED = _TRAINED + (("measure", None), ("analysis", ("readout", "readout_solver", "readout_epochs",
                                                           "readout_pool_epochs", "readout_lr", "bootstrap",
@@ -55,6 +60,9 @@ STAGE_INPUTS: dict[str, tuple] = {
     "cluster": _CLUSTERED,
     "heads": _CLUSTERED + (("heads", None),),
     "prune": _CLUSTERED + (("pruning", None),),
+    # structural pruning reads no threshold: the units it removes are ranked by each node's eta2 (and by
+    # weight magnitude), on the selection images the pruning section chooses
+    "structure": _MEASURED + (("pruning", STRUCTURE_FIELDS),),
     "report": _CLUSTERED + (("heads", None), ("pruning", None)),
 }
 # Jobs finished before issue 27 ran one `snp` stage where measure and cluster now run. It read exactly
