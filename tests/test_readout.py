@@ -382,6 +382,20 @@ def test_a_solve_stopped_early_says_it_did_not_converge_and_a_looser_tolerance_s
     assert loose["iterations"] < tight["iterations"]
 
 
+def test_the_solve_converges_on_badly_scaled_features():
+    """Features ten times larger (activations are not normalised): the line search keeps the steps
+    bounded, and the solve converges within 200 iterations (without it, unit steps diverge here: the
+    objective grew to 6e5)."""
+    L, N, P = 3, 5, 2
+    tr, ytr = _noisy(300, N, P, L, seed=0)
+    tr = (tr.astype(np.float32) * 10).astype(np.float16)
+    torch.manual_seed(0)
+    r = Readout(N, P, L, "flatten")
+    info = solve_linear(r, tr, ytr, READOUT_WEIGHT_DECAY, max_iter=200)
+    objective, grad_max = _objective_and_grad_max(r, tr, ytr, READOUT_WEIGHT_DECAY)
+    assert info["converged"] and grad_max <= LBFGS_TOLERANCE and objective < math.log(L)
+
+
 def test_unknown_solver_is_refused():
     x, y = _noisy(40, 3, 2, 2, seed=0)
     with pytest.raises(ValueError, match="readout solver"):

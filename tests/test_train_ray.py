@@ -130,12 +130,13 @@ def test_heads_and_prune_stages_and_reuse_across_jobs(full_job):
     assert snp["params"] == mag["params"] < base["params"] and snp["macs_per_image"] < base["macs_per_image"]
     assert snp["heads_removed"] == 2 and snp["ff_units_removed"] == 16
 
-    # a job that changes only the ANDC threshold reuses training, evaluation, measure and cluster of the first
+    # a job that changes only the ANDC threshold reuses training, evaluation, measure, cluster, heads and
+    # the structural pruning (it reads no threshold) of the first
     other = spec_from_dict({**job_dict, "pruning": {**job_dict["pruning"], "threshold": 0.5}})
     assert other.job_id() != spec.job_id()
     messages = []
     out = pipeline.run(other, progress=messages.append)
-    for stage in ("data", "train", "evaluate", "measure", "cluster", "heads"):
+    for stage in ("data", "train", "evaluate", "measure", "cluster", "heads", "structure"):
         assert out.stages[stage]["reused_from"] == spec.job_id(), stage
     assert "reused_from" not in out.stages["prune"]
     copied = Store.from_spec(other.storage).job(other.job_id())
