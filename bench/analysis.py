@@ -78,7 +78,7 @@ def features_vs_rerun(per_class: int, epochs: int) -> list:
             f"{fast:.1f}", f"{slow / fast:.1f}x", f">= 5x: {verdict(slow / fast, 5.0)}"]
 
 
-ANALYSIS_STAGES = ("measure", "cluster", "heads", "prune")  # every stage after evaluate but the report
+ANALYSIS_STAGES = ("measure", "cluster", "heads", "prune", "structure")  # every stage after evaluate but the report
 
 
 def cifar10_spec(train_per_class: int, eval_per_class: int, root: Path, solver: str) -> dict:
@@ -264,7 +264,8 @@ def run(quick: bool = False, whole_only: bool = False, solvers: tuple[str, ...] 
     body += (f"\n(b) The whole analysis through the pipeline (every stage after evaluate but the report: measure "
              f"(capture, readouts at every point, fields, label-dependence tests, and the prune work on the same "
              f"capture: ANDC + random + magnitude masks with their fine-tunes and the accuracy curve), cluster, heads, "
-             f"prune (tables; its work came from the measure stage)), in training epochs of the same job (its one "
+             f"prune (tables; its work came from the measure stage), structure (structural pruning, where the job "
+             f"asks for it)), in training epochs of the same job (its one "
              f"epoch, Ray Train worker, 2 threads, `precision: auto`). Networks: the real CIFAR-10 job's "
              f"(cct_2_3x2_32 on the real archive, readouts on {tr * 10} training images, SNP on {ev * 10} test "
              f"images: the target's 5:1) with `analysis.readout_solver: adam` (20 stepped epochs per readout and "
