@@ -396,6 +396,50 @@ def test_the_solve_converges_on_badly_scaled_features():
     assert info["converged"] and grad_max <= LBFGS_TOLERANCE and objective < math.log(L)
 
 
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("kind", ["flatten", "seqpool"])
+def test_the_stepped_readout_is_its_documented_recipe(kind):
+    """train_readout's default solver, rebuilt from its parts: the readout drawn after seeding torch with
+    the seed, then every parameter trained by fit_on_features for `epochs` epochs at the given lr, weight
+    decay READOUT_WEIGHT_DECAY, the same seed and batches of 256 (300 images: the last batch is short)."""
+    L, N, P = 3, 5, 4
+    tr, ytr = _noisy(300, N, P, L, seed=6)
+    got = train_readout(tr, ytr, L, kind, 2, 1e-2, seed=3)
+    torch.manual_seed(3)
+    want = Readout(N, P, L, kind)
+    fit_on_features(want, list(want.parameters()), tr, ytr, 2, 1e-2, READOUT_WEIGHT_DECAY, 3, 256)
+    assert _same(got, want) and got.solve is None and not got.training
+
+
+@pytest.mark.parametrize("pool_epochs", [None, 1])
+def test_the_solved_seqpool_readout_trains_its_pooling_for_pool_epochs_then_solves_w(pool_epochs):
+    """solver lbfgs, seqpool: the pooling (with W) stepped for pool_epochs epochs (default 2; not
+    `epochs`), then frozen, and W solved on the pooled values."""
+    L, N, P = 3, 5, 4
+    tr, ytr = _noisy(300, N, P, L, seed=7)
+    kw = {} if pool_epochs is None else {"pool_epochs": pool_epochs}
+    got = train_readout(tr, ytr, L, "seqpool", 5, 1e-2, seed=1, solver="lbfgs", **kw)
+    torch.manual_seed(1)
+    want = Readout(N, P, L, "seqpool")
+    fit_on_features(want, list(want.parameters()), tr, ytr, pool_epochs or 2, 1e-2, READOUT_WEIGHT_DECAY, 1, 256)
+    linear, pooled = linear_part(want, tr)
+    record = solve_linear(linear, pooled, ytr, READOUT_WEIGHT_DECAY)
+    assert _same(got, want) and got.solve == record and record["converged"]
+
+
+def test_the_solved_flatten_readout_is_solved_from_its_seeded_start_without_stepping():
+    L, N, P = 3, 5, 4
+    tr, ytr = _noisy(300, N, P, L, seed=8)
+    got = train_readout(tr, ytr, L, "flatten", 5, 1e-2, seed=2, solver="lbfgs")
+    torch.manual_seed(2)
+    want = Readout(N, P, L, "flatten")
+    record = solve_linear(want, tr, ytr, READOUT_WEIGHT_DECAY)
+    assert _same(got, want) and got.solve == record
+
+
 def test_unknown_solver_is_refused():
     x, y = _noisy(40, 3, 2, 2, seed=0)
     with pytest.raises(ValueError, match="readout solver"):
