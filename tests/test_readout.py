@@ -1,6 +1,7 @@
 """Capture and readouts: hooks leave the model's output unchanged, features have the point's
 shape, a readout trained on captured features learns, and its fields add up to its logits."""
 
+import copy
 import math
 
 import numpy as np
@@ -283,7 +284,6 @@ def _long_adam(readout, feats, labels, epochs=LONG_EPOCHS):
 
 
 def _solved_and_stepped(kind, epochs):
-    import copy
     L, N, P = 4, 8, 4
     tr, ytr = _noisy(800, N, P, L, seed=1)
     ev, yev = _noisy(800, N, P, L, seed=2)
@@ -438,6 +438,56 @@ def test_the_solved_flatten_readout_is_solved_from_its_seeded_start_without_step
     want = Readout(N, P, L, "flatten")
     record = solve_linear(want, tr, ytr, READOUT_WEIGHT_DECAY)
     assert _same(got, want) and got.solve == record
+
+
+def test_fit_on_features_is_adam_with_coupled_weight_decay_and_cosine_decay_over_every_step():
+    """The stepped recipe written out with torch's own parts: Adam (lr, coupled L2 weight decay), a
+    cosine schedule over epochs x ceil(n / batch) steps, each epoch's seeded permutation cut into
+    batches (sorted within a batch). 300 images, batch 128: 3 batches an epoch, the last short."""
+    L, N, P = 3, 4, 2
+    tr, ytr = _noisy(300, N, P, L, seed=9)
+    torch.manual_seed(0)
+    start = Readout(N, P, L, "flatten")
+    got = copy.deepcopy(start)
+    steps = []
+    fit_on_features(got, [got.weight], tr, ytr, 3, 0.05, 0.01, 4, 128, after_step=lambda: steps.append(1))
+    want = copy.deepcopy(start)
+    opt = torch.optim.Adam([want.weight], lr=0.05, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=9)
+    rng = np.random.default_rng(4)
+    x_all, y_all = torch.from_numpy(tr.astype(np.float32)), torch.as_tensor(ytr)
+    for _ in range(3):
+        order = rng.permutation(300)
+        for i in range(0, 300, 128):
+            idx = torch.as_tensor(np.sort(order[i:i + 128]))
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(want(x_all[idx]), y_all[idx]).backward()
+            opt.step()
+            sched.step()
+    assert len(steps) == 9
+    assert torch.allclose(got.weight, want.weight, rtol=0, atol=1e-6)
+    assert not torch.allclose(got.weight, start.weight, atol=1e-3)
+
+
+def test_padded_positions_count_as_zero_and_get_no_pooling_weight():
+    """Padded positions (NaN: a text shorter than the longest) are left out: a flatten readout reads
+    them as zero, a seqpool readout pools only the real positions, with softmax weights over them."""
+    torch.manual_seed(0)
+    N, P, L = 4, 5, 3
+    x = torch.randn(2, N, P)
+    padded = x.clone()
+    padded[0, :, 3:] = float("nan")  # image 0 has 3 real positions, image 1 all 5
+    flat = Readout(N, P, L, "flatten")
+    zeroed = x.clone()
+    zeroed[0, :, 3:] = 0.0
+    assert torch.equal(flat.node_activations(padded), zeroed)
+    pool = Readout(N, P, L, "seqpool")
+    got = pool.node_activations(padded)
+    for b, real in ((0, 3), (1, 5)):
+        feats = x[b, :, :real]  # (N, real)
+        weights = torch.softmax(pool.attention_pool(feats.T)[:, 0], dim=0)  # one weight per position
+        assert torch.allclose(got[b, :, 0], feats @ weights, atol=1e-6)
+    assert torch.isfinite(pool(padded)).all()
 
 
 def test_unknown_solver_is_refused():
