@@ -137,7 +137,6 @@ class Readout(nn.Module):
         super().__init__()
         if kind not in READOUT_KINDS:  # a new kind is added here, never silently read as another
             raise ValueError(f"readout kind {kind!r}: expected one of {READOUT_KINDS}")
-        self.kind = kind
         p = 1 if kind == "seqpool" else positions
         self.weight = nn.Parameter(torch.empty(labels, nodes, p))
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(nodes * p))

@@ -490,6 +490,39 @@ def test_padded_positions_count_as_zero_and_get_no_pooling_weight():
     assert torch.isfinite(pool(padded)).all()
 
 
+@pytest.mark.parametrize("kind, std", [("flatten", 1 / math.sqrt(64 * 16)), ("seqpool", 1 / math.sqrt(64))])
+def test_a_readout_starts_from_normal_weights_scaled_by_its_fan_in(kind, std):
+    """W ~ N(0, 1 / (nodes x positions it reads)): logits of order one at the start, whatever the width
+    (the stepped readout's start, and the solved one's)."""
+    torch.manual_seed(0)
+    w = Readout(64, 16, 50, kind).weight.detach()
+    assert abs(float(w.mean())) < 0.05 * std and float(w.std()) == pytest.approx(std, rel=0.05)
+
+
+def test_reading_rows_of_a_memory_mapped_file_leaves_none_of_it_resident(tmp_path):
+    """load_rows drops the pages it read from this process (madvise DONTNEED): reading a whole 48 MB
+    feature file batch by batch leaves at most one batch's pages resident, not the file."""
+    from snp_service.readout import batches, load_rows
+
+    path = tmp_path / "feats.npy"
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(3000, 128, 64))
+    arr[:] = 1.0
+    arr.flush()
+    del arr
+    feats = np.load(path, mmap_mode="r")
+
+    def resident_kb() -> int:
+        lines = open("/proc/self/smaps").read().split("\n")
+        heads = [i for i, line in enumerate(lines) if line.endswith(str(path))]
+        assert heads, "the feature file is not mapped"
+        return sum(int(line.split()[1]) for i in heads for line in lines[i + 1:i + 25]
+                   if line.startswith("Rss:"))
+
+    for idx in batches(len(feats), 256, None):
+        assert float(load_rows(feats, idx).sum()) == len(idx) * 128 * 64
+    assert resident_kb() < 256 * 128 * 64 * 2 // 1024 + 64  # under one batch of rows (4 MB), not 48 MB
+
+
 def test_unknown_solver_is_refused():
     x, y = _noisy(40, 3, 2, 2, seed=0)
     with pytest.raises(ValueError, match="readout solver"):
