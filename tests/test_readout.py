@@ -404,7 +404,8 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_the_stepped_readout_is_its_documented_recipe(kind):
     """train_readout's default solver, rebuilt from its parts: the readout drawn after seeding torch with
     the seed, then every parameter trained by fit_on_features for `epochs` epochs at the given lr, weight
-    decay READOUT_WEIGHT_DECAY, the same seed and batches of 256 (300 images: the last batch is short)."""
+    decay READOUT_WEIGHT_DECAY, the same seed and batches of 256 by default (300 images: the last batch is
+    short), or of the size given."""
     L, N, P = 3, 5, 4
     tr, ytr = _noisy(300, N, P, L, seed=6)
     got = train_readout(tr, ytr, L, kind, 2, 1e-2, seed=3)
@@ -412,6 +413,11 @@ def test_the_stepped_readout_is_its_documented_recipe(kind):
     want = Readout(N, P, L, kind)
     fit_on_features(want, list(want.parameters()), tr, ytr, 2, 1e-2, READOUT_WEIGHT_DECAY, 3, 256)
     assert _same(got, want) and got.solve is None and not got.training
+    got = train_readout(tr, ytr, L, kind, 2, 1e-2, seed=3, batch_size=128)  # another batch size is used
+    torch.manual_seed(3)
+    want = Readout(N, P, L, kind)
+    fit_on_features(want, list(want.parameters()), tr, ytr, 2, 1e-2, READOUT_WEIGHT_DECAY, 3, 128)
+    assert _same(got, want)
 
 
 @pytest.mark.parametrize("pool_epochs", [None, 1])
