@@ -328,3 +328,193 @@ def test_the_refusal_names_the_reference_job_every_differing_field_and_its_value
         compare.check_comparable([run(a, "ref", "m"), run(a, "same", "m"), run(b, "other", "n")])
     assert str(e.value) == ("jobs ref and other differ in analysis.threshold, readout (0.3 vs 0.5, 'seqpool' vs "
                             "'flatten'); a comparison needs the same threshold, normalisation and readout kind")
+
+
+# --- issue 33: trend_test's verdicts and exact p-values (mutation survivors) ---------------------------
+
+
+def _trend(rows, level=compare.TREND_LEVEL) -> dict:
+    import numpy as np
+
+    return compare.trend_test(np.array(rows, dtype=float), level)
+
+
+def _nan_record(networks: int, trend: str) -> bool:
+    return lambda r: (set(r) == {"networks", "trend_p", "trend_p_min", "trend"} and r["networks"] == networks
+                      and math.isnan(r["trend_p"]) and math.isnan(r["trend_p_min"]) and r["trend"] == trend)
+
+
+def test_trend_test_without_a_test_says_why_with_every_field():
+    assert _nan_record(1, "one network: no trend test")(_trend([[0.1, 0.2, 0.3]]))
+    assert _nan_record(3, "undefined: a network has no value at some point")(
+        _trend([[0.1, 0.2], [0.1, float("nan")], [0.3, 0.4]]))
+    two = _trend([[0.1, 0.2, 0.3], [0.2, 0.3, 0.4]])  # two networks are tested (p_min 2 / 3!^2)
+    assert two["trend_p_min"] == pytest.approx(2 / 36) and two["trend"] == "uninformative"
+
+
+def test_the_two_point_sign_test_gives_exact_binomial_p_values():
+    """Two points: an exact sign test over networks, ties left out, two-sided p clipped at 1."""
+    rises = _trend([[0.1, 0.2]] * 6)  # 6 of 6 rise: p = 2 / 2^6
+    assert (rises["trend_p"], rises["trend_p_min"], rises["trend"]) == (2 / 64, 2 / 64, "rises")
+    falls = _trend([[0.2, 0.1]] * 6)
+    assert (falls["trend_p"], falls["trend"]) == (2 / 64, "falls")
+    tied = _trend([[0.1, 0.2]] * 6 + [[0.3, 0.3]])  # the tie is not a network that rose
+    assert (tied["trend_p"], tied["trend_p_min"], tied["trend"]) == (2 / 64, 2 / 128, "rises")
+    flat = _trend([[0.3, 0.3]] * 6)  # nothing to test: p 1
+    assert (flat["trend_p"], flat["trend"]) == (1.0, "no trend detected")
+    balanced = _trend([[0.1, 0.2]] * 3 + [[0.2, 0.1]] * 3)  # each one-sided p 42/64: twice is over 1
+    assert balanced["trend_p"] == 1.0
+    six_of_seven = _trend([[0.1, 0.2]] * 6 + [[0.2, 0.1]])  # P(X >= 6 | 7) = 8/128; p = 1/8
+    assert six_of_seven["trend_p"] == 0.125 and six_of_seven["trend"] == "no trend detected"
+
+
+def test_trend_verdicts_at_the_level_itself():
+    """p equal to the level is not below it; p_min equal to the level makes the design uninformative."""
+    six_of_seven = _trend([[0.1, 0.2]] * 6 + [[0.2, 0.1]], level=0.125)
+    assert six_of_seven["trend"] == "no trend detected"
+    five = _trend([[0.1, 0.2]] * 5, level=2 / 32)  # p_min = 2 / 2^5, the level
+    assert five["trend"] == "uninformative"
+    assert _trend([[0.1, 0.2]] * 5, level=0.07)["trend"] == "rises"
+
+
+# --- issue 33: the summaries keep every group apart, in order, with every column (mutation survivors) --
+
+
+def _grid(n_models=12):
+    """Models m00.. (more groups than a hash order would keep by chance) x points p, q."""
+    return [(f"m{i:02d}", p) for i in range(n_models) for p in ("q", "p")]
+
+
+def test_accuracy_summary_keeps_each_model_apart_in_order_with_every_column():
+    import polars as pl
+
+    models = [f"m{i:02d}" for i in range(30)][::-1]
+    acc = pl.DataFrame({"model": models * 2, "family": ["cnn"] * 60, "network": models * 2, "dataset": ["d"] * 60,
+                        "seed": [0] * 30 + [1] * 30, "epochs": [2] * 60,
+                        "accuracy": [i / 100 for i in range(30)] + [i / 100 + 0.1 for i in range(30)]})
+    s = compare.accuracy_summary(acc)
+    assert s.columns == ["model", "family", "network", "dataset", "seeds", "epochs", "accuracy", "accuracy_sd",
+                         "accuracy_min", "accuracy_max"]
+    assert s["model"].to_list() == models and s["seeds"].to_list() == [2] * 30
+    assert s["accuracy"].to_list() == pytest.approx([i / 100 + 0.05 for i in range(30)])
+
+
+def test_andc_summary_keeps_models_points_methods_and_selections_apart_in_order():
+    import polars as pl
+
+    rows = []
+    for g, (model, point) in enumerate(_grid()):
+        for method in ("andc", "random"):
+            for selection in ("heldout: 10 training images", "eval"):
+                for seed, kept in ((0, 0.1), (1, 0.2), (2, 0.6)):
+                    rows.append({"model": model, "seed": seed, "point": point, "method": method,
+                                 "selection": selection, "kept_fraction": kept + g, "accuracy_full": 0.5,
+                                 "accuracy_pruned": 0.4, "accuracy_finetuned": 0.45})
+    s = compare.andc_summary(pl.DataFrame(rows))
+    assert s.columns == ["model", "point", "method", "selection", "seeds", "kept_fraction", "kept_fraction_sd",
+                         "accuracy_full", "accuracy_full_sd", "change_pruned", "change_pruned_sd", "change_finetuned",
+                         "change_finetuned_sd"]
+    assert s.height == len(_grid()) * 4 and s["seeds"].to_list() == [3] * s.height
+    keys = [(r["model"], r["point"], r["method"], r["selection"]) for r in s.rows(named=True)]
+    assert keys == list(dict.fromkeys((r["model"], r["point"], r["method"], r["selection"]) for r in rows))
+    assert s["kept_fraction"].to_list() == pytest.approx([0.3 + g for g in range(len(_grid())) for _ in range(4)])
+    assert s["kept_fraction_sd"].to_list() == pytest.approx([math.sqrt(0.07)] * s.height)  # sd over seeds, ddof 1
+    assert s["change_pruned"].to_list() == pytest.approx([-10.0] * s.height)
+
+
+def test_heads_summary_counts_at_the_level_and_without_specialisation_columns():
+    import polars as pl
+
+    base = {"mean_labels_per_head": 3.0, "mean_heads_per_label": 1.5, "observed_jaccard": 0.1, "null_mean": 0.3,
+            "overlap_deficit": 0.2, "p_min": 0.001, "level": 0.05}
+    rows = []
+    for g, (model, point) in enumerate(_grid()):
+        rows += [{**base, "model": model, "point": point, "seed": 0, "status": "ok", "p_value": 0.01,
+                  "specialisation_status": "ok", "specialisation_p": 0.01, "mean_labels_per_head": 3.0 + g},
+                 {**base, "model": model, "point": point, "seed": 1, "status": "ok", "p_value": 0.05,
+                  "specialisation_status": "ok", "specialisation_p": 0.05},  # p at the level: not below it
+                 {**base, "model": model, "point": point, "seed": 2, "status": "uninformative", "p_value": 0.01,
+                  "specialisation_status": "ok", "specialisation_p": 0.02, "observed_jaccard": 0.9},
+                 {**base, "model": model, "point": point, "seed": 3, "status": "undefined", "p_value": 0.01,
+                  "specialisation_status": "undefined", "specialisation_p": 0.01}]
+    heads = pl.DataFrame(rows)
+    h = compare.heads_summary(heads)
+    assert h.columns == ["model", "point", "seeds", "informative", "undefined", "uninformative",
+                         "mean_labels_per_head", "mean_heads_per_label", "observed_jaccard", "null_mean",
+                         "overlap_deficit", "p_min_max", "avoiding_seeds", "specialised_seeds"]
+    assert [(r["model"], r["point"]) for r in h.rows(named=True)] == _grid()
+    assert h["avoiding_seeds"].to_list() == [1] * h.height  # an ok seed below the level; not at it, not uninformative
+    assert h["specialised_seeds"].to_list() == [2] * h.height  # ok and below: seeds 0 and 2
+    assert h["observed_jaccard"].to_list() == pytest.approx([0.1] * h.height)  # informative seeds only
+    assert h["mean_labels_per_head"].to_list() == pytest.approx([3.0 + g / 4 for g in range(len(_grid()))])
+    old = compare.heads_summary(heads.drop("specialisation_status", "specialisation_p"))  # jobs before that test
+    assert old.columns == h.columns and old["specialised_seeds"].to_list() == [0] * h.height
+    no_status = compare.heads_summary(heads.drop("specialisation_status"))  # p without a status: not counted
+    assert no_status["specialised_seeds"].to_list() == [0] * h.height
+
+
+def test_depth_table_has_every_column_and_fills_a_measure_an_older_job_lacks_with_nulls():
+    full = compare.depth_table("m", 3, _layers([1.0, 2.0], [0.5, 1.5], [1.5, 2.5], points=("a", "c")),
+                               ["a", "b", "c"], "CNN")
+    cols = ["model", "family", "seed", "point", "kind", "readout", "relative_depth", *compare.MEASURES,
+            "snr_lo", "snr_hi", "effect_size_lo", "effect_size_hi"]
+    assert full.columns == cols
+    assert full.row(1, named=True) | {} == {**full.row(1, named=True), "model": "m", "family": "CNN", "seed": 3,
+                                            "point": "c", "relative_depth": 1.0, "snr": 2.0, "snr_lo": 1.5,
+                                            "snr_hi": 2.5, "effect_size_lo": 1.99, "effect_size_hi": 2.01}
+    assert full.schema["relative_depth"] == pl.Float64
+    old = _layers([1.0, 2.0], [0.5, 1.5], [1.5, 2.5], points=("a", "c")).drop(
+        "effect_size_lo", "effect_size_hi", "mean_node_accuracy")  # a job written before those columns
+    t = compare.depth_table("m", 3, old, ["a", "b", "c"], "CNN")
+    assert t.columns == cols
+    for c in ("effect_size_lo", "effect_size_hi", "mean_node_accuracy"):
+        assert t.schema[c] == pl.Float64 and t[c].null_count() == 2, c
+    assert t["snr"].to_list() == [1.0, 2.0]
+
+
+def test_aggregate_orders_models_and_depths_and_names_every_column():
+    runs = pl.concat([compare.depth_table(m, s, _layers([3.0, 1.0 + s], [0, 0], [9, 9], points=("c", "a")),
+                                          ["a", "b", "c"], "CNN") for m in ("zeta", "alpha") for s in (0, 1)])
+    out = compare.aggregate(runs)
+    assert out.columns == ["model", "family", "point", "kind", "readout", "relative_depth", "seeds",
+                           *[n for c in compare.MEASURES for n in (c, f"{c}_sd")],
+                           *[f"{c}_seed_{end}" for c in compare.SEED_INTERVALS for end in ("lo", "hi")]]
+    assert set(out.columns) >= set(compare.aggregated_columns())  # what the report picks, in its own order
+    assert [(r["model"], r["point"]) for r in out.rows(named=True)] == [("alpha", "a"), ("alpha", "c"),
+                                                                          ("zeta", "a"), ("zeta", "c")]
+    a = out.row(0, named=True)
+    assert (a["seeds"], a["snr"], a["snr_sd"]) == (2, 1.5, pytest.approx(math.sqrt(0.5)))
+    assert a["snr_seed_lo"] < 1.5 < a["snr_seed_hi"] and out.schema["snr_seed_lo"] == pl.Float64
+
+
+def test_comparison_tables_are_built_from_the_runs_own_tables():
+    layers = [compare.depth_table(m, s, _layers([1.0, 2.0 + s, 3.0], [0] * 3, [9] * 3), ["a", "b", "c"], "CNN")
+              for m in ("x", "y") for s in (0, 1, 2)]
+    accuracy = [{"model": m, "family": "CNN", "network": m, "dataset": "d", "seed": s, "epochs": 1, "accuracy": 0.5}
+                for m in ("x", "y") for s in (0, 1, 2)]
+    tables = compare.comparison_tables(layers, accuracy, [], [])
+    assert set(tables) == {"runs", "layers", "trends", "accuracy", "accuracy_summary"}  # no pruning, no heads
+    runs = pl.concat(layers)
+    assert tables["runs"].equals(runs) and tables["layers"].equals(compare.aggregate(runs))
+    assert tables["trends"].equals(compare.trends(runs)) and tables["accuracy"].equals(pl.DataFrame(accuracy))
+    assert tables["accuracy_summary"]["seeds"].to_list() == [3, 3]
+    andc = [pl.DataFrame({"model": [m], "seed": [0], "point": ["a"], "method": ["andc"], "selection": ["eval"],
+                          "kept_fraction": [0.5], "accuracy_full": [0.5], "accuracy_pruned": [0.4],
+                          "accuracy_finetuned": [0.45]}) for m in ("x", "y")]
+    heads = [pl.DataFrame({"model": [m], "seed": [0], "point": ["a"], "mean_labels_per_head": [2.0],
+                           "mean_heads_per_label": [1.0], "observed_jaccard": [0.1], "null_mean": [0.2],
+                           "overlap_deficit": [0.1], "p_value": [0.5], "p_min": [0.01], "level": [0.05],
+                           "status": ["ok"]}) for m in ("x", "y")]
+    both = compare.comparison_tables(layers, accuracy, andc, heads)
+    assert both["andc"].equals(compare.andc_summary(pl.concat(andc)))
+    assert both["heads"].equals(compare.heads_summary(pl.concat(heads)))
+
+
+def test_dataset_label_names_the_data_and_how_much_of_it_was_used():
+    assert compare.dataset_label({"dataset": {"name": "imagefolder", "root": "/data/sets/SVHN-X/"}}) == "imagefolder (SVHN-X)"
+    assert compare.dataset_label({"dataset": {"name": "synthetic", "root": None, "max_per_class": 5}}) == \
+        "synthetic (5 train per class)"
+    assert compare.dataset_label({"dataset": {"name": "text", "subset": "banking77", "root": "s3://b/p/texts.tar.gz",
+                                              "eval_max_per_class": 3, "random_labels": True}}) == \
+        "text/banking77 (texts.tar.gz, 3 eval per class, random labels)"
+    assert compare.dataset_label({"dataset": {"name": "synthetic"}}) == "synthetic"
