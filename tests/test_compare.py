@@ -518,3 +518,39 @@ def test_dataset_label_names_the_data_and_how_much_of_it_was_used():
                                               "eval_max_per_class": 3, "random_labels": True}}) == \
         "text/banking77 (texts.tar.gz, 3 eval per class, random labels)"
     assert compare.dataset_label({"dataset": {"name": "synthetic"}}) == "synthetic"
+
+
+def test_relative_depth_and_spearman_at_their_edges():
+    assert compare.relative_depth(["a"]) == {"a": 0.0}
+    assert compare.relative_depth(["a", "b"]) == {"a": 0.0, "b": 1.0}
+    import numpy as np
+
+    x = np.array([0.0, 0.5, 1.0, 0.25])
+    assert compare.spearman(x, np.array([1.0, 3.0, 4.0, 2.0])) == pytest.approx(1.0)
+    assert compare.spearman(x, np.array([4.0, 2.0, 1.0, 3.0])) == pytest.approx(-1.0)
+    assert compare.spearman(x, np.array([1.0, 3.0, float("nan"), 2.0])) == pytest.approx(1.0)  # a nan pair dropped
+    for y in ([2.0, 2.0, 2.0, 2.0], [1.0, 2.0, float("nan"), float("nan")]):  # constant; fewer than 3 pairs
+        assert math.isnan(compare.spearman(x, np.array(y)))
+    assert math.isnan(compare.spearman(np.ones(4), np.array([1.0, 3.0, 4.0, 2.0])))  # constant depth
+    assert compare.spearman(x, np.array([1.0, 3.0, 4.0, 1.0])) == pytest.approx(0.9486832980505138)  # y[0] tied, not constant
+
+
+def test_trends_rows_per_model_in_order_with_an_all_points_group_and_every_column():
+    kinds = ["conv", "ff", "ff"]
+    runs = pl.concat([compare.depth_table(m, s, _layers([1.0, 2.0 + s / 10, 3.0], [0] * 3, [9] * 3, kind=kinds,
+                                                        effect=[0.1, 0.2 + s / 100, 0.3 + s / 100]),
+                                          ["a", "b", "c"], "CCT")
+                      for m in ("zeta", "alpha") for s in range(6)])
+    t = compare.trends(runs)
+    assert t.columns == ["model", "readout", "kind", "points", "first", "last", "effect_first", "effect_last",
+                         "networks", "trend_p", "trend_p_min", "trend", "snr_first", "snr_last", "spearman_rho_snr"]
+    rows = t.rows(named=True)
+    assert [(r["model"], r["kind"], r["points"], r["first"], r["last"]) for r in rows] == [
+        ("zeta", "all flatten points", 3, "a", "c"), ("zeta", "ff", 2, "b", "c"),
+        ("alpha", "all flatten points", 3, "a", "c"), ("alpha", "ff", 2, "b", "c")]  # conv: one point, no row
+    ff = rows[1]
+    assert (ff["effect_first"], ff["effect_last"]) == (pytest.approx(0.225), pytest.approx(0.325))
+    assert (ff["snr_first"], ff["snr_last"]) == (pytest.approx(2.25), 3.0)
+    assert rows[0]["trend"] == "rises" and rows[0]["networks"] == 6
+    strict = compare.trends(runs, level=1e-9)  # the level reaches the verdicts
+    assert set(strict["trend"]) == {"uninformative"}
