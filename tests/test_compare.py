@@ -552,5 +552,42 @@ def test_trends_rows_per_model_in_order_with_an_all_points_group_and_every_colum
     assert (ff["effect_first"], ff["effect_last"]) == (pytest.approx(0.225), pytest.approx(0.325))
     assert (ff["snr_first"], ff["snr_last"]) == (pytest.approx(2.25), 3.0)
     assert rows[0]["trend"] == "rises" and rows[0]["networks"] == 6
+    assert (rows[0]["effect_first"], rows[0]["effect_last"]) == (pytest.approx(0.1), pytest.approx(0.325))
+    assert (rows[0]["snr_first"], rows[0]["snr_last"]) == (1.0, 3.0)
+    one_kind = compare.trends(runs.filter(pl.col("kind") == "ff"))  # one kind: no "all points" row repeating it
+    assert one_kind["kind"].to_list() == ["ff", "ff"]
     strict = compare.trends(runs, level=1e-9)  # the level reaches the verdicts
     assert set(strict["trend"]) == {"uninformative"}
+
+
+def test_comparison_tables_join_runs_whose_columns_are_all_null_in_one_run():
+    """A run whose SNR intervals or heads statistics are all missing stores those columns without a
+    type (polars' Null): the runs are still joined (relaxed to the other runs' types)."""
+    typed = compare.depth_table("x", 0, _layers([1.0, 2.0, 3.0], [0.5] * 3, [9.0] * 3), ["a", "b", "c"], "CNN")
+    untyped = compare.depth_table("x", 1, _layers([1.5, 2.5, 3.5], [None] * 3, [None] * 3), ["a", "b", "c"], "CNN")
+    assert untyped.schema["snr_lo"] == pl.Null
+    accuracy = [{"model": "x", "family": "CNN", "network": "x", "dataset": "d", "seed": s, "epochs": 1,
+                 "accuracy": 0.5} for s in (0, 1)]
+    heads = [pl.DataFrame({"model": ["x"], "seed": [s], "point": ["a"], "mean_labels_per_head": [2.0],
+                           "mean_heads_per_label": [1.0], "observed_jaccard": [j], "null_mean": [j],
+                           "overlap_deficit": [j], "p_value": [j], "p_min": [j], "level": [0.05],
+                           "status": [status]})
+             for s, j, status in ((0, 0.1, "ok"), (1, None, "undefined"))]
+    andc = [pl.DataFrame({"model": ["x"], "seed": [s], "point": ["a"], "method": ["andc"], "selection": ["eval"],
+                          "kept_fraction": [0.5], "accuracy_full": [0.5], "accuracy_pruned": [0.4],
+                          "accuracy_finetuned": [f]}) for s, f in ((0, 0.45), (1, None))]
+    tables = compare.comparison_tables([typed, untyped], accuracy, andc, heads)
+    assert tables["runs"].schema["snr_lo"] == pl.Float64 and tables["runs"]["snr_lo"].null_count() == 3
+    assert tables["heads"]["observed_jaccard"].to_list() == [pytest.approx(0.1)]
+    assert tables["andc"]["change_finetuned"].to_list() == [pytest.approx(-5.0)]
+
+
+def test_the_aggregated_columns_the_report_shows():
+    cols = compare.aggregated_columns()
+    assert cols[:2] == [compare.MEASURES[0], f"{compare.MEASURES[0]}_sd"]
+    for c in compare.SEED_INTERVALS:
+        i = cols.index(c)
+        assert cols[i:i + 4] == [c, f"{c}_sd", f"{c}_seed_lo", f"{c}_seed_hi"]
+    assert len(cols) == 2 * len(compare.MEASURES) + 2 * len(compare.SEED_INTERVALS)
+    assert compare.dataset_label({"dataset": {"name": "synthetic", "max_per_class": 5, "eval_max_per_class": 2}}) \
+        == "synthetic (5 train per class, 2 eval per class)"
