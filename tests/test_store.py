@@ -28,11 +28,17 @@ def test_write_read_and_manifest(tmp_path):
     assert not list((tmp_path / "res").rglob("*.tmp-*"))
 
 
-def test_a_rewritten_report_is_relisted_and_damage_elsewhere_is_still_found(tmp_path):
+def _reported_job(tmp_path):
+    """A finished job of a table and a report, its manifest written."""
     job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
     job.write_json("snp/layers.json", {"x": 1})
     job.write_bytes("report/report.html", b"<p>old</p>")
     job.write_manifest({"status": "complete"})
+    return job
+
+
+def test_a_rewritten_report_is_relisted_and_damage_elsewhere_is_still_found(tmp_path):
+    job = _reported_job(tmp_path)
     job.write_bytes("report/report.html", b"<p>rebuilt, longer</p>")
     job.write_bytes("report/figures/new.svg", b"<svg/>")
     table = tmp_path / "res" / "j-1" / "snp" / "layers.json"
@@ -202,10 +208,7 @@ def test_a_long_run_renews_its_lease(tmp_path):
 
 
 def test_a_refresh_lists_each_file_once_and_leaves_a_damaged_manifest_alone(tmp_path):
-    job = Store.from_spec(StorageSpec(root=str(tmp_path / "res"))).job("j-1")
-    job.write_json("snp/layers.json", {"x": 1})
-    job.write_bytes("report/report.html", b"<p>old</p>")
-    job.write_manifest({"status": "complete"})
+    job = _reported_job(tmp_path)
     job.write_bytes("report/report.html", b"<p>rebuilt</p>")
     assert job.refresh_manifest("report/")
     assert sorted(e["path"] for e in job.manifest()["artefacts"]) == ["report/report.html", "snp/layers.json"]
