@@ -37,8 +37,8 @@ STAGES = "stages"
 # Every artefact of a job, by name: the one place its path is spelled. Stages write through these
 # names; the report, the studies and the CLI read through them (`snp-service results --table`).
 TABLES = {"layers": "snp/layers.parquet", "heads": "heads/summary.parquet", "andc": "prune/andc.parquet",
-          "curve": "prune/curve.parquet", "structural": "structure/structural.parquet", "train": "train/metrics.parquet",
-          "classes": "eval/per_class.parquet", "confusion": "eval/confusion.parquet"}
+          "curve": "prune/curve.parquet", "structural": "structure/structural.parquet",
+          "train": "train/metrics.parquet", "classes": "eval/per_class.parquet", "confusion": "eval/confusion.parquet"}
 # tables jobs finished before a stage of their own took them over keep where they were written
 LEGACY_TABLES = {"structural": "prune/structural.parquet"}  # the prune stage's, before the structure stage
 FILES = {"spec": "spec.json", "spec_yaml": "spec.yaml", "class_names": "data/classes.json",

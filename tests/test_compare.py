@@ -511,7 +511,8 @@ def test_comparison_tables_are_built_from_the_runs_own_tables():
 
 
 def test_dataset_label_names_the_data_and_how_much_of_it_was_used():
-    assert compare.dataset_label({"dataset": {"name": "imagefolder", "root": "/data/sets/SVHN-X/"}}) == "imagefolder (SVHN-X)"
+    assert compare.dataset_label({"dataset": {"name": "imagefolder", "root": "/data/sets/SVHN-X/"}}) == \
+        "imagefolder (SVHN-X)"
     assert compare.dataset_label({"dataset": {"name": "synthetic", "root": None, "max_per_class": 5}}) == \
         "synthetic (5 train per class)"
     assert compare.dataset_label({"dataset": {"name": "text", "subset": "banking77", "root": "s3://b/p/texts.tar.gz",
@@ -532,7 +533,8 @@ def test_relative_depth_and_spearman_at_their_edges():
     for y in ([2.0, 2.0, 2.0, 2.0], [1.0, 2.0, float("nan"), float("nan")]):  # constant; fewer than 3 pairs
         assert math.isnan(compare.spearman(x, np.array(y)))
     assert math.isnan(compare.spearman(np.ones(4), np.array([1.0, 3.0, 4.0, 2.0])))  # constant depth
-    assert compare.spearman(x, np.array([1.0, 3.0, 4.0, 1.0])) == pytest.approx(0.9486832980505138)  # y[0] tied, not constant
+    tied = compare.spearman(x, np.array([1.0, 3.0, 4.0, 1.0]))  # y[0] tied, not constant
+    assert tied == pytest.approx(0.9486832980505138)
 
 
 def test_trends_rows_per_model_in_order_with_an_all_points_group_and_every_column():
