@@ -302,7 +302,6 @@ def test_accuracy_summary_gives_mean_sd_and_range_over_seeds():
     """Quick cover of accuracy_summary (before, only the slow end-to-end test reached it: the mutation
     run found its mutants untested)."""
     import numpy as np
-    import polars as pl
 
     acc = pl.DataFrame({"model": ["vgg", "vgg", "vgg", "cct"], "family": ["cnn"] * 3 + ["cct"],
                         "network": ["vgg11_bn"] * 3 + ["cct_2"], "dataset": ["d"] * 4, "seed": [0, 1, 2, 0],
@@ -339,15 +338,16 @@ def _trend(rows, level=compare.TREND_LEVEL) -> dict:
     return compare.trend_test(np.array(rows, dtype=float), level)
 
 
-def _nan_record(networks: int, trend: str) -> bool:
-    return lambda r: (set(r) == {"networks", "trend_p", "trend_p_min", "trend"} and r["networks"] == networks
-                      and math.isnan(r["trend_p"]) and math.isnan(r["trend_p_min"]) and r["trend"] == trend)
+def _assert_untested(r: dict, networks: int, trend: str) -> None:
+    assert set(r) == {"networks", "trend_p", "trend_p_min", "trend"}
+    assert (r["networks"], r["trend"]) == (networks, trend)
+    assert math.isnan(r["trend_p"]) and math.isnan(r["trend_p_min"])
 
 
 def test_trend_test_without_a_test_says_why_with_every_field():
-    assert _nan_record(1, "one network: no trend test")(_trend([[0.1, 0.2, 0.3]]))
-    assert _nan_record(3, "undefined: a network has no value at some point")(
-        _trend([[0.1, 0.2], [0.1, float("nan")], [0.3, 0.4]]))
+    _assert_untested(_trend([[0.1, 0.2, 0.3]]), 1, "one network: no trend test")
+    _assert_untested(_trend([[0.1, 0.2], [0.1, float("nan")], [0.3, 0.4]]), 3,
+                     "undefined: a network has no value at some point")
     two = _trend([[0.1, 0.2, 0.3], [0.2, 0.3, 0.4]])  # two networks are tested (p_min 2 / 3!^2)
     assert two["trend_p_min"] == pytest.approx(2 / 36) and two["trend"] == "uninformative"
 
@@ -386,7 +386,6 @@ def _grid(n_models=12):
 
 
 def test_accuracy_summary_keeps_each_model_apart_in_order_with_every_column():
-    import polars as pl
 
     models = [f"m{i:02d}" for i in range(30)][::-1]
     acc = pl.DataFrame({"model": models * 2, "family": ["cnn"] * 60, "network": models * 2, "dataset": ["d"] * 60,
@@ -400,7 +399,6 @@ def test_accuracy_summary_keeps_each_model_apart_in_order_with_every_column():
 
 
 def test_andc_summary_keeps_models_points_methods_and_selections_apart_in_order():
-    import polars as pl
 
     rows = []
     for g, (model, point) in enumerate(_grid()):
@@ -423,7 +421,6 @@ def test_andc_summary_keeps_models_points_methods_and_selections_apart_in_order(
 
 
 def test_heads_summary_counts_at_the_level_and_without_specialisation_columns():
-    import polars as pl
 
     base = {"mean_labels_per_head": 3.0, "mean_heads_per_label": 1.5, "observed_jaccard": 0.1, "null_mean": 0.3,
             "overlap_deficit": 0.2, "p_min": 0.001, "level": 0.05}

@@ -271,11 +271,21 @@ def _measured(readout, ev, yev, labels):
 
 
 @torch.no_grad()
+def _objective_and_grad_max(readout, feats, labels, wd, mask=None):
+    """The solvers' objective and its largest free gradient component at the readout's W, by autograd
+    on the whole batch (no chunks, no optimiser): the reference for solve_linear's record."""
+    w = readout.weight.detach().double().clone().requires_grad_(True)
+    with torch.enable_grad():  # also from callers under no_grad
+        logits = torch.from_numpy(np.asarray(feats)).double().flatten(1) @ w.flatten(1).T
+        value = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)) + 0.5 * wd * w.pow(2).sum()
+        value.backward()
+    grad = w.grad if mask is None else w.grad * mask[:, :, None]
+    return float(value.detach()), float(grad.abs().max())
+
+
 def _objective(readout, feats, labels):
     """Mean cross-entropy + wd/2 |W|^2 of W on the features (the solvers' common objective)."""
-    logits = torch.from_numpy(np.asarray(feats)).double().flatten(1) @ readout.weight.double().flatten(1).T
-    return float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels))
-                 + 0.5 * READOUT_WEIGHT_DECAY * readout.weight.double().pow(2).sum())
+    return _objective_and_grad_max(readout, feats, labels, READOUT_WEIGHT_DECAY)[0]
 
 
 def _long_adam(readout, feats, labels, epochs=LONG_EPOCHS):
@@ -330,17 +340,6 @@ def test_masked_solve_keeps_pruned_connections_at_zero():
     info = solve_linear(r, tr, ytr, 0.0, mask=mask, max_iter=200)
     assert info["iterations"] > 0
     assert (r.weight.detach()[~mask] == 0).all() and (r.weight.detach()[mask] != 0).any()
-
-
-def _objective_and_grad_max(readout, feats, labels, wd, mask=None):
-    """The solvers' objective and its largest free gradient component at the readout's W, by autograd
-    on the whole batch (no chunks, no optimiser): the reference for solve_linear's record."""
-    w = readout.weight.detach().double().clone().requires_grad_(True)
-    logits = torch.from_numpy(np.asarray(feats)).double().flatten(1) @ w.flatten(1).T
-    value = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)) + 0.5 * wd * w.pow(2).sum()
-    value.backward()
-    grad = w.grad if mask is None else w.grad * mask[:, :, None]
-    return float(value.detach()), float(grad.abs().max())
 
 
 @pytest.mark.parametrize("masked", [False, True])
