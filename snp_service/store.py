@@ -309,18 +309,20 @@ class JobStore(JobLease):
         return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
     # --- named artefacts (TABLES, FILES, POINT_FILES) -------------------------------------
-    def table_path(self, name: str) -> str:
-        """Where the named table is: TABLES, or where jobs finished before it moved keep it."""
-        path = TABLES[name]
-        legacy = LEGACY_TABLES.get(name)
-        return legacy if legacy is not None and not self.exists(path) and self.exists(legacy) else path
+    @staticmethod
+    def table_paths(name: str) -> tuple[str, ...]:
+        """Where the named table may be: TABLES, then where jobs finished before it moved keep it."""
+        return (TABLES[name], *([LEGACY_TABLES[name]] if name in LEGACY_TABLES else []))
 
     def has(self, name: str) -> bool:
         """Whether the named table or file exists."""
-        return self.exists(self.table_path(name) if name in TABLES else FILES[name])
+        return any(self.exists(p) for p in (self.table_paths(name) if name in TABLES else (FILES[name],)))
 
     def table(self, name: str) -> pl.DataFrame:
-        return self.read_table(self.table_path(name))
+        path, *older = self.table_paths(name)
+        if older and not self.exists(path):  # a table that never moved is read without a lookup
+            path = next((p for p in older if self.exists(p)), path)
+        return self.read_table(path)
 
     def put_table(self, name: str, rows: pl.DataFrame | list | dict) -> str:
         return self.write_table(TABLES[name], rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows))
