@@ -113,7 +113,7 @@ def test_a_job_with_weights_runs_without_training_and_shares_its_load_stage(tmp_
         return path
 
     assert cli.main(["validate", str(job("from-file", ckpt))]) == 0
-    assert "# stages: data, load, evaluate, measure, cluster, heads, prune, report" in capsys.readouterr().out
+    assert "# stages: data, load, evaluate, measure, cluster, heads, prune, structure, report" in capsys.readouterr().out
     assert cli.main(["run", str(job("from-file", ckpt))]) == 0
     out = capsys.readouterr().out
     assert "load: cct_2_3x2_32 from" in out and "train:" not in out and "Ray Train" not in out
